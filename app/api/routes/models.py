@@ -1,0 +1,30 @@
+"""Model versions of a series: list them, and promote or roll back."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from app.api.deps import Reader, RuntimeDep, SessionDep, Trainer
+from app.schemas.jobs import ModelVersionList, ModelVersionOut
+from app.services.versions import activate_version, list_versions
+
+router = APIRouter(prefix="/v1/series/{series_id}/models", tags=["models"])
+
+
+@router.get("", summary="The series' model versions with their metrics; which one is active")
+def read_versions(series_id: int, session: SessionDep, _: Reader) -> ModelVersionList:
+    return list_versions(session=session, series_id=series_id)
+
+
+@router.post(
+    "/{version}/activate",
+    summary="Make a version the active one (promote a candidate or roll back)",
+)
+def activate(
+    series_id: int, version: int, session: SessionDep, runtime: RuntimeDep, key: Trainer
+) -> ModelVersionOut:
+    out = activate_version(
+        session=session, series_id=series_id, version=version, by=f"API key {key.name!r}"
+    )
+    runtime.registry.forget_active(series_id)
+    return out

@@ -1,0 +1,279 @@
+"""Scoring: windows in the body (JSON or binary), or a stored time range."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+import orjson
+from fastapi import APIRouter, Request
+from starlette.responses import Response
+
+from app.api.deps import RuntimeDep, Scorer
+from app.errors import InvalidInput, UnsupportedMediaType, VigilError
+from app.metrics import ADJUSTED_SCORE, ANOMALIES_FLAGGED, WINDOWS_SCORED
+from app.runtime import Runtime
+from app.schemas.scores import ScoreRangeRequest, ScoreResponse, ScoreWindowsRequest
+from app.scoring import ActiveModel, SeriesInfo
+from app.services.windows import load_range_windows, parse_instant
+from models import ScoreBatch
+
+router = APIRouter(prefix="/v1", tags=["scores"])
+
+BINARY_TYPES = ("application/octet-stream",)
+
+_REQUEST_BODY: dict[str, Any] = {
+    "required": True,
+    "content": {
+        "application/json": {
+            "schema": {
+                "oneOf": [
+                    ScoreWindowsRequest.model_json_schema(ref_template="#/components/schemas/{model}"),
+                    ScoreRangeRequest.model_json_schema(ref_template="#/components/schemas/{model}"),
+                ]
+            }
+        },
+        "application/octet-stream": {
+            "schema": {"type": "string", "format": "binary"},
+            "description": (
+                "Little-endian float32 windows, C order. Headers: `X-Vigil-Series-Id` and "
+                "`X-Vigil-Shape: N,T,F`."
+            ),
+        },
+    },
+}
+
+
+@router.post(
+    "/score",
+    summary="Score windows with the series' active model",
+    description=(
+        "Send windows (`{\"series_id\", \"windows\"}`, or a binary body for high rates), or "
+        "`{\"series_id\", \"start\", \"end\"}` to score the stored windows in that range. "
+        "Each scored window is kept for the score retention period so that operators can "
+        "point feedback at its `score_id`. 409 while the series has no trained model."
+    ),
+    response_model=ScoreResponse,
+    openapi_extra={"requestBody": _REQUEST_BODY},
+    responses={409: {"description": "The series has no trained model yet"}},
+)
+async def score(request: Request, runtime: RuntimeDep, _: Scorer) -> Response:
+    body = await request.body()
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    steps = request.query_params.get("detail") == "steps"
+    if content_type in BINARY_TYPES:
+        series_id, windows = _parse_binary(request, body, runtime)
+        info = await _series(runtime, series_id)
+        _check_shape(windows, info)
+        return await _score(runtime, info, windows, None, steps)
+    if content_type not in ("application/json", ""):
+        raise UnsupportedMediaType(
+            f"content type {content_type!r} is not supported; send application/json or "
+            "application/octet-stream"
+        )
+    payload = _parse_json(body)
+    series_id = _series_id(payload.get("series_id"))
+    info = await _series(runtime, series_id)
+    if "windows" in payload:
+        windows = _windows_from_json(payload["windows"], info, runtime.settings.max_score_windows)
+        return await _score(runtime, info, windows, None, steps)
+    if "start" in payload or "end" in payload:
+        start = parse_instant(payload.get("start"), field="start")
+        end = parse_instant(payload.get("end"), field="end")
+        if end < start:
+            raise InvalidInput("must not be before start", field="end")
+        windows, spans = await asyncio.to_thread(
+            load_range_windows,
+            sessions=runtime.sessions,
+            series=info,
+            start=start,
+            end=end,
+            max_windows=runtime.settings.max_score_windows,
+        )
+        return await _score(runtime, info, windows, spans, steps)
+    raise InvalidInput("send either `windows` or `start` and `end`", field="windows")
+
+
+async def _series(runtime: Runtime, series_id: int) -> SeriesInfo:
+    cached = runtime.registry.cached_series(series_id)
+    return cached or await asyncio.to_thread(runtime.registry.load_series, series_id)
+
+
+async def _active(runtime: Runtime, info: SeriesInfo) -> ActiveModel:
+    cached = runtime.registry.cached_active(info.id)
+    return cached or await asyncio.to_thread(runtime.registry.load_active, info)
+
+
+async def _score(
+    runtime: Runtime,
+    info: SeriesInfo,
+    windows: np.ndarray,
+    spans: list[tuple[int, int]] | None,
+    steps: bool,
+) -> Response:
+    active = await _active(runtime, info)
+    batch = await runtime.batcher.score((info.id, active.version), active.model, windows)
+    threshold = active.model.threshold(info.threshold_quantile)
+    flagged = batch.adjusted_score > threshold
+    ids = runtime.score_log.append(
+        series_id=info.id, version=active.version, windows=windows, batch=batch, spans=spans
+    )
+    WINDOWS_SCORED.labels(info.name).inc(len(windows))
+    if flagged.any():
+        ANOMALIES_FLAGGED.labels(info.name).inc(int(flagged.sum()))
+    histogram = ADJUSTED_SCORE.labels(info.name)
+    for value in batch.adjusted_score.tolist():
+        histogram.observe(value)
+    body = {
+        "series_id": info.id,
+        "model_version": active.version,
+        "threshold": threshold,
+        "results": _results(info, active, batch, flagged, ids, spans, steps),
+    }
+    return Response(orjson.dumps(body), media_type="application/json")
+
+
+def _results(
+    info: SeriesInfo,
+    active: ActiveModel,
+    batch: ScoreBatch,
+    flagged: np.ndarray,
+    ids: list[Any],
+    spans: list[tuple[int, int]] | None,
+    steps: bool,
+) -> list[dict[str, Any]]:
+    classes = [c.name for c in active.model.classes]
+    channels = info.channels
+    raw = batch.raw_score.tolist()
+    calibrated = batch.score.tolist()
+    p_fp = batch.p_false_positive.tolist()
+    p_fn = batch.p_false_negative.tolist()
+    adjusted = batch.adjusted_score.tolist()
+    probabilities = batch.class_probabilities.tolist()
+    contributions = batch.channel_contributions.tolist()
+    step_values = batch.step_contributions.tolist() if steps else None
+    results = []
+    for i in range(len(raw)):
+        result: dict[str, Any] = {
+            "score_id": str(ids[i]),
+            "raw_score": raw[i],
+            "score": calibrated[i],
+            "p_false_positive": p_fp[i],
+            "p_false_negative": p_fn[i],
+            "adjusted_score": adjusted[i],
+            "is_anomaly": bool(flagged[i]),
+            "class_probabilities": dict(zip(classes, probabilities[i], strict=True)),
+            "channel_contributions": dict(zip(channels, contributions[i], strict=True)),
+        }
+        if step_values is not None:
+            result["step_contributions"] = step_values[i]
+        if spans is not None:
+            result["start"] = _iso(spans[i][0])
+            result["end"] = _iso(spans[i][1])
+        results.append(result)
+    return results
+
+
+def _iso(micros: int) -> str:
+    return datetime.fromtimestamp(micros / 1e6, tz=UTC).isoformat()
+
+
+# -- parsing -------------------------------------------------------------------------------
+
+
+def _parse_json(body: bytes) -> dict[str, Any]:
+    if not body:
+        raise InvalidInput("the request body is empty; send a JSON object")
+    try:
+        payload = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise VigilError(f"the body is not valid JSON: {exc}") from None
+    if not isinstance(payload, dict):
+        raise InvalidInput("the body must be a JSON object")
+    return payload
+
+
+def _series_id(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidInput("is required and must be an integer", field="series_id")
+    return value
+
+
+def _windows_from_json(value: Any, info: SeriesInfo, limit: int) -> np.ndarray:
+    if not isinstance(value, list) or not value:
+        raise InvalidInput("must be a non-empty list of windows", field="windows")
+    if len(value) > limit:
+        raise InvalidInput(f"holds {len(value)} windows; at most {limit} per request", field="windows")
+    try:
+        windows = np.asarray(value, dtype=np.float32)
+    except (ValueError, TypeError):
+        _explain_bad_windows(value, info)
+        raise InvalidInput("must be numbers shaped windows × steps × channels", field="windows")
+    _check_shape(windows, info)
+    return windows
+
+
+def _check_shape(windows: np.ndarray, info: SeriesInfo) -> None:
+    t, f = info.window_size, len(info.channels)
+    if windows.ndim != 3 or windows.shape[1:] != (t, f):
+        raise InvalidInput(
+            f"must have shape (N, {t}, {f}) for series {info.name!r} "
+            f"({t} time steps × channels {list(info.channels)}); got {tuple(windows.shape)}",
+            field="windows",
+        )
+    finite = np.isfinite(windows).all(axis=(1, 2))
+    if not finite.all():
+        bad = int(np.flatnonzero(~finite)[0])
+        raise InvalidInput("contains NaN or an infinite value", field=f"windows.{bad}")
+
+
+def _explain_bad_windows(value: list[Any], info: SeriesInfo) -> None:
+    """Find the first misshapen or non-numeric entry and name it (slow path, errors only)."""
+    t, f = info.window_size, len(info.channels)
+    for i, window in enumerate(value):
+        if not isinstance(window, list) or len(window) != t:
+            size = len(window) if isinstance(window, list) else type(window).__name__
+            raise InvalidInput(f"must be a list of {t} time steps; got {size}", field=f"windows.{i}")
+        for j, step in enumerate(window):
+            if not isinstance(step, list) or len(step) != f:
+                size = len(step) if isinstance(step, list) else type(step).__name__
+                raise InvalidInput(
+                    f"must hold {f} values (channels {list(info.channels)}); got {size}",
+                    field=f"windows.{i}.{j}",
+                )
+            for k, x in enumerate(step):
+                if isinstance(x, bool) or not isinstance(x, int | float):
+                    raise InvalidInput(
+                        f"must be a number; got {type(x).__name__}",
+                        field=f"windows.{i}.{j}.{k}",
+                    )
+                if isinstance(x, int) and abs(x) > 3.4e38:
+                    raise InvalidInput("is out of float32 range", field=f"windows.{i}.{j}.{k}")
+
+
+def _parse_binary(request: Request, body: bytes, runtime: Runtime) -> tuple[int, np.ndarray]:
+    raw_id = request.headers.get("x-vigil-series-id", "")
+    if not raw_id.isdigit():
+        raise InvalidInput("header X-Vigil-Series-Id must be the series id", field="X-Vigil-Series-Id")
+    shape_text = request.headers.get("x-vigil-shape", "")
+    try:
+        shape = tuple(int(part) for part in shape_text.split(","))
+    except ValueError:
+        shape = ()
+    if len(shape) != 3 or min(shape) <= 0:
+        raise InvalidInput("header must be `N,T,F` (three positive integers)", field="X-Vigil-Shape")
+    if shape[0] > runtime.settings.max_score_windows:
+        raise InvalidInput(
+            f"holds {shape[0]} windows; at most {runtime.settings.max_score_windows} per request",
+            field="X-Vigil-Shape",
+        )
+    expected = shape[0] * shape[1] * shape[2] * 4
+    if len(body) != expected:
+        raise InvalidInput(
+            f"body has {len(body)} bytes; shape {shape} of float32 needs {expected}",
+            field="body",
+        )
+    windows = np.frombuffer(body, dtype="<f4").reshape(shape)
+    return int(raw_id), windows

@@ -1,0 +1,188 @@
+"""The `vigil` command line. Settings come from VIGIL_* environment variables.
+
+Imports of the service are deferred into the commands: `serve` must set
+PROMETHEUS_MULTIPROC_DIR before prometheus_client is first imported.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import tempfile
+from typing import Annotated, Any
+
+import typer
+
+cli = typer.Typer(
+    name="vigil",
+    help="Vigil: anomaly detection for multivariate sensor time series.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+keys_cli = typer.Typer(help="Manage API keys.", no_args_is_help=True)
+cli.add_typer(keys_cli, name="keys")
+
+
+def _settings(**overrides: Any) -> Any:
+    from app.config import Settings
+
+    base = Settings()
+    return base.model_copy(update={k: v for k, v in overrides.items() if v is not None})
+
+
+@cli.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Bind address [VIGIL_HOST].")] = None,
+    port: Annotated[int | None, typer.Option(help="Port [VIGIL_PORT].")] = None,
+    workers: Annotated[int | None, typer.Option(help="API processes [VIGIL_WORKERS].")] = None,
+) -> None:
+    """Run the API (and, unless VIGIL_EMBEDDED_WORKER=false, a training worker beside it)."""
+    settings = _settings(host=host, port=port, workers=workers)
+    # Metrics are shared through files whenever more than one process serves or trains.
+    if (settings.workers > 1 or settings.embedded_worker) and not os.environ.get(
+        "PROMETHEUS_MULTIPROC_DIR"
+    ):
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="vigil-metrics-")
+    os.environ.update(_settings_env(settings))
+
+    import uvicorn
+
+    from app.logs import configure, uvicorn_log_config
+
+    configure(settings.log_level, settings.log_format)
+    worker_process = _start_embedded_worker() if settings.embedded_worker else None
+    try:
+        uvicorn.run(
+            "app.main:create_app",
+            factory=True,
+            host=settings.host,
+            port=settings.port,
+            workers=settings.workers,
+            log_config=uvicorn_log_config(settings.log_level, settings.log_format),
+            timeout_graceful_shutdown=30,
+        )
+    finally:
+        if worker_process is not None:
+            _stop_process(worker_process)
+
+
+def _settings_env(settings: Any) -> dict[str, str]:
+    """Command-line overrides, passed to uvicorn's worker processes through the environment."""
+    return {
+        "VIGIL_HOST": settings.host,
+        "VIGIL_PORT": str(settings.port),
+        "VIGIL_WORKERS": str(settings.workers),
+    }
+
+
+def _start_embedded_worker() -> Any:
+    import multiprocessing
+
+    # NOTE: a process, not a thread: training holds the GIL and torch's threads, and must
+    # never slow down scoring. `spawn` gives it a clean interpreter.
+    process = multiprocessing.get_context("spawn").Process(
+        target=_embedded_worker_main, name="vigil-worker", daemon=False
+    )
+    process.start()
+    return process
+
+
+def _embedded_worker_main() -> None:
+    from app.config import Settings
+    from app.logs import configure
+    from app.worker import Worker
+
+    settings = Settings()
+    configure(settings.log_level, settings.log_format)
+    worker = Worker(settings)
+    signal.signal(signal.SIGTERM, lambda *_: worker.stop_event.set())
+    signal.signal(signal.SIGINT, lambda *_: worker.stop_event.set())
+    worker.run_forever()
+
+
+def _stop_process(process: Any, timeout: float = 60.0) -> None:
+    if process.is_alive():
+        process.terminate()  # SIGTERM: the worker finishes its epoch or hands back its job
+        process.join(timeout)
+    if process.is_alive():
+        process.kill()
+        process.join(5)
+
+
+@cli.command()
+def worker() -> None:
+    """Run a training worker (any number may run against Postgres)."""
+    os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    from prometheus_client import start_http_server
+
+    from app.logs import configure
+    from app.worker import Worker
+
+    settings = _settings()
+    configure(settings.log_level, settings.log_format)
+    if settings.worker_metrics_port:
+        start_http_server(settings.worker_metrics_port)
+    runner = Worker(settings)
+    signal.signal(signal.SIGTERM, lambda *_: runner.stop_event.set())
+    signal.signal(signal.SIGINT, lambda *_: runner.stop_event.set())
+    runner.run_forever()
+
+
+@cli.command()
+def migrate() -> None:
+    """Bring the database schema to the newest migration."""
+    from app.db.migrate import upgrade
+
+    settings = _settings()
+    upgrade(settings.database_url)
+    typer.echo("database is at the newest migration")
+
+
+@keys_cli.command("create")
+def keys_create(
+    name: Annotated[str, typer.Option(help="Who or what uses the key.")],
+    scopes: Annotated[
+        str, typer.Option(help="Comma-separated: read, ingest, score, label, train, admin.")
+    ],
+) -> None:
+    """Create a key and print it once; only its hash is stored."""
+    from app.db.session import make_engine, make_sessionmaker, transaction
+    from app.security import create_key
+
+    settings = _settings()
+    sessions = make_sessionmaker(make_engine(settings.database_url, role="cli"))
+    with transaction(sessions) as session:
+        record, plain = create_key(session=session, name=name, scopes=scopes.split(","))
+        typer.echo(f"id={record.id} scopes={','.join(record.scopes)}", err=True)
+    typer.echo(plain)
+
+
+@keys_cli.command("list")
+def keys_list() -> None:
+    """List keys (never their secrets)."""
+    from app.db.session import make_engine, make_sessionmaker
+    from app.security import list_keys
+
+    settings = _settings()
+    sessions = make_sessionmaker(make_engine(settings.database_url, role="cli"))
+    with sessions() as session:
+        for key in list_keys(session=session):
+            state = f"revoked {key.revoked_at.isoformat()}" if key.revoked_at else "active"
+            typer.echo(f"{key.id}\t{key.prefix}…\t{key.name}\t{','.join(key.scopes)}\t{state}")
+
+
+@keys_cli.command("revoke")
+def keys_revoke(key_id: Annotated[int, typer.Argument(help="The key's id (see `keys list`).")]) -> None:
+    """Revoke a key; it stops working on its next request."""
+    from app.db.session import make_engine, make_sessionmaker, transaction
+    from app.security import revoke_key
+
+    settings = _settings()
+    sessions = make_sessionmaker(make_engine(settings.database_url, role="cli"))
+    with transaction(sessions) as session:
+        revoke_key(session=session, key_id=key_id)
+    typer.echo(f"key {key_id} revoked")
+
+
+def main() -> None:
+    cli()

@@ -1,0 +1,140 @@
+"""Vigil's settings: every one comes from a `VIGIL_*` environment variable (or `.env`)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PLACEHOLDER_SECRETS = frozenset({"", "changeme", "change-me", "secret", "admin"})
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="VIGIL_", env_file=".env", extra="ignore")
+
+    environment: Literal["development", "production"] = "development"
+    """`production` refuses placeholder secrets and requires an explicit database URL."""
+
+    database_url: str = "sqlite:///./vigil.db"
+    """SQLAlchemy URL. Postgres: `postgresql+psycopg://user:pass@host:5432/vigil`."""
+
+    bootstrap_admin_key: str | None = None
+    """If set and no API key exists yet, an admin key with this value is created at start."""
+
+    host: str = "127.0.0.1"
+    """Address `vigil serve` binds to."""
+
+    port: int = 8000
+    """Port `vigil serve` listens on."""
+
+    workers: int = Field(default=1, ge=1)
+    """API processes for `vigil serve`; more than one switches metrics to multiprocess mode."""
+
+    embedded_worker: bool = True
+    """Run the training worker inside `vigil serve` (the SQLite default). Set false with `vigil worker`."""
+
+    worker_metrics_port: int = 9101
+    """Port on which `vigil worker` serves its own Prometheus metrics (0 disables it)."""
+
+    log_level: str = "INFO"
+    """Root log level (DEBUG, INFO, WARNING, ERROR)."""
+
+    log_format: Literal["json", "text"] = "json"
+    """`json` for one JSON object per line (production), `text` for humans."""
+
+    cors_origins: list[str] = Field(default_factory=list)
+    """Origins allowed by CORS, as a JSON list. Empty means CORS is off."""
+
+    retrain_after_labels: int = Field(default=20, ge=0)
+    """Queue a retrain automatically after this many new labels on a series (0 disables)."""
+
+    min_train_windows: int = Field(default=8, ge=2)
+    """A training job fails with a clear error when a series has fewer windows than this."""
+
+    train_epochs: int = Field(default=30, ge=1)
+    """Maximum epochs per training job (early stopping usually ends sooner)."""
+
+    train_batch_size: int = Field(default=64, ge=2)
+    """Windows per training batch."""
+
+    train_patience: int = Field(default=5, ge=1)
+    """Epochs without validation improvement before training stops."""
+
+    train_threads: int = Field(default=1, ge=1)
+    """torch threads a training job may use, so that training does not starve scoring."""
+
+    train_max_windows: int = Field(default=20_000, ge=16)
+    """Most recent windows a training job uses at most (bounds memory and time)."""
+
+    activation_tolerance: float = Field(default=0.02, ge=0.0)
+    """A new version is activated if its validation loss is within this relative margin of the active one's."""
+
+    job_lease_seconds: float = Field(default=60.0, gt=0)
+    """A running job whose worker has not renewed its lease for this long is given to another worker."""
+
+    job_poll_seconds: float = Field(default=1.0, gt=0)
+    """How often an idle worker looks for queued jobs."""
+
+    job_max_attempts: int = Field(default=3, ge=1)
+    """A job that has been claimed this many times without finishing is marked failed."""
+
+    score_threads: int = Field(default=1, ge=1)
+    """torch threads of each API process for scoring."""
+
+    score_samples: int = Field(default=1, ge=1, le=64)
+    """Monte Carlo samples L of the reconstruction probability."""
+
+    score_retention_hours: float = Field(default=24.0 * 7, gt=0)
+    """How long scored windows are kept so that feedback can point at them."""
+
+    score_log_flush_seconds: float = Field(default=0.5, gt=0)
+    """How often the batched score log is written to the database."""
+
+    max_score_windows: int = Field(default=1024, ge=1)
+    """Windows one /v1/score request may carry."""
+
+    max_points_rows: int = Field(default=200_000, ge=1)
+    """Rows one ingestion request may carry."""
+
+    max_body_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
+    """Largest request body accepted; larger ones get 413 before they are read whole."""
+
+    batch_max_size: int = Field(default=256, ge=1)
+    """Most windows the micro-batcher puts in one model call."""
+
+    batch_max_wait_ms: float = Field(default=2.0, ge=0)
+    """Longest the micro-batcher waits for more requests before calling the model."""
+
+    model_cache_size: int = Field(default=64, ge=1)
+    """Loaded models each API process keeps; older ones are dropped and reloaded on demand."""
+
+    model_poll_seconds: float = Field(default=2.0, gt=0)
+    """How often an API process checks which model version is active (hot swap)."""
+
+    rate_limit_per_minute: int = Field(default=0, ge=0)
+    """Requests per API key per minute (0 disables the limit)."""
+
+    @model_validator(mode="after")
+    def _enforce_production_secrets(self) -> Settings:
+        if self.environment != "production":
+            return self
+        key = self.bootstrap_admin_key
+        if key is not None and (key.lower() in PLACEHOLDER_SECRETS or len(key) < 24):
+            raise ValueError(
+                "VIGIL_BOOTSTRAP_ADMIN_KEY is a placeholder or shorter than 24 characters; "
+                "set a random secret in production"
+            )
+        if "changeme" in self.database_url or "change-me" in self.database_url:
+            raise ValueError("VIGIL_DATABASE_URL still holds a placeholder password")
+        return self
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

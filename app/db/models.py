@@ -1,0 +1,200 @@
+"""The relational schema. Only Alembic creates it (see migrations/); this module describes it.
+
+Timestamps of sensor data are stored as integer microseconds since the Unix epoch (UTC):
+the same on every backend, cheap to index and to COPY, and exact.
+Point values are stored as one little-endian float64 blob per row, one value per channel.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    Uuid,
+    text,
+)
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from app.db.base import Base, utcnow
+from models import BUILTIN_CLASSES
+
+JOB_QUEUED = "queued"
+JOB_RUNNING = "running"
+JOB_SUCCEEDED = "succeeded"
+JOB_FAILED = "failed"
+JOB_STATUSES = (JOB_QUEUED, JOB_RUNNING, JOB_SUCCEEDED, JOB_FAILED)
+
+MODEL_ACTIVE = "active"
+MODEL_CANDIDATE = "candidate"
+MODEL_RETIRED = "retired"
+
+BUILTIN_CLASSES_KINDS: dict[str, str] = {spec.name: spec.kind for spec in BUILTIN_CLASSES}
+"""Every series has these classes (name -> kind); operators add their own next to them."""
+
+
+class ApiKey(Base):
+    __tablename__ = "api_keys"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(100))
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    """SHA-256 of the key: keys are 256-bit random tokens, so a fast hash is safe at rest."""
+    prefix: Mapped[str] = mapped_column(String(12))
+    """The key's first characters, shown in listings so operators can tell keys apart."""
+    scopes: Mapped[list[str]] = mapped_column()
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class Series(Base):
+    __tablename__ = "series"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    channels: Mapped[list[str]] = mapped_column()
+    window_size: Mapped[int] = mapped_column(Integer)
+    stride: Mapped[int] = mapped_column(Integer)
+    classes: Mapped[dict[str, str]] = mapped_column()
+    """Class name -> kind (`normal` or `anomaly`), built-in classes included."""
+    threshold_quantile: Mapped[float] = mapped_column(Float, default=0.99)
+    labels_since_train: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class Point(Base):
+    __tablename__ = "points"
+
+    series_id: Mapped[int] = mapped_column(
+        ForeignKey("series.id", ondelete="CASCADE"), primary_key=True
+    )
+    ts: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    """Microseconds since the Unix epoch, UTC."""
+    values: Mapped[bytes] = mapped_column(LargeBinary)
+    """Little-endian float64, one per channel, in the series' channel order."""
+
+
+class Label(Base):
+    __tablename__ = "labels"
+    __table_args__ = (Index("ix_labels_series_live", "series_id", "deleted_at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    series_id: Mapped[int] = mapped_column(ForeignKey("series.id", ondelete="CASCADE"))
+    start_ts: Mapped[int | None] = mapped_column(BigInteger)
+    end_ts: Mapped[int | None] = mapped_column(BigInteger)
+    label: Mapped[str] = mapped_column(String(100))
+    score_id: Mapped[uuid.UUID | None] = mapped_column(Uuid, default=None)
+    """Set for feedback on a scored window; the window itself is in `scores`."""
+    model_version: Mapped[int | None] = mapped_column(Integer, default=None)
+    """The version whose score the feedback is about."""
+    author: Mapped[str | None] = mapped_column(String(200), default=None)
+    note: Mapped[str | None] = mapped_column(Text, default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    deleted_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class ScoreRecord(Base):
+    """A scored window, kept for a retention period so that feedback can point at it."""
+
+    __tablename__ = "scores"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
+    series_id: Mapped[int] = mapped_column(
+        ForeignKey("series.id", ondelete="CASCADE"), index=True
+    )
+    model_version: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    start_ts: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    end_ts: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    window: Mapped[bytes] = mapped_column(LargeBinary)
+    """Little-endian float32, shape (window_size, channels)."""
+    raw_score: Mapped[float] = mapped_column(Float)
+    adjusted_score: Mapped[float] = mapped_column(Float)
+    is_anomaly: Mapped[bool] = mapped_column(Boolean)
+
+
+class ModelVersion(Base):
+    __tablename__ = "model_versions"
+    __table_args__ = (
+        Index("uq_model_versions_series_version", "series_id", "version", unique=True),
+        # At most one active version per series, enforced by the database itself.
+        Index(
+            "uq_model_versions_one_active",
+            "series_id",
+            unique=True,
+            postgresql_where=text("status = 'active'"),
+            sqlite_where=text("status = 'active'"),
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    series_id: Mapped[int] = mapped_column(ForeignKey("series.id", ondelete="CASCADE"))
+    version: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(16))
+    artifact: Mapped[bytes] = mapped_column(LargeBinary)
+    sha256: Mapped[str] = mapped_column(String(64))
+    metrics: Mapped[dict[str, Any]] = mapped_column()
+    note: Mapped[str | None] = mapped_column(Text, default=None)
+    """Why a candidate was not activated, or who rolled back to it."""
+    job_id: Mapped[int | None] = mapped_column(Integer, default=None)
+    trained_at: Mapped[datetime] = mapped_column(default=utcnow)
+    activated_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+    __table_args__ = (
+        Index("ix_jobs_status_created", "status", "created_at"),
+        # One queued or running job per series: a second request gets the first job back.
+        Index(
+            "uq_jobs_one_open_per_series",
+            "series_id",
+            unique=True,
+            postgresql_where=text("status IN ('queued', 'running')"),
+            sqlite_where=text("status IN ('queued', 'running')"),
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    series_id: Mapped[int] = mapped_column(ForeignKey("series.id", ondelete="CASCADE"))
+    status: Mapped[str] = mapped_column(String(16), default=JOB_QUEUED)
+    reason: Mapped[str] = mapped_column(String(32), default="manual")
+    progress: Mapped[float] = mapped_column(Float, default=0.0)
+    error: Mapped[str | None] = mapped_column(Text, default=None)
+    model_version: Mapped[int | None] = mapped_column(Integer, default=None)
+    metrics: Mapped[dict[str, Any] | None] = mapped_column(default=None)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    lease_owner: Mapped[str | None] = mapped_column(String(100), default=None)
+    lease_expires_at: Mapped[datetime | None] = mapped_column(default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(default=None)
+    finished_at: Mapped[datetime | None] = mapped_column(default=None)
+
+    series: Mapped[Series] = relationship(lazy="raise")
+
+
+class IdempotencyRecord(Base):
+    """A response remembered under a client's Idempotency-Key (IETF httpapi draft)."""
+
+    __tablename__ = "idempotency_keys"
+
+    api_key_id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    request_hash: Mapped[str] = mapped_column(String(64))
+    """SHA-256 of method, path and body: the same key with another request is refused."""
+    status_code: Mapped[int | None] = mapped_column(Integer, default=None)
+    """None while the first request is still in flight."""
+    response_body: Mapped[bytes | None] = mapped_column(LargeBinary, default=None)
+    response_headers: Mapped[dict[str, Any] | None] = mapped_column(default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)

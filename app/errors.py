@@ -1,0 +1,186 @@
+"""One domain error hierarchy, rendered by one handler as RFC 9457 problem details."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+
+from models import ModelError
+
+log = logging.getLogger(__name__)
+
+PROBLEM_JSON = "application/problem+json"
+
+
+class VigilError(Exception):
+    """An error a client can act on. `detail` is shown to the client verbatim."""
+
+    status_code = 400
+    title = "Bad request"
+    headers: dict[str, str] | None = None
+
+    def __init__(self, detail: str, *, errors: list[dict[str, Any]] | None = None) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.errors = errors
+
+
+class InvalidInput(VigilError):
+    status_code = 422
+    title = "Invalid input"
+
+    def __init__(self, detail: str, *, field: str | None = None) -> None:
+        errors = [{"loc": field.split("."), "msg": detail}] if field else None
+        super().__init__(f"{field}: {detail}" if field else detail, errors=errors)
+        self.field = field
+
+
+class NotFound(VigilError):
+    status_code = 404
+    title = "Not found"
+
+
+class SeriesNotFound(NotFound):
+    def __init__(self, series_id: int | str) -> None:
+        super().__init__(f"series {series_id} does not exist")
+
+
+class Conflict(VigilError):
+    status_code = 409
+    title = "Conflict"
+
+
+class NoTrainedModel(Conflict):
+    title = "No trained model"
+
+    def __init__(self, series_name: str) -> None:
+        super().__init__(
+            f"series {series_name!r} has no trained model yet: ingest points and "
+            f"POST /v1/series/{{id}}/train, then poll the job until it has succeeded"
+        )
+
+
+class PayloadTooLarge(VigilError):
+    status_code = 413
+    title = "Payload too large"
+
+
+class UnsupportedMediaType(VigilError):
+    status_code = 415
+    title = "Unsupported media type"
+
+
+class Unauthorized(VigilError):
+    status_code = 401
+    title = "Unauthorized"
+    headers = {"WWW-Authenticate": "Bearer"}  # noqa: RUF012
+
+
+class Forbidden(VigilError):
+    status_code = 403
+    title = "Forbidden"
+
+
+class RateLimited(VigilError):
+    status_code = 429
+    title = "Too many requests"
+
+    def __init__(self, detail: str, *, retry_after: int) -> None:
+        super().__init__(detail)
+        self.headers = {"Retry-After": str(retry_after)}
+
+
+class ServiceUnavailable(VigilError):
+    status_code = 503
+    title = "Service unavailable"
+
+    def __init__(self, detail: str, *, retry_after: int = 5) -> None:
+        super().__init__(detail)
+        self.headers = {"Retry-After": str(retry_after)}
+
+
+def problem(
+    status: int,
+    title: str,
+    detail: str,
+    *,
+    instance: str | None = None,
+    errors: list[dict[str, Any]] | None = None,
+    headers: dict[str, str] | None = None,
+) -> Response:
+    body: dict[str, Any] = {"type": "about:blank", "title": title, "status": status}
+    body["detail"] = detail
+    if instance:
+        body["instance"] = instance
+    if errors:
+        body["errors"] = errors
+    return Response(
+        orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY),
+        status_code=status,
+        media_type=PROBLEM_JSON,
+        headers=headers,
+    )
+
+
+def _describe_validation_errors(exc: RequestValidationError) -> tuple[str, list[dict[str, Any]]]:
+    errors = []
+    for err in exc.errors():
+        loc = [str(part) for part in err.get("loc", ())]
+        errors.append({"loc": loc, "msg": err.get("msg", "invalid"), "type": err.get("type")})
+    summary = "; ".join(f"{'.'.join(e['loc'])}: {e['msg']}" for e in errors[:5])
+    if len(errors) > 5:
+        summary += f"; and {len(errors) - 5} more"
+    return summary or "invalid request", errors
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    async def vigil_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, VigilError)
+        return problem(
+            exc.status_code,
+            exc.title,
+            exc.detail,
+            instance=request.url.path,
+            errors=exc.errors,
+            headers=exc.headers,
+        )
+
+    async def model_error(request: Request, exc: Exception) -> Response:
+        # The model package's messages are written to be passed on unchanged.
+        return problem(422, "Invalid input", str(exc), instance=request.url.path)
+
+    async def validation_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, RequestValidationError)
+        detail, errors = _describe_validation_errors(exc)
+        return problem(422, "Invalid input", detail, instance=request.url.path, errors=errors)
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, StarletteHTTPException)
+        headers = dict(exc.headers) if exc.headers else None
+        return problem(
+            exc.status_code,
+            _title_for(exc.status_code),
+            str(exc.detail),
+            instance=request.url.path,
+            headers=headers,
+        )
+
+    app.add_exception_handler(VigilError, vigil_error)
+    app.add_exception_handler(ModelError, model_error)
+    app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(StarletteHTTPException, http_error)
+
+
+def _title_for(status: int) -> str:
+    from http import HTTPStatus
+
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Error"

@@ -1,0 +1,129 @@
+"""Prometheus metrics.
+
+Counters and histograms live in each process (in multiprocess mode, in files under
+PROMETHEUS_MULTIPROC_DIR, which `vigil serve` sets before prometheus_client is imported).
+Gauges that describe shared state (queue depth, active versions, data freshness) are read
+from the database at scrape time, so that every API process reports the same truth.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.registry import Collector
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.db.models import JOB_QUEUED, MODEL_ACTIVE, Job, ModelVersion, Point, Series
+
+REQUESTS = Counter(
+    "vigil_http_requests", "HTTP requests by route template and status.", ["method", "route", "status"]
+)
+REQUEST_LATENCY = Histogram(
+    "vigil_http_request_duration_seconds",
+    "HTTP request latency by route template.",
+    ["method", "route"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+)
+WINDOWS_SCORED = Counter("vigil_windows_scored", "Windows scored.", ["series"])
+ANOMALIES_FLAGGED = Counter(
+    "vigil_anomalies_flagged", "Scored windows whose adjusted score passed the threshold.", ["series"]
+)
+ADJUSTED_SCORE = Histogram(
+    "vigil_adjusted_score",
+    "Adjusted (calibrated, feedback-corrected) anomaly scores.",
+    ["series"],
+    buckets=(0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 8.0, 13.0, 21.0, 34.0, 55.0),
+)
+SCORE_BATCH_SIZE = Histogram(
+    "vigil_score_batch_size",
+    "Windows per model call made by the micro-batcher.",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024),
+)
+LABELS = Counter("vigil_labels", "Labels created, by class.", ["series", "label"])
+FEEDBACK = Counter(
+    "vigil_feedback",
+    "Operator feedback on scores (false_positive, false_negative) by the model version scored.",
+    ["series", "model_version", "kind"],
+)
+POINTS_INGESTED = Counter("vigil_points_ingested", "Points received for ingestion.", ["series"])
+JOBS = Counter("vigil_jobs", "Training jobs by the status they reached.", ["status"])
+TRAINING_DURATION = Histogram(
+    "vigil_training_duration_seconds",
+    "Wall time of training jobs, from claim to result.",
+    buckets=(1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0),
+)
+
+
+class DatabaseCollector(Collector):
+    """Gauges read from the database at scrape time."""
+
+    def __init__(self, sessions: sessionmaker[Session]) -> None:
+        self._sessions = sessions
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        queue = GaugeMetricFamily("vigil_job_queue_depth", "Training jobs waiting for a worker.")
+        version = GaugeMetricFamily(
+            "vigil_active_model_version", "Active model version per series.", labels=["series"]
+        )
+        age = GaugeMetricFamily(
+            "vigil_model_age_seconds",
+            "Seconds since the active model of a series was trained.",
+            labels=["series"],
+        )
+        newest = GaugeMetricFamily(
+            "vigil_last_point_timestamp_seconds",
+            "Unix time of the newest stored point per series.",
+            labels=["series"],
+        )
+        now = time.time()
+        with self._sessions() as session:
+            depth = session.scalar(select(func.count()).where(Job.status == JOB_QUEUED))
+            queue.add_metric([], float(depth or 0))
+            active = session.execute(
+                select(Series.name, ModelVersion.version, ModelVersion.trained_at)
+                .join(ModelVersion, ModelVersion.series_id == Series.id)
+                .where(ModelVersion.status == MODEL_ACTIVE)
+            )
+            for name, number, trained_at in active:
+                version.add_metric([name], float(number))
+                age.add_metric([name], now - trained_at.timestamp())
+            # A correlated max per series walks the (series_id, ts) index backwards: no scan.
+            last_ts = (
+                select(func.max(Point.ts)).where(Point.series_id == Series.id).scalar_subquery()
+            )
+            for name, ts in session.execute(select(Series.name, last_ts)):
+                if ts is not None:
+                    newest.add_metric([name], ts / 1e6)
+        yield from (queue, version, age, newest)
+
+
+def multiprocess_enabled() -> bool:
+    return bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+
+
+def exposition(sessions: sessionmaker[Session] | None) -> tuple[bytes, str]:
+    """The text exposition of this process (or all API processes) plus the database gauges."""
+    if multiprocess_enabled():
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)
+        body = generate_latest(registry)
+    else:
+        body = generate_latest(REGISTRY)
+    if sessions is not None:
+        db_registry = CollectorRegistry(auto_describe=False)
+        db_registry.register(DatabaseCollector(sessions))
+        body += generate_latest(db_registry)
+    return body, CONTENT_TYPE_LATEST

@@ -1,0 +1,45 @@
+"""Training jobs and model versions as the API shows them."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class JobOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    job_id: int = Field(description="Same as `id`.")
+    series_id: int
+    status: Literal["queued", "running", "succeeded", "failed"]
+    reason: str = Field(description="`manual` (API), or `labels` (queued after new labels).")
+    progress: float = Field(description="0 to 1; epochs done over the epoch budget.")
+    error: str | None
+    model_version: int | None = Field(description="The version this job produced.")
+    metrics: dict[str, Any] | None
+    attempts: int
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+class ModelVersionOut(BaseModel):
+    series_id: int
+    version: int
+    status: Literal["active", "candidate", "retired"]
+    active: bool
+    metrics: dict[str, Any]
+    note: str | None
+    sha256: str
+    job_id: int | None
+    trained_at: datetime
+    activated_at: datetime | None
+
+
+class ModelVersionList(BaseModel):
+    series_id: int
+    active_version: int | None
+    versions: list[ModelVersionOut]

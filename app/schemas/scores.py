@@ -1,0 +1,51 @@
+"""Scoring requests and responses.
+
+The route parses bodies itself (orjson straight into numpy: pydantic would spend longer
+validating 256 × 128 × 6 floats than the model spends scoring them); these models document
+the contract in OpenAPI and are used to validate the small fields.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+
+class ScoreWindowsRequest(BaseModel):
+    series_id: int = Field(description="The series whose active model scores the windows.")
+    windows: list[list[list[float]]] = Field(
+        description="1 to 1,024 windows, each `window_size` time steps × one value per channel.",
+        min_length=1,
+        max_length=1024,
+    )
+
+
+class ScoreRangeRequest(BaseModel):
+    series_id: int
+    start: str | float = Field(description="ISO-8601 timestamp or epoch seconds (inclusive).")
+    end: str | float = Field(description="ISO-8601 timestamp or epoch seconds (inclusive).")
+
+
+class ScoreResult(BaseModel):
+    score_id: str = Field(description="Point feedback at this window with POST /v1/labels.")
+    raw_score: float = Field(description="−log of the reconstruction probability, in nats.")
+    score: float = Field(description="Calibrated score: ≥ 0, grows with anomalousness.")
+    p_false_positive: float = Field(description="π's probability of the false_positive class.")
+    p_false_negative: float = Field(description="π's probability of the false_negative class.")
+    adjusted_score: float = Field(description="score × (1 − p_fp) / (1 − p_fn).")
+    is_anomaly: bool = Field(description="adjusted_score > threshold.")
+    class_probabilities: dict[str, float]
+    channel_contributions: dict[str, float] = Field(
+        description="Each channel's share of the raw score: which sensor looks wrong."
+    )
+    step_contributions: list[float] | None = Field(
+        default=None, description="Each time step's share (only with `?detail=steps`)."
+    )
+    start: str | None = Field(default=None, description="First timestamp (range requests).")
+    end: str | None = Field(default=None, description="Last timestamp (range requests).")
+
+
+class ScoreResponse(BaseModel):
+    series_id: int
+    model_version: int
+    threshold: float = Field(description="Alarm threshold of the series' quantile.")
+    results: list[ScoreResult]

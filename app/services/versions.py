@@ -1,0 +1,73 @@
+"""Model versions: listing, and activation (promotion or rollback) in one transaction."""
+
+from __future__ import annotations
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from app.db.base import utcnow
+from app.db.models import MODEL_ACTIVE, MODEL_RETIRED, ModelVersion, Series
+from app.errors import NotFound, SeriesNotFound
+from app.schemas.jobs import ModelVersionList, ModelVersionOut
+
+_LISTED = (
+    ModelVersion.series_id,
+    ModelVersion.version,
+    ModelVersion.status,
+    ModelVersion.metrics,
+    ModelVersion.note,
+    ModelVersion.sha256,
+    ModelVersion.job_id,
+    ModelVersion.trained_at,
+    ModelVersion.activated_at,
+)
+
+
+def _out(row: ModelVersion) -> ModelVersionOut:
+    return ModelVersionOut(
+        series_id=row.series_id,
+        version=row.version,
+        status=row.status,  # type: ignore[arg-type]
+        active=row.status == MODEL_ACTIVE,
+        metrics=row.metrics,
+        note=row.note,
+        sha256=row.sha256,
+        job_id=row.job_id,
+        trained_at=row.trained_at,
+        activated_at=row.activated_at,
+    )
+
+
+def list_versions(*, session: Session, series_id: int) -> ModelVersionList:
+    if session.get(Series, series_id) is None:
+        raise SeriesNotFound(series_id)
+    rows = session.execute(
+        select(*_LISTED).where(ModelVersion.series_id == series_id).order_by(ModelVersion.version)
+    ).all()
+    versions = [_out(row) for row in rows]  # type: ignore[arg-type]
+    active = next((v.version for v in versions if v.active), None)
+    return ModelVersionList(series_id=series_id, active_version=active, versions=versions)
+
+
+def activate_version(*, session: Session, series_id: int, version: int, by: str) -> ModelVersionOut:
+    if session.get(Series, series_id) is None:
+        raise SeriesNotFound(series_id)
+    target = session.scalar(
+        select(ModelVersion).where(
+            ModelVersion.series_id == series_id, ModelVersion.version == version
+        )
+    )
+    if target is None:
+        raise NotFound(f"series {series_id} has no model version {version}")
+    if target.status != MODEL_ACTIVE:
+        session.execute(
+            update(ModelVersion)
+            .where(ModelVersion.series_id == series_id, ModelVersion.status == MODEL_ACTIVE)
+            .values(status=MODEL_RETIRED)
+        )
+        session.flush()
+        target.status = MODEL_ACTIVE
+        target.activated_at = utcnow()
+        target.note = f"activated by {by}"
+    session.commit()
+    return _out(target)

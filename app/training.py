@@ -1,0 +1,273 @@
+"""From stored points and labels to a trained, calibrated model version.
+
+Windows are cut from the series' points in time order (`window_size` long, every `stride`
+points). Labels are applied to points first (later labels win where ranges overlap), so a
+label covering part of a window supervises only those time steps. Feedback on a window that
+a client posted (not a stored range) adds that window itself, labelled at every step.
+The newest `val_fraction` of the windows is held out for early stopping, calibration and
+the comparison with the active version.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app.config import Settings
+from app.db.models import Label, Point, ScoreRecord, Series
+from models import (
+    BUILTIN_CLASSES,
+    ClassSpec,
+    NotEnoughData,
+    Progress,
+    TrainConfig,
+    TrainedModel,
+    TrainingData,
+    fit,
+)
+
+log = logging.getLogger(__name__)
+
+UNLABELLED = -1
+VAL_FRACTION = 0.2
+
+
+@dataclass
+class Dataset:
+    train: TrainingData
+    validation: TrainingData
+    classes: list[ClassSpec]
+    summary: dict[str, int]
+
+
+def load_points(
+    *, session: Session, series_id: int, n_channels: int, max_points: int, chunk: int = 50_000
+) -> tuple[np.ndarray, np.ndarray]:
+    """The newest `max_points` points, oldest first: (P,) int64 µs and (P, F) float32.
+
+    Streams rows in chunks and decodes each chunk at once, so memory stays linear in P.
+    """
+    newest_first = (
+        select(Point.ts, Point.values)
+        .where(Point.series_id == series_id)
+        .order_by(Point.ts.desc())
+        .limit(max_points)
+        .execution_options(yield_per=chunk)
+    )
+    stamps: list[np.ndarray] = []
+    values: list[np.ndarray] = []
+    for part in session.execute(newest_first).partitions():
+        stamps.append(np.fromiter((row[0] for row in part), dtype=np.int64, count=len(part)))
+        blob = b"".join(row[1] for row in part)
+        values.append(np.frombuffer(blob, dtype="<f8").reshape(len(part), n_channels))
+    if not stamps:
+        return np.empty(0, np.int64), np.empty((0, n_channels), np.float32)
+    ts = np.concatenate(stamps)[::-1].copy()
+    vals = np.concatenate(values)[::-1].astype(np.float32)
+    return ts, vals
+
+
+def cut_windows(n_points: int, *, window_size: int, stride: int) -> np.ndarray:
+    """Start indices of the windows over `n_points` points, oldest first."""
+    if n_points < window_size:
+        return np.empty(0, np.int64)
+    return np.arange(0, n_points - window_size + 1, stride, dtype=np.int64)
+
+
+def gather(array: np.ndarray, starts: np.ndarray, window_size: int) -> np.ndarray:
+    """(P, ...) -> (N, window_size, ...) for the windows starting at `starts`."""
+    index = starts[:, None] + np.arange(window_size)[None, :]  # (N, T)
+    return array[index]
+
+
+def class_order(series_classes: dict[str, str], previous: Sequence[ClassSpec]) -> list[ClassSpec]:
+    """The previous model's classes in their order, then the series' new classes.
+
+    Keeping the order lets a warm start keep π's rows; new classes grow π at the end.
+    """
+    order = list(previous) if previous else list(BUILTIN_CLASSES)
+    known = {c.name for c in order}
+    for name, kind in series_classes.items():
+        if name not in known:
+            order.append(ClassSpec(name, "anomaly" if kind == "anomaly" else "normal"))
+            known.add(name)
+    return order
+
+
+def point_labels(
+    ts: np.ndarray, labels: Sequence[Label], index: dict[str, int]
+) -> np.ndarray:
+    """(P,) class index per point, -1 where no live range label covers it."""
+    out = np.full(len(ts), UNLABELLED, dtype=np.int64)
+    for label in sorted(labels, key=lambda item: (item.created_at, item.id)):
+        if label.start_ts is None or label.end_ts is None or label.label not in index:
+            continue
+        lo = int(np.searchsorted(ts, label.start_ts, side="left"))
+        hi = int(np.searchsorted(ts, label.end_ts, side="right"))
+        out[lo:hi] = index[label.label]
+    return out
+
+
+def build_dataset(
+    *, session: Session, series: Series, settings: Settings, previous: Sequence[ClassSpec]
+) -> Dataset:
+    channels = len(series.channels)
+    window_size = series.window_size
+    max_points = settings.train_max_windows * series.stride + window_size
+    ts, values = load_points(
+        session=session, series_id=series.id, n_channels=channels, max_points=max_points
+    )
+    classes = class_order(series.classes, previous)
+    index = {c.name: i for i, c in enumerate(classes)}
+
+    labels = list(
+        session.scalars(
+            select(Label).where(Label.series_id == series.id, Label.deleted_at.is_(None))
+        )
+    )
+    per_point = point_labels(ts, labels, index)
+    starts = cut_windows(len(ts), window_size=window_size, stride=series.stride)
+    windows = gather(values, starts, window_size)  # (N, T, F)
+    window_labels = gather(per_point, starts, window_size)  # (N, T)
+
+    # Feedback on posted windows (no stored range): the scored window itself is the example.
+    extra_windows, extra_labels = _posted_feedback(
+        session=session, labels=labels, index=index, shape=(window_size, channels)
+    )
+
+    n_val = max(1, int(round(len(windows) * VAL_FRACTION))) if len(windows) >= 2 else 0
+    cut = len(windows) - n_val
+    train_windows = np.concatenate([windows[:cut], extra_windows])
+    train_labels = np.concatenate([window_labels[:cut], extra_labels])
+    total = len(windows) + len(extra_windows)
+    if total < settings.min_train_windows or n_val == 0:
+        raise NotEnoughData(
+            f"series {series.name!r} has {total} training windows of {window_size} points "
+            f"(needs at least {settings.min_train_windows}); ingest more points"
+        )
+    has_labels = bool((train_labels != UNLABELLED).any())
+    val_labels = window_labels[cut:]
+    return Dataset(
+        train=TrainingData(train_windows, train_labels if has_labels else None),
+        validation=TrainingData(
+            windows[cut:], val_labels if (val_labels != UNLABELLED).any() else None
+        ),
+        classes=classes,
+        summary={
+            "points": len(ts),
+            "windows": total,
+            "train_windows": len(train_windows),
+            "validation_windows": n_val,
+            "labelled_windows": int((train_labels != UNLABELLED).any(axis=1).sum()),
+            "feedback_windows": len(extra_windows),
+        },
+    )
+
+
+def _posted_feedback(
+    *, session: Session, labels: Sequence[Label], index: dict[str, int], shape: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray]:
+    wanted = {
+        label.score_id: index[label.label]
+        for label in labels
+        if label.score_id is not None and label.start_ts is None and label.label in index
+    }
+    if not wanted:
+        return np.empty((0, *shape), np.float32), np.empty((0, shape[0]), np.int64)
+    rows = session.execute(
+        select(ScoreRecord.id, ScoreRecord.window).where(ScoreRecord.id.in_(list(wanted)))
+    ).all()
+    windows = [np.frombuffer(blob, dtype="<f4").reshape(shape) for _, blob in rows]
+    targets = [np.full(shape[0], wanted[score_id], dtype=np.int64) for score_id, _ in rows]
+    if len(rows) < len(wanted):
+        log.info("%d feedback windows have expired from the score log", len(wanted) - len(rows))
+    if not rows:
+        return np.empty((0, *shape), np.float32), np.empty((0, shape[0]), np.int64)
+    return np.stack(windows), np.stack(targets)
+
+
+def relabel(data: TrainingData, source: Sequence[ClassSpec], target: Sequence[ClassSpec]) -> TrainingData:
+    """The same windows with labels re-indexed into `target`'s classes (-1 where absent)."""
+    if data.labels is None:
+        return data
+    mapping = np.full(len(source) + 1, UNLABELLED, dtype=np.int64)  # last slot maps -1
+    where = {c.name: i for i, c in enumerate(target)}
+    for i, spec in enumerate(source):
+        mapping[i] = where.get(spec.name, UNLABELLED)
+    labels = mapping[data.labels]  # -1 indexes the last slot, which holds -1
+    return TrainingData(data.windows, labels if (labels != UNLABELLED).any() else None)
+
+
+@dataclass
+class Outcome:
+    model: TrainedModel
+    activate: bool
+    note: str | None
+    metrics: dict[str, float | int | str | None]
+
+
+def json_metrics(raw: dict[str, Any]) -> dict[str, float | int | str | None]:
+    """Metrics as JSON can hold them: NaN and infinities (e.g. CE without labels) become null."""
+    out: dict[str, float | int | str | None] = {}
+    for key, value in raw.items():
+        if isinstance(value, float | np.floating):
+            out[key] = float(value) if math.isfinite(value) else None
+        elif isinstance(value, int | np.integer):
+            out[key] = int(value)
+        else:
+            out[key] = str(value)
+    return out
+
+
+def train_version(
+    *,
+    dataset: Dataset,
+    series: Series,
+    settings: Settings,
+    active: TrainedModel | None,
+    seed: int,
+    progress: Callable[[Progress], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> Outcome:
+    """Fit (warm-started from the active model), then decide whether to activate."""
+    config = TrainConfig(
+        epochs=settings.train_epochs,
+        batch_size=settings.train_batch_size,
+        patience=settings.train_patience,
+        threads=settings.train_threads,
+        threshold_quantile=series.threshold_quantile,
+        seed=seed,
+    )
+    model = fit(
+        dataset.train,
+        classes=dataset.classes,
+        channels=series.channels,
+        train_config=config,
+        validation=dataset.validation,
+        warm_start=active,
+        progress=progress,
+        should_stop=should_stop,
+    )
+    new_eval = model.evaluate(dataset.validation)
+    metrics = json_metrics(
+        {**model.metrics, **dataset.summary, **{f"val_{k}": v for k, v in new_eval.items()}}
+    )
+    if active is None:
+        return Outcome(model, True, None, metrics)
+    old_eval = active.evaluate(relabel(dataset.validation, dataset.classes, active.classes))
+    metrics["active_val_loss"] = json_metrics(old_eval)["loss"]
+    margin = settings.activation_tolerance * abs(old_eval["loss"])
+    if new_eval["loss"] <= old_eval["loss"] + margin:
+        return Outcome(model, True, None, metrics)
+    note = (
+        f"kept as candidate: validation loss {new_eval['loss']:.4g} is worse than the active "
+        f"version's {old_eval['loss']:.4g} (tolerance {settings.activation_tolerance:.0%})"
+    )
+    return Outcome(model, False, note, metrics)

@@ -1,0 +1,386 @@
+"""The training worker: claims queued jobs, trains, stores and (maybe) activates versions.
+
+Any number of workers may run against Postgres. A job is claimed with
+`FOR UPDATE SKIP LOCKED` and held by a lease that a heartbeat thread renews; a job whose
+worker died is claimed again once its lease has expired, up to `job_max_attempts` times.
+A new version is written and activated in one transaction, so there is never a
+half-activated model, and a partial unique index forbids two active versions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from datetime import timedelta
+
+from sqlalchemy import case, func, or_, select, update
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.config import Settings
+from app.db.base import utcnow
+from app.db.models import (
+    JOB_FAILED,
+    JOB_QUEUED,
+    JOB_RUNNING,
+    JOB_SUCCEEDED,
+    MODEL_ACTIVE,
+    MODEL_CANDIDATE,
+    MODEL_RETIRED,
+    IdempotencyRecord,
+    Job,
+    ModelVersion,
+    ScoreRecord,
+    Series,
+)
+from app.db.session import make_engine, make_sessionmaker
+from app.metrics import JOBS, TRAINING_DURATION
+from app.scoring import load_artifact
+from app.training import Outcome, build_dataset, train_version
+from models import ModelError, Progress, TrainedModel, TrainingCancelled
+
+log = logging.getLogger(__name__)
+
+HOUSEKEEPING_SECONDS = 300.0
+IDEMPOTENCY_TTL = timedelta(hours=24)
+
+
+class LeaseLost(Exception):
+    """Another worker owns the job now: this one must drop its result."""
+
+
+@dataclass(frozen=True)
+class Claimed:
+    job_id: int
+    series_id: int
+    attempt: int
+
+
+class Worker:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        sessions: sessionmaker[Session] | None = None,
+        name: str | None = None,
+    ) -> None:
+        self.settings = settings
+        self.sessions = sessions or make_sessionmaker(
+            make_engine(settings.database_url, role="worker")
+        )
+        self.name = name or f"{socket.gethostname()}:{os.getpid()}:{id(self) & 0xFFFF:x}"
+        self.stop_event = threading.Event()
+        self._last_housekeeping = 0.0
+
+    # -- the loop ----------------------------------------------------------------------------
+    def run_forever(self) -> None:
+        log.info("worker %s started", self.name)
+        while not self.stop_event.is_set():
+            try:
+                ran = self.run_once()
+                self._housekeeping()
+            except SQLAlchemyError as exc:
+                log.warning("worker database error: %s; retrying", exc.__class__.__name__)
+                ran = None
+            if ran is None:
+                self.stop_event.wait(self.settings.job_poll_seconds)
+        log.info("worker %s stopped", self.name)
+
+    def run_once(self) -> int | None:
+        """Claim one job and run it to an end. Returns its id, or None if none was queued."""
+        claimed = self.claim()
+        if claimed is None:
+            return None
+        self.execute(claimed)
+        return claimed.job_id
+
+    # -- claiming ----------------------------------------------------------------------------
+    def claim(self) -> Claimed | None:
+        now = utcnow()
+        lease_until = now + timedelta(seconds=self.settings.job_lease_seconds)
+        with self.sessions() as session, session.begin():
+            self._fail_exhausted(session, now)
+            candidate = (
+                select(Job.id)
+                .where(
+                    or_(
+                        Job.status == JOB_QUEUED,
+                        (Job.status == JOB_RUNNING) & (Job.lease_expires_at < now),
+                    )
+                )
+                .order_by(Job.created_at, Job.id)
+                .limit(1)
+            )
+            if session.get_bind().dialect.name == "postgresql":
+                candidate = candidate.with_for_update(skip_locked=True)
+            row = session.execute(
+                update(Job)
+                .where(Job.id == candidate.scalar_subquery())
+                .values(
+                    status=JOB_RUNNING,
+                    lease_owner=self.name,
+                    lease_expires_at=lease_until,
+                    attempts=Job.attempts + 1,
+                    started_at=func.coalesce(Job.started_at, now),
+                    error=None,
+                )
+                .returning(Job.id, Job.series_id, Job.attempts)
+            ).one_or_none()
+        if row is None:
+            return None
+        log.info("worker %s claimed job %d (attempt %d)", self.name, row[0], row[2])
+        return Claimed(job_id=row[0], series_id=row[1], attempt=row[2])
+
+    def _fail_exhausted(self, session: Session, now: object) -> None:
+        result = session.execute(
+            update(Job)
+            .where(
+                Job.status == JOB_RUNNING,
+                Job.lease_expires_at < now,
+                Job.attempts >= self.settings.job_max_attempts,
+            )
+            .values(
+                status=JOB_FAILED,
+                finished_at=now,
+                lease_owner=None,
+                lease_expires_at=None,
+                error=(
+                    f"abandoned: its worker stopped responding "
+                    f"{self.settings.job_max_attempts} times"
+                ),
+            )
+        )
+        for _ in range(int(result.rowcount or 0)):  # type: ignore[attr-defined]
+            JOBS.labels(JOB_FAILED).inc()
+
+    # -- running -----------------------------------------------------------------------------
+    def execute(self, claimed: Claimed) -> None:
+        started = time.monotonic()
+        heartbeat = _Heartbeat(self, claimed.job_id)
+        heartbeat.start()
+        try:
+            outcome = self._train(claimed, heartbeat)
+            version = self._store(claimed, outcome)
+        except TrainingCancelled:
+            self._hand_back(claimed.job_id)
+            return
+        except LeaseLost:
+            log.warning("job %d: lease lost to another worker; result dropped", claimed.job_id)
+            return
+        except ModelError as exc:
+            self._fail(claimed.job_id, str(exc))
+            return
+        except Exception as exc:
+            log.exception("job %d failed", claimed.job_id)
+            self._fail(claimed.job_id, f"internal error: {exc.__class__.__name__}")
+            return
+        finally:
+            heartbeat.stop()
+        TRAINING_DURATION.observe(time.monotonic() - started)
+        JOBS.labels(JOB_SUCCEEDED).inc()
+        log.info("job %d succeeded: version %d", claimed.job_id, version)
+
+    def _train(self, claimed: Claimed, heartbeat: _Heartbeat) -> Outcome:
+        with self.sessions() as session:
+            series = session.get(Series, claimed.series_id)
+            if series is None:
+                raise ModelError(f"series {claimed.series_id} no longer exists")
+            active = self._active_model(session, series.id)
+            dataset = build_dataset(
+                session=session,
+                series=series,
+                settings=self.settings,
+                previous=active.classes if active else (),
+            )
+            session.expunge(series)
+
+        def progress(update_: Progress) -> None:
+            heartbeat.report(update_.epoch / update_.epochs)
+
+        def should_stop() -> bool:
+            if heartbeat.lost.is_set():
+                raise LeaseLost
+            return self.stop_event.is_set()
+
+        return train_version(
+            dataset=dataset,
+            series=series,
+            settings=self.settings,
+            active=active,
+            seed=claimed.job_id,
+            progress=progress,
+            should_stop=should_stop,
+        )
+
+    def _active_model(self, session: Session, series_id: int) -> TrainedModel | None:
+        row = session.execute(
+            select(ModelVersion.version, ModelVersion.artifact, ModelVersion.sha256).where(
+                ModelVersion.series_id == series_id, ModelVersion.status == MODEL_ACTIVE
+            )
+        ).one_or_none()
+        if row is None:
+            return None
+        return load_artifact(row[1], row[2], what=f"series {series_id} version {row[0]}")
+
+    def _store(self, claimed: Claimed, outcome: Outcome) -> int:
+        now = utcnow()
+        with self.sessions() as session, session.begin():
+            job_query = select(Job).where(Job.id == claimed.job_id)
+            if session.get_bind().dialect.name == "postgresql":
+                job_query = job_query.with_for_update()
+            job = session.scalar(job_query)
+            if job is None or job.lease_owner != self.name or job.status != JOB_RUNNING:
+                raise LeaseLost
+            number = (
+                session.scalar(
+                    select(func.max(ModelVersion.version)).where(
+                        ModelVersion.series_id == claimed.series_id
+                    )
+                )
+                or 0
+            ) + 1
+            blob = outcome.model.to_bytes(
+                metadata={"series_id": str(claimed.series_id), "version": str(number)}
+            )
+            if outcome.activate:
+                session.execute(
+                    update(ModelVersion)
+                    .where(
+                        ModelVersion.series_id == claimed.series_id,
+                        ModelVersion.status == MODEL_ACTIVE,
+                    )
+                    .values(status=MODEL_RETIRED)
+                )
+            session.add(
+                ModelVersion(
+                    series_id=claimed.series_id,
+                    version=number,
+                    status=MODEL_ACTIVE if outcome.activate else MODEL_CANDIDATE,
+                    artifact=blob,
+                    sha256=hashlib.sha256(blob).hexdigest(),
+                    metrics=dict(outcome.metrics),
+                    note=outcome.note,
+                    job_id=claimed.job_id,
+                    trained_at=now,
+                    activated_at=now if outcome.activate else None,
+                )
+            )
+            job.status = JOB_SUCCEEDED
+            job.progress = 1.0
+            job.model_version = number
+            job.metrics = {**outcome.metrics, "activated": outcome.activate}
+            if outcome.note:
+                job.metrics["note"] = outcome.note
+            job.finished_at = now
+            job.lease_owner = None
+            job.lease_expires_at = None
+        return number
+
+    def _fail(self, job_id: int, error: str) -> None:
+        with self.sessions() as session, session.begin():
+            session.execute(
+                update(Job)
+                .where(Job.id == job_id, Job.lease_owner == self.name)
+                .values(
+                    status=JOB_FAILED,
+                    error=error,
+                    finished_at=utcnow(),
+                    lease_owner=None,
+                    lease_expires_at=None,
+                )
+            )
+        JOBS.labels(JOB_FAILED).inc()
+        log.warning("job %d failed: %s", job_id, error)
+
+    def _hand_back(self, job_id: int) -> None:
+        """Shutdown during training: put the job back for another worker, uncounted."""
+        with self.sessions() as session, session.begin():
+            session.execute(
+                update(Job)
+                .where(Job.id == job_id, Job.lease_owner == self.name)
+                .values(
+                    status=JOB_QUEUED,
+                    progress=0.0,
+                    attempts=case((Job.attempts > 0, Job.attempts - 1), else_=0),
+                    lease_owner=None,
+                    lease_expires_at=None,
+                )
+            )
+        log.info("job %d handed back to the queue", job_id)
+
+    # -- housekeeping ------------------------------------------------------------------------
+    def _housekeeping(self) -> None:
+        now_mono = time.monotonic()
+        if now_mono - self._last_housekeeping < HOUSEKEEPING_SECONDS:
+            return
+        self._last_housekeeping = now_mono
+        now = utcnow()
+        with self.sessions() as session, session.begin():
+            cutoff = now - timedelta(hours=self.settings.score_retention_hours)
+            session.execute(
+                ScoreRecord.__table__.delete().where(ScoreRecord.created_at < cutoff)
+            )
+            session.execute(
+                IdempotencyRecord.__table__.delete().where(
+                    IdempotencyRecord.created_at < now - IDEMPOTENCY_TTL
+                )
+            )
+
+
+class _Heartbeat:
+    """Renews a job's lease and records progress from a thread of its own, so that a long
+    epoch cannot let the lease lapse. Sets `lost` if another worker has taken the job."""
+
+    def __init__(self, worker: Worker, job_id: int) -> None:
+        self.worker = worker
+        self.job_id = job_id
+        self.lost = threading.Event()
+        self._stop = threading.Event()
+        self._progress: float | None = None
+        self._thread = threading.Thread(target=self._run, name=f"lease-{job_id}", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def report(self, progress: float) -> None:
+        self._progress = progress
+        self.renew()
+
+    def _run(self) -> None:
+        interval = max(0.05, self.worker.settings.job_lease_seconds / 3)
+        while not self._stop.wait(interval):
+            self.renew()
+
+    def renew(self) -> None:
+        settings = self.worker.settings
+        values: dict[str, object] = {
+            "lease_expires_at": utcnow() + timedelta(seconds=settings.job_lease_seconds)
+        }
+        if self._progress is not None:
+            values["progress"] = round(min(self._progress, 0.99), 4)
+        try:
+            with self.worker.sessions() as session, session.begin():
+                result = session.execute(
+                    update(Job)
+                    .where(
+                        Job.id == self.job_id,
+                        Job.lease_owner == self.worker.name,
+                        Job.status == JOB_RUNNING,
+                    )
+                    .values(**values)
+                )
+                if not result.rowcount:  # type: ignore[attr-defined]
+                    self.lost.set()
+        except SQLAlchemyError as exc:
+            # The lease runs on; if the database stays away long enough, another worker
+            # takes the job and this one's result is dropped at store time.
+            log.warning("job %d: lease renewal failed: %s", self.job_id, exc.__class__.__name__)

@@ -1,0 +1,184 @@
+"""The training worker against a real database: claiming, leases, retries, activation."""
+
+from __future__ import annotations
+
+import threading
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.config import Settings
+from app.db.base import utcnow
+from app.db.models import JOB_FAILED, JOB_QUEUED, JOB_RUNNING, JOB_SUCCEEDED, Job, ModelVersion, Series
+from app.services.jobs import enqueue_training
+from app.worker import LeaseLost, Worker
+from tests.utils.stream import create_series, insert_points, make_stream
+
+
+@pytest.fixture
+def series_id(sessions: sessionmaker[Session]) -> int:
+    sid = create_series(sessions)
+    insert_points(sessions, sid, make_stream(400))
+    return sid
+
+
+def queue(sessions: sessionmaker[Session], series_id: int) -> int:
+    with sessions() as session, session.begin():
+        series = session.get(Series, series_id)
+        assert series is not None
+        job, created = enqueue_training(session=session, series=series, reason="manual")
+        session.flush()
+        return job.id
+
+
+def job_of(sessions: sessionmaker[Session], job_id: int) -> Job:
+    with sessions() as session:
+        job = session.get(Job, job_id)
+        assert job is not None
+        return job
+
+
+def test_a_second_request_gets_the_open_job(sessions: sessionmaker[Session], series_id: int) -> None:
+    first = queue(sessions, series_id)
+    assert queue(sessions, series_id) == first
+    with sessions() as session:
+        assert len(session.scalars(select(Job)).all()) == 1
+
+
+def test_worker_trains_stores_and_activates(
+    sessions: sessionmaker[Session], settings: Settings, series_id: int
+) -> None:
+    job_id = queue(sessions, series_id)
+    worker = Worker(settings, sessions=sessions)
+    assert worker.run_once() == job_id
+    job = job_of(sessions, job_id)
+    assert job.status == JOB_SUCCEEDED
+    assert job.progress == 1.0
+    assert job.model_version == 1
+    assert job.metrics is not None and job.metrics["activated"] is True
+    assert job.metrics["train_windows"] > 0 and job.metrics["validation_windows"] > 0
+    assert job.lease_owner is None
+    with sessions() as session:
+        versions = session.scalars(select(ModelVersion)).all()
+    assert [(v.version, v.status) for v in versions] == [(1, "active")]
+    assert len(versions[0].sha256) == 64
+    assert worker.run_once() is None  # nothing left in the queue
+
+
+def test_retrain_warm_starts_and_retires_the_previous_version(
+    sessions: sessionmaker[Session], settings: Settings, series_id: int
+) -> None:
+    worker = Worker(settings.model_copy(update={"activation_tolerance": 10.0}), sessions=sessions)
+    queue(sessions, series_id)
+    worker.run_once()
+    queue(sessions, series_id)
+    worker.run_once()
+    with sessions() as session:
+        rows = session.execute(
+            select(ModelVersion.version, ModelVersion.status).order_by(ModelVersion.version)
+        ).all()
+    assert [tuple(r) for r in rows] == [(1, "retired"), (2, "active")]
+
+
+def test_too_little_data_fails_the_job_with_a_clear_error(
+    sessions: sessionmaker[Session], settings: Settings
+) -> None:
+    sid = create_series(sessions, name="tiny")
+    insert_points(sessions, sid, make_stream(20))
+    job_id = queue(sessions, sid)
+    Worker(settings, sessions=sessions).run_once()
+    job = job_of(sessions, job_id)
+    assert job.status == JOB_FAILED
+    assert job.error is not None and "tiny" in job.error and "ingest more points" in job.error
+
+
+def test_two_workers_never_claim_the_same_job(
+    sessions: sessionmaker[Session], settings: Settings, series_id: int
+) -> None:
+    queue(sessions, series_id)
+    workers = [Worker(settings, sessions=sessions, name=f"w{i}") for i in range(4)]
+    barrier = threading.Barrier(len(workers))
+    claims: list[object] = []
+
+    def grab(worker: Worker) -> None:
+        barrier.wait()
+        claims.append(worker.claim())
+
+    threads = [threading.Thread(target=grab, args=(w,)) for w in workers]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    won = [c for c in claims if c is not None]
+    assert len(won) == 1
+
+
+def test_an_expired_lease_is_claimed_again_and_the_old_worker_loses_its_result(
+    sessions: sessionmaker[Session], settings: Settings, series_id: int
+) -> None:
+    job_id = queue(sessions, series_id)
+    dead = Worker(settings, sessions=sessions, name="dead")
+    claimed = dead.claim()
+    assert claimed is not None and claimed.attempt == 1
+    live = Worker(settings, sessions=sessions, name="live")
+    assert live.claim() is None  # the lease still holds
+    with sessions() as session, session.begin():
+        session.execute(
+            update(Job).where(Job.id == job_id).values(lease_expires_at=utcnow() - timedelta(seconds=1))
+        )
+    again = live.claim()
+    assert again is not None and again.job_id == job_id and again.attempt == 2
+    assert job_of(sessions, job_id).lease_owner == "live"
+    # The dead worker wakes up: its result must not be stored.
+    outcome = dead._train(claimed, heartbeat=_NoHeartbeat())
+    with pytest.raises(LeaseLost):
+        dead._store(claimed, outcome)
+    live.execute(again)
+    job = job_of(sessions, job_id)
+    assert job.status == JOB_SUCCEEDED and job.model_version == 1
+
+
+def test_a_job_abandoned_too_often_fails(
+    sessions: sessionmaker[Session], settings: Settings, series_id: int
+) -> None:
+    job_id = queue(sessions, series_id)
+    with sessions() as session, session.begin():
+        session.execute(
+            update(Job)
+            .where(Job.id == job_id)
+            .values(
+                status=JOB_RUNNING,
+                attempts=settings.job_max_attempts,
+                lease_owner="gone",
+                lease_expires_at=utcnow() - timedelta(seconds=1),
+            )
+        )
+    assert Worker(settings, sessions=sessions).claim() is None
+    job = job_of(sessions, job_id)
+    assert job.status == JOB_FAILED
+    assert job.error is not None and "stopped responding" in job.error
+
+
+def test_stopping_hands_the_job_back(
+    sessions: sessionmaker[Session], settings: Settings, series_id: int
+) -> None:
+    job_id = queue(sessions, series_id)
+    worker = Worker(settings, sessions=sessions)
+    worker.stop_event.set()  # as SIGTERM does: stop at the next epoch boundary
+    worker.run_once()
+    job = job_of(sessions, job_id)
+    assert job.status == JOB_QUEUED
+    assert job.attempts == 0 and job.lease_owner is None
+    with sessions() as session:
+        assert session.scalars(select(ModelVersion)).all() == []
+
+
+class _NoHeartbeat:
+    """The parts of the heartbeat that `_train` uses, for a worker whose thread is gone."""
+
+    lost = threading.Event()
+
+    def report(self, progress: float) -> None:
+        pass
