@@ -133,13 +133,12 @@ class ModelRegistry:
         """Re-read series metadata and active versions: the hot-swap poll."""
         with self._sessions() as session:
             series = {s.id: SeriesInfo.of(s) for s in session.scalars(select(Series))}
-            active = dict(
-                session.execute(
-                    select(ModelVersion.series_id, ModelVersion.version).where(
-                        ModelVersion.status == MODEL_ACTIVE
-                    )
+            rows = session.execute(
+                select(ModelVersion.series_id, ModelVersion.version).where(
+                    ModelVersion.status == MODEL_ACTIVE
                 )
             )
+            active = {series_id: version for series_id, version in rows}
         self._series = series
         self._active = active
 
@@ -157,6 +156,8 @@ class ModelRegistry:
                 await asyncio.to_thread(self.refresh)
             except SQLAlchemyError as exc:
                 log.warning("model registry refresh failed: %s", exc.__class__.__name__)
+            except Exception:
+                log.exception("model registry refresh failed")
 
 
 @dataclass

@@ -1,0 +1,280 @@
+"""POST /v1/score against a model trained by the real worker."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.config import Settings
+from app.db.models import ScoreRecord
+from tests.utils.stream import create_series, make_stream, windows_of
+from tests.utils.trained import train_now, trained_series
+
+Headers = dict[str, str]
+
+
+@pytest.fixture
+def trained(sessions: sessionmaker[Session], settings: Settings) -> tuple[int, np.ndarray]:
+    series_id, stream = trained_series(sessions, settings)
+    return series_id, windows_of(stream, window_size=16, stride=8)
+
+
+def test_scores_windows_and_logs_them(
+    client: TestClient,
+    make_headers: Callable[..., Headers],
+    sessions: sessionmaker[Session],
+    trained: tuple[int, np.ndarray],
+) -> None:
+    series_id, windows = trained
+    response = client.post(
+        "/v1/score",
+        json={"series_id": series_id, "windows": windows[:3].tolist()},
+        headers=make_headers("score"),
+    )
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["model_version"] == 1
+    assert body["threshold"] > 0
+    assert len(body["results"]) == 3
+    first = body["results"][0]
+    assert set(first["class_probabilities"]) == {"normal", "anomaly", "false_positive", "false_negative"}
+    assert set(first["channel_contributions"]) == {"c0", "c1", "c2"}
+    assert first["score"] >= 0
+    assert first["p_false_positive"] == 0.0  # never labelled: it must not move the score
+    assert first["adjusted_score"] == pytest.approx(first["score"])
+    assert first["is_anomaly"] == (first["adjusted_score"] > body["threshold"])
+    # The scored windows reach the database off the request path.
+    deadline = time.monotonic() + 5
+    ids = {r["score_id"] for r in body["results"]}
+    stored: set[str] = set()
+    while time.monotonic() < deadline and stored != ids:
+        time.sleep(0.05)
+        with sessions() as session:
+            stored = {str(i) for i in session.scalars(select(ScoreRecord.id))}
+    assert stored == ids
+
+
+def test_faulty_windows_outscore_normal_ones(
+    client: TestClient, admin: Headers, trained: tuple[int, np.ndarray]
+) -> None:
+    series_id, windows = trained
+    faulty = windows[:4] + 3.0
+    response = client.post(
+        "/v1/score",
+        json={"series_id": series_id, "windows": np.concatenate([windows[:4], faulty]).tolist()},
+        headers=admin,
+    )
+    scores = [r["adjusted_score"] for r in response.json()["results"]]
+    assert min(scores[4:]) > max(scores[:4])
+    assert all(r["is_anomaly"] for r in response.json()["results"][4:])
+
+
+def test_binary_body_scores_like_json(
+    client: TestClient, admin: Headers, trained: tuple[int, np.ndarray]
+) -> None:
+    series_id, windows = trained
+    batch = windows[:5]
+    as_json = client.post(
+        "/v1/score", json={"series_id": series_id, "windows": batch.tolist()}, headers=admin
+    ).json()
+    as_binary = client.post(
+        "/v1/score",
+        content=batch.astype("<f4").tobytes(),
+        headers={
+            **admin,
+            "Content-Type": "application/octet-stream",
+            "X-Vigil-Series-Id": str(series_id),
+            "X-Vigil-Shape": "5,16,3",
+        },
+    )
+    assert as_binary.status_code == 200, as_binary.text
+    raw_json = [r["raw_score"] for r in as_json["results"]]
+    raw_binary = [r["raw_score"] for r in as_binary.json()["results"]]
+    assert raw_binary == pytest.approx(raw_json, rel=1e-6)
+
+
+def test_scores_a_stored_range(
+    client: TestClient, admin: Headers, trained: tuple[int, np.ndarray]
+) -> None:
+    series_id, _ = trained
+    response = client.post(
+        "/v1/score",
+        json={"series_id": series_id, "start": "2026-01-01T00:00:00Z", "end": "2026-01-01T00:00:39Z"},
+        headers=admin,
+    )
+    assert response.status_code == 200, response.text
+    results = response.json()["results"]
+    # 40 points, windows of 16 every 8: starts 0, 8, 16, 24
+    assert [r["start"] for r in results] == [
+        "2026-01-01T00:00:00+00:00",
+        "2026-01-01T00:00:08+00:00",
+        "2026-01-01T00:00:16+00:00",
+        "2026-01-01T00:00:24+00:00",
+    ]
+    assert results[0]["end"] == "2026-01-01T00:00:15+00:00"
+
+
+def test_no_model_yet_is_409(
+    client: TestClient, admin: Headers, sessions: sessionmaker[Session]
+) -> None:
+    series_id = create_series(sessions, name="untrained")
+    windows = np.zeros((1, 16, 3)).tolist()
+    response = client.post("/v1/score", json={"series_id": series_id, "windows": windows}, headers=admin)
+    assert response.status_code == 409
+    assert response.headers["content-type"] == "application/problem+json"
+    assert "no trained model" in response.json()["detail"]
+
+
+@pytest.mark.parametrize(
+    ("mutate", "field"),
+    [
+        (lambda w: w[:, :10, :], "windows"),  # too few time steps
+        (lambda w: w[:, :, :2], "windows"),  # too few channels
+    ],
+)
+def test_wrong_shapes_are_named(
+    client: TestClient,
+    admin: Headers,
+    trained: tuple[int, np.ndarray],
+    mutate: Callable[[np.ndarray], np.ndarray],
+    field: str,
+) -> None:
+    series_id, windows = trained
+    response = client.post(
+        "/v1/score", json={"series_id": series_id, "windows": mutate(windows[:2]).tolist()}, headers=admin
+    )
+    assert response.status_code == 422
+    detail = response.json()["detail"]
+    assert detail.startswith(f"{field}:")
+    assert "(N, 16, 3)" in detail
+
+
+def test_ragged_and_non_numeric_windows_name_the_position(
+    client: TestClient, admin: Headers, trained: tuple[int, np.ndarray]
+) -> None:
+    series_id, windows = trained
+    ragged = windows[:2].tolist()
+    ragged[1][5] = [1.0, 2.0]
+    response = client.post("/v1/score", json={"series_id": series_id, "windows": ragged}, headers=admin)
+    assert response.status_code == 422
+    assert response.json()["detail"].startswith("windows.1.5:")
+    text = windows[:1].tolist()
+    text[0][3][2] = "hot"
+    response = client.post("/v1/score", json={"series_id": series_id, "windows": text}, headers=admin)
+    assert response.status_code == 422
+    assert response.json()["detail"].startswith("windows.0.3.2: must be a number")
+
+
+def test_nan_in_a_binary_body_is_rejected(
+    client: TestClient, admin: Headers, trained: tuple[int, np.ndarray]
+) -> None:
+    series_id, windows = trained
+    batch = windows[:3].copy()
+    batch[2, 0, 0] = np.nan
+    response = client.post(
+        "/v1/score",
+        content=batch.astype("<f4").tobytes(),
+        headers={
+            **admin,
+            "Content-Type": "application/octet-stream",
+            "X-Vigil-Series-Id": str(series_id),
+            "X-Vigil-Shape": "3,16,3",
+        },
+    )
+    assert response.status_code == 422
+    assert response.json()["detail"].startswith("windows.2:")
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "needle"),
+    [
+        (b"{not json", 400, "not valid JSON"),
+        (b"[1, 2]", 422, "JSON object"),
+        (b'{"windows": []}', 422, "series_id"),
+        (b'{"series_id": "x", "windows": []}', 422, "series_id"),
+        (b'{"series_id": 999999, "windows": [[[0]]]}', 404, "series 999999"),
+        (b'{"series_id": 1}', 422, "windows"),
+        (b'{"series_id": 1, "start": "yesterday", "end": 1}', 422, "start"),
+        (b'{"series_id": 1, "start": 100, "end": 10}', 422, "end"),
+        (b'{"series_id": 1, "start": 1e300, "end": 1e301}', 422, "out of range"),
+    ],
+)
+def test_malformed_bodies_get_clear_4xx(
+    client: TestClient,
+    admin: Headers,
+    trained: tuple[int, np.ndarray],
+    body: bytes,
+    status: int,
+    needle: str,
+) -> None:
+    series_id, _ = trained
+    body = body.replace(b'"series_id": 1,', f'"series_id": {series_id},'.encode())
+    body = body.replace(b'"series_id": 1}', f'"series_id": {series_id}}}'.encode())
+    response = client.post(
+        "/v1/score", content=body, headers={**admin, "Content-Type": "application/json"}
+    )
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    assert needle in response.json()["detail"]
+
+
+def test_too_many_windows_is_refused(
+    client: TestClient, admin: Headers, trained: tuple[int, np.ndarray]
+) -> None:
+    series_id, _ = trained
+    windows = np.zeros((1025, 16, 3)).tolist()
+    response = client.post("/v1/score", json={"series_id": series_id, "windows": windows}, headers=admin)
+    assert response.status_code == 422
+    assert "at most 1024" in response.json()["detail"]
+
+
+def test_a_newly_activated_version_is_picked_up_without_restart(
+    client: TestClient,
+    admin: Headers,
+    sessions: sessionmaker[Session],
+    settings: Settings,
+    trained: tuple[int, np.ndarray],
+) -> None:
+    series_id, windows = trained
+    payload = {"series_id": series_id, "windows": windows[:1].tolist()}
+    assert client.post("/v1/score", json=payload, headers=admin).json()["model_version"] == 1
+    train_now(sessions, settings.model_copy(update={"activation_tolerance": 10.0}), series_id)
+    deadline = time.monotonic() + 5  # the registry polls every 0.2 s in the tests
+    version = 1
+    while version == 1 and time.monotonic() < deadline:
+        response = client.post("/v1/score", json=payload, headers=admin)
+        assert response.status_code == 200
+        version = response.json()["model_version"]
+        time.sleep(0.05)
+    assert version == 2
+
+
+def test_rollback_through_the_api(
+    client: TestClient,
+    admin: Headers,
+    sessions: sessionmaker[Session],
+    settings: Settings,
+    trained: tuple[int, np.ndarray],
+) -> None:
+    series_id, windows = trained
+    train_now(sessions, settings.model_copy(update={"activation_tolerance": 10.0}), series_id)
+    listed = client.get(f"/v1/series/{series_id}/models", headers=admin).json()
+    assert listed["active_version"] == 2
+    assert [v["status"] for v in listed["versions"]] == ["retired", "active"]
+    response = client.post(f"/v1/series/{series_id}/models/1/activate", headers=admin)
+    assert response.status_code == 200
+    assert response.json()["active"] is True
+    listed = client.get(f"/v1/series/{series_id}/models", headers=admin).json()
+    assert listed["active_version"] == 1
+    scored = client.post(
+        "/v1/score", json={"series_id": series_id, "windows": windows[:1].tolist()}, headers=admin
+    )
+    assert scored.json()["model_version"] == 1
+    missing = client.post(f"/v1/series/{series_id}/models/7/activate", headers=admin)
+    assert missing.status_code == 404
