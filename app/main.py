@@ -16,6 +16,7 @@ from app import __version__
 from app.api import api_router
 from app.config import Settings, get_settings
 from app.errors import install_error_handlers, problem
+from app.idempotency import IdempotencyMiddleware
 from app.middleware import RequestContextMiddleware
 from app.runtime import Runtime
 
@@ -58,6 +59,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_methods=["GET", "POST", "PATCH", "DELETE"],
             allow_headers=["Authorization", "Content-Type", "Idempotency-Key"],
         )
+    app.add_middleware(IdempotencyMiddleware, sessions=lambda: app.state.runtime.sessions)
     app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_body_bytes)
     return app
 

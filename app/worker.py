@@ -40,14 +40,15 @@ from app.db.models import (
 )
 from app.db.session import make_engine, make_sessionmaker
 from app.metrics import JOBS, TRAINING_DURATION
+from app.ratelimit import purge_windows
 from app.scoring import load_artifact
+from app.idempotency import TTL as IDEMPOTENCY_TTL
 from app.training import Outcome, build_dataset, train_version
 from models import ModelError, Progress, TrainedModel, TrainingCancelled
 
 log = logging.getLogger(__name__)
 
 HOUSEKEEPING_SECONDS = 300.0
-IDEMPOTENCY_TTL = timedelta(hours=24)
 
 
 class LeaseLost(Exception):
@@ -330,6 +331,7 @@ class Worker:
                     IdempotencyRecord.created_at < now - IDEMPOTENCY_TTL
                 )
             )
+            purge_windows(session=session)
 
 
 class _Heartbeat:

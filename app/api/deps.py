@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 
 from app.db.models import ApiKey
 from app.errors import Forbidden, Unauthorized
+from app.ratelimit import check_rate
 from app.runtime import Runtime
 from app.security import authenticate, has_scope
 
@@ -43,10 +44,13 @@ def require(scope: str) -> Callable[..., ApiKey]:
             raise Unauthorized("missing API key: send `Authorization: Bearer <key>`")
         with runtime.sessions() as session:
             key = authenticate(session=session, presented=credentials.credentials)
-        if key is None:
-            raise Unauthorized("invalid or revoked API key")
-        if not has_scope(key.scopes, scope):
-            raise Forbidden(f"this API key lacks the {scope!r} scope")
+            if key is None:
+                raise Unauthorized("invalid or revoked API key")
+            if not has_scope(key.scopes, scope):
+                raise Forbidden(f"this API key lacks the {scope!r} scope")
+            limit = runtime.settings.rate_limit_per_minute
+            if limit:
+                check_rate(session=session, principal=key.key_hash, limit=limit)
         request.state.api_key_id = key.id
         return key
 

@@ -189,7 +189,8 @@ class IdempotencyRecord(Base):
 
     __tablename__ = "idempotency_keys"
 
-    api_key_id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    principal: Mapped[str] = mapped_column(String(64), primary_key=True)
+    """SHA-256 of the caller's API key: keys are scoped to whoever sent them."""
     key: Mapped[str] = mapped_column(String(255), primary_key=True)
     request_hash: Mapped[str] = mapped_column(String(64))
     """SHA-256 of method, path and body: the same key with another request is refused."""
@@ -198,3 +199,14 @@ class IdempotencyRecord(Base):
     response_body: Mapped[bytes | None] = mapped_column(LargeBinary, default=None)
     response_headers: Mapped[dict[str, Any] | None] = mapped_column(default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+
+
+class RateWindow(Base):
+    """Requests per API key in one fixed one-minute window, shared by every API process."""
+
+    __tablename__ = "rate_windows"
+
+    principal: Mapped[str] = mapped_column(String(64), primary_key=True)
+    window_start: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    """Unix minute (seconds // 60)."""
+    count: Mapped[int] = mapped_column(Integer, default=0)

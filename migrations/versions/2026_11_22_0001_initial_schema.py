@@ -1,4 +1,5 @@
-"""Initial schema: keys, series, points, labels, scores, model versions, jobs, idempotency.
+"""Initial schema: keys, series, points, labels, scores, model versions, jobs, idempotency
+keys and rate-limit windows.
 
 Revision ID: 0001
 Revises:
@@ -31,19 +32,26 @@ def upgrade() -> None:
     )
     op.create_table(
         "idempotency_keys",
-        sa.Column("api_key_id", sa.Integer(), nullable=False),
+        sa.Column("principal", sa.String(length=64), nullable=False),
         sa.Column("key", sa.String(length=255), nullable=False),
         sa.Column("request_hash", sa.String(length=64), nullable=False),
         sa.Column("status_code", sa.Integer(), nullable=True),
         sa.Column("response_body", sa.LargeBinary(), nullable=True),
         sa.Column("response_headers", sa.JSON(), nullable=True),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
-        sa.PrimaryKeyConstraint("api_key_id", "key", name=op.f("pk_idempotency_keys")),
+        sa.PrimaryKeyConstraint("principal", "key", name=op.f("pk_idempotency_keys")),
     )
     op.create_index(
         op.f("ix_idempotency_keys_created_at"), "idempotency_keys", ["created_at"], unique=False
     )
 
+    op.create_table(
+        "rate_windows",
+        sa.Column("principal", sa.String(length=64), nullable=False),
+        sa.Column("window_start", sa.BigInteger(), nullable=False),
+        sa.Column("count", sa.Integer(), nullable=False),
+        sa.PrimaryKeyConstraint("principal", "window_start", name=op.f("pk_rate_windows")),
+    )
     op.create_table(
         "series",
         sa.Column("id", sa.Integer(), nullable=False),
@@ -214,4 +222,5 @@ def downgrade() -> None:
     op.drop_index(op.f("ix_idempotency_keys_created_at"), table_name="idempotency_keys")
 
     op.drop_table("idempotency_keys")
+    op.drop_table("rate_windows")
     op.drop_table("api_keys")
