@@ -104,8 +104,9 @@ class Settings(BaseSettings):
     batch_max_size: int = Field(default=256, ge=1)
     """Most windows the micro-batcher puts in one model call."""
 
-    batch_max_wait_ms: float = Field(default=2.0, ge=0)
-    """Longest the micro-batcher waits for more requests before calling the model."""
+    batch_max_wait_ms: float = Field(default=0.0, ge=0)
+    """How long an idle micro-batcher holds a batch open for more requests. 0 batches only
+    what arrives while the model is busy, so a lone request never waits."""
 
     model_cache_size: int = Field(default=64, ge=1)
     """Loaded models each API process keeps; older ones are dropped and reloaded on demand."""
