@@ -1,0 +1,160 @@
+"""The training objective: the preprint's eq. 3-5 with the team's decisions (METHOD.md).
+
+    L = -E_q[log p(x | z, pi)] + beta * KL(q(z|x) || N(0, I)) + alpha * (1/#lab) * sum CE(y, pi)
+
+- reconstruction and KL (the negative ELBO, eq. 4) are averaged over the windows allowed into the
+  ELBO: unlabelled windows and windows labelled only with normal-kind classes (false_positive is
+  normal-kind). Windows with any step labelled with an anomaly-kind class (false_negative included)
+  are kept out, so the model never learns to reconstruct faults.
+- KL acts on z only, never on pi (§2.2).
+- the cross-entropy (eq. 5) is per time step with a mask (-1 = unlabelled step). A window's CE is
+  the sum over its labelled steps, so a label that covers part of a window supervises only those
+  steps; the batch's CE is normalised by the number of labelled windows (the "#labeled" of eq. 5).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from models.model import SemiSupervisedVAE, VAEOutput, per_step
+
+_HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
+
+
+class LossTerms(NamedTuple):
+    total: Tensor  # () the objective, eq. 3
+    nll: Tensor  # () mean over ELBO windows of -log p(x | z, pi), summed over steps and channels
+    kl: Tensor  # () mean over ELBO windows of KL(q(z|x) || N(0, I)), summed over latent units
+    ce: Tensor  # () (1/#labelled windows) * sum of per-window CE over labelled steps
+    n_elbo: int  # windows that fed the reconstruction and KL terms
+    n_labelled: int  # windows with at least one labelled step
+
+
+def gaussian_nll(x: Tensor, x_mu: Tensor, x_sigma: Tensor) -> Tensor:
+    """Elementwise -log N(x | mu, sigma^2); same shape as x."""
+    return _HALF_LOG_2PI + torch.log(x_sigma) + 0.5 * ((x - x_mu) / x_sigma) ** 2
+
+
+def kl_standard_normal(mu: Tensor, logvar: Tensor) -> Tensor:
+    """Per-window KL(N(mu, exp(logvar)) || N(0, I)), Kingma & Welling appendix B:
+    -1/2 * sum_j (1 + log sigma_j^2 - mu_j^2 - sigma_j^2), summed over every latent unit
+    (and over steps for the recurrent flavour). mu, logvar (B, [T,] D) -> (B,)."""
+    return -0.5 * (1.0 + logvar - mu.pow(2) - logvar.exp()).flatten(1).sum(dim=1)
+
+
+def masked_cross_entropy(pi_logits: Tensor, labels: Tensor) -> Tensor:
+    """Per-window CE summed over labelled steps (eq. 5).
+    pi_logits (B, T, K), labels (B, T) with -1 = unlabelled -> (B,)."""
+    B, T, K = pi_logits.shape
+    ce = F.cross_entropy(
+        pi_logits.reshape(B * T, K), labels.reshape(B * T), ignore_index=-1, reduction="none"
+    )  # (B*T,), 0 where the label is -1
+    return ce.view(B, T).sum(dim=1)
+
+
+def vae_loss(
+    out: VAEOutput,
+    x: Tensor,
+    labels: Tensor | None,
+    elbo_mask: Tensor,
+    *,
+    alpha: float,
+    beta: float,
+) -> LossTerms:
+    """The objective for one batch.
+
+    out: the model's output on x (B, T, F); labels (B, T) int64 with -1 for unlabelled steps, or
+    None; elbo_mask (B,) bool: which windows may feed reconstruction + KL (see module docstring).
+    """
+    zero = x.new_zeros(())
+    nll, kl, n_elbo = zero, zero, 0
+    if out.x_mu is not None and out.x_sigma is not None and out.mu is not None:
+        assert out.logvar is not None
+        n_elbo = int(elbo_mask.sum().item())
+        if n_elbo > 0:
+            per_window_nll = gaussian_nll(x, out.x_mu, out.x_sigma).sum(dim=(1, 2))  # (B,)
+            per_window_kl = kl_standard_normal(out.mu, out.logvar)  # (B,)
+            nll = per_window_nll[elbo_mask].sum() / n_elbo
+            kl = per_window_kl[elbo_mask].sum() / n_elbo
+
+    ce, n_labelled = zero, 0
+    if out.pi_logits is not None and labels is not None:
+        labelled = (labels >= 0).any(dim=1)  # (B,)
+        n_labelled = int(labelled.sum().item())
+        if n_labelled > 0:
+            ce = masked_cross_entropy(out.pi_logits, labels).sum() / n_labelled
+
+    total = nll + beta * kl + alpha * ce
+    return LossTerms(total, nll, kl, ce, n_elbo, n_labelled)
+
+
+@torch.inference_mode()
+def dataset_objective(
+    net: SemiSupervisedVAE,
+    x: np.ndarray,
+    labels: np.ndarray | None,
+    elbo_mask: np.ndarray,
+    *,
+    alpha: float,
+    beta: float,
+    n_samples: int,
+    generator: torch.Generator,
+    nll_offset: float = 0.0,
+    chunk: int = 256,
+) -> dict[str, float]:
+    """The objective over a whole set of standardised windows x (N, T, F), in eval mode.
+
+    Unlike vae_loss (one batch), the terms are normalised over the whole set: nll and kl per ELBO
+    window (nll averaged over n_samples draws of z), ce per labelled window. Also reports per-step
+    accuracy and log loss of pi on the labelled steps. A term the data or variant cannot have is
+    NaN; loss = nll + beta * kl + alpha * ce over the terms that exist (NaN if none does).
+    nll_offset is added to every window's nll (e.g. the log-Jacobian of the standardisation).
+    """
+    net.eval()
+    nll_sum = kl_sum = ce_sum = 0.0
+    correct = labelled_steps = 0
+    for start in range(0, x.shape[0], chunk):
+        xb = torch.from_numpy(x[start : start + chunk])  # (B, T, F)
+        mb = torch.from_numpy(elbo_mask[start : start + chunk])  # (B,)
+        mu, logvar, pi_logits = net.encode(xb)
+        pi = torch.softmax(pi_logits, dim=-1) if pi_logits is not None else None
+        if mu is not None and logvar is not None and bool(mb.any()):
+            nll_w = torch.zeros(xb.shape[0], dtype=torch.float64)  # (B,)
+            for _ in range(n_samples):
+                z = net.reparameterize(mu, logvar, generator)
+                x_mu, x_sigma = net.decode(z, pi)
+                nll_w += gaussian_nll(xb, x_mu, x_sigma).sum(dim=(1, 2)).double()
+            nll_sum += float((nll_w / n_samples)[mb].sum())
+            kl_sum += float(kl_standard_normal(mu, logvar).double()[mb].sum())
+        if pi_logits is not None and labels is not None:
+            lb = torch.from_numpy(labels[start : start + chunk])  # (B, T)
+            step_logits = per_step(pi_logits, xb.shape[1])  # (B, T, K)
+            ce_sum += float(masked_cross_entropy(step_logits, lb).double().sum())
+            mask = lb >= 0
+            correct += int((step_logits.argmax(dim=-1) == lb)[mask].sum())
+            labelled_steps += int(mask.sum())
+
+    nan = float("nan")
+    n_elbo = int(elbo_mask.sum()) if net.has_decoder else 0
+    n_labelled = int((labels >= 0).any(axis=1).sum()) if labels is not None and net.has_pi else 0
+    nll = nll_sum / n_elbo + nll_offset if n_elbo else nan
+    kl = kl_sum / n_elbo if n_elbo else nan
+    ce = ce_sum / n_labelled if n_labelled else nan
+    parts = [p for p in (nll, beta * kl, alpha * ce) if not math.isnan(p)]
+    return {
+        "loss": sum(parts) if parts else nan,
+        "nll": nll,
+        "kl": kl,
+        "ce": ce,
+        "accuracy": correct / labelled_steps if labelled_steps else nan,
+        "log_loss": ce_sum / labelled_steps if labelled_steps else nan,
+        "n_windows": float(x.shape[0]),
+        "n_elbo_windows": float(n_elbo),
+        "n_labelled_windows": float(n_labelled),
+    }

@@ -1,0 +1,180 @@
+"""Anomaly scores: the reconstruction probability, its calibration, and the feedback adjustment.
+
+Raw score (An & Cho 2015, seed 003): draw L samples z_l ~ q(z|x) and take
+
+    raw(x) = -log (1/L) sum_l p(x | z_l, pi(x))          (nats, in standardised units)
+
+computed with logsumexp over the L per-sample log densities, never by exponentiating densities.
+Per element (t, f) the same formula gives the contribution -log (1/L) sum_l p(x_tf | z_l); summed
+over t they give the per-channel contributions, summed over f the per-step ones. For L = 1 the
+elements add up exactly to the raw score; for L > 1 log-mean-exp does not split over elements, so
+the contributions are a per-element decomposition whose sum differs from the raw score (usually
+it is a little larger, as samples that fit one element tend to fit the others).
+
+Calibration (METHOD.md: the feedback heuristic needs a score >= 0 that grows with anomalousness):
+
+    score = softplus((raw - center) / scale)
+
+with center the median raw score of the normal training windows and scale their robust spread
+(1.4826 * median absolute deviation). It is > 0, strictly increasing in raw (until softplus
+underflows to 0 far below the median), ~0.69 for a typical training window and ~ the number of
+robust standard deviations above typical for clear anomalies. The alarm threshold is a quantile
+of the calibrated scores of held-out normal windows, kept sorted so any quantile can be read later.
+
+Feedback (preprint §5, eq. 6): adjusted = score * (1 - p_fp) / (1 - p_fn), p_fn clamped to
+P_FN_MAX, and p = 0 for a feedback class that never had a labelled training step (an untrained
+head's output must not move scores).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from models.loss import gaussian_nll
+from models.model import SemiSupervisedVAE, per_step
+
+P_FN_MAX = 0.99  # p_false_negative is clamped to this, so 1 / (1 - p_fn) <= 100
+MAX_ROWS_PER_CHUNK = 1024  # windows x samples decoded at once; bounds inference memory
+MAX_STORED_NORMAL_SCORES = 10_001  # beyond this, keep evenly spaced order statistics
+_MAD_TO_SD = 1.4826  # median absolute deviation -> standard deviation for a Gaussian
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """How raw scores at one L become calibrated ones, and held-out normal scores for thresholds.
+
+    The raw score depends on L (more samples -> lower -log mean p, by Jensen), so a model keeps
+    one Calibration per L it was calibrated at (1 and TrainConfig.calibration_samples) and scoring
+    uses the one nearest to the requested L."""
+
+    n_samples: int  # L the raw scores below were computed with
+    center: float  # median raw score of the normal training windows
+    scale: float  # robust spread (1.4826 * MAD) of those raw scores, floored
+    normal_scores: np.ndarray = field(repr=False)  # (M,) sorted calibrated held-out normal scores
+    source: str = "validation"  # which windows normal_scores came from
+
+
+@dataclass(frozen=True)
+class ScoreBatch:
+    """Scores for N windows (numpy arrays)."""
+
+    raw_score: np.ndarray  # (N,) -log mean_l p(x|z_l) (logsumexp), nats in standardised units
+    score: np.ndarray  # (N,) calibrated, >= 0, monotone in raw_score
+    p_false_positive: np.ndarray  # (N,) 0 when the class never had training labels
+    p_false_negative: np.ndarray  # (N,) clamped to <= P_FN_MAX
+    adjusted_score: np.ndarray  # (N,) score * (1 - p_fp) / (1 - p_fn)
+    is_anomaly: np.ndarray  # (N,) bool, adjusted_score > threshold
+    class_probabilities: np.ndarray  # (N, K) mean over steps of per-step pi; NaN for EU models
+    channel_contributions: np.ndarray  # (N, F) per-element -log mean_l p(x_tf|z_l), summed over t
+    step_contributions: np.ndarray  # (N, T) the same, summed over f
+    threshold: float
+
+
+@dataclass(frozen=True)
+class Inference:
+    raw_score: np.ndarray | None  # (N,) float64
+    elements: np.ndarray | None  # (N, T, F) float64 per-element contributions
+    step_probabilities: np.ndarray | None  # (N, T, K) float64 per-step pi
+
+
+@torch.inference_mode()
+def infer(
+    net: SemiSupervisedVAE,
+    x: np.ndarray,
+    *,
+    n_samples: int,
+    generator: torch.Generator,
+    reconstruction: bool = True,
+    classes: bool = True,
+    elements: bool = True,
+) -> Inference:
+    """Run the model on standardised windows x (N, T, F) float32, in chunks, in eval mode.
+
+    The generator is consumed chunk after chunk, so a given seed gives the same result every time.
+    """
+    net.eval()
+    reconstruction = reconstruction and net.has_decoder
+    classes = classes and net.has_pi
+    N, T, _ = x.shape
+    L = n_samples
+    chunk = max(1, MAX_ROWS_PER_CHUNK // L)
+    raws: list[np.ndarray] = []
+    elems: list[np.ndarray] = []
+    probs: list[np.ndarray] = []
+    for start in range(0, N, chunk):
+        xb = torch.from_numpy(x[start : start + chunk])  # (B, T, F)
+        B = xb.shape[0]
+        mu, logvar, pi_logits = net.encode(xb)
+        if classes:
+            assert pi_logits is not None
+            probs.append(per_step(torch.softmax(pi_logits, dim=-1), T).double().numpy())
+        if not reconstruction:
+            continue
+        assert mu is not None and logvar is not None
+        # L samples per window in one batch: (L*B, [T,] D), sample-major
+        mu_l = mu.repeat(L, *([1] * (mu.dim() - 1)))
+        logvar_l = logvar.repeat(L, *([1] * (logvar.dim() - 1)))
+        z = net.reparameterize(mu_l, logvar_l, generator)
+        pi_l = None
+        if pi_logits is not None:
+            pi_l = torch.softmax(pi_logits, dim=-1).repeat(L, *([1] * (pi_logits.dim() - 1)))
+        x_mu, x_sigma = net.decode(z, pi_l)  # (L*B, T, F)
+        xr = xb.repeat(L, 1, 1)  # (L*B, T, F)
+        log_p = -gaussian_nll(xr, x_mu, x_sigma).double().view(L, B, T, -1)  # (L, B, T, F)
+        log_l = math.log(L)
+        raw = -(torch.logsumexp(log_p.sum(dim=(2, 3)), dim=0) - log_l)  # (B,)
+        raws.append(raw.numpy())
+        if elements:
+            elems.append((-(torch.logsumexp(log_p, dim=0) - log_l)).numpy())  # (B, T, F)
+    return Inference(
+        raw_score=np.concatenate(raws) if raws else None,
+        elements=np.concatenate(elems) if elems else None,
+        step_probabilities=np.concatenate(probs) if probs else None,
+    )
+
+
+def calibrate(raw: np.ndarray, center: float, scale: float) -> np.ndarray:
+    """softplus((raw - center) / scale): >= 0 and monotone increasing in raw."""
+    return np.logaddexp(0.0, (np.asarray(raw, dtype=np.float64) - center) / scale)
+
+
+def fit_calibration(
+    train_raw: np.ndarray, normal_raw: np.ndarray, *, n_samples: int, source: str
+) -> Calibration:
+    """center/scale from the raw scores of normal training windows; thresholds from normal_raw."""
+    train_raw = np.asarray(train_raw, dtype=np.float64)
+    center = float(np.median(train_raw))
+    scale = _MAD_TO_SD * float(np.median(np.abs(train_raw - center)))
+    if not scale > 1e-12:
+        scale = float(np.std(train_raw))
+    scale = max(scale, 1e-6 * max(1.0, abs(center)))
+    scores = np.sort(calibrate(normal_raw, center, scale))
+    if scores.size > MAX_STORED_NORMAL_SCORES:
+        scores = np.quantile(scores, np.linspace(0.0, 1.0, MAX_STORED_NORMAL_SCORES))
+    return Calibration(
+        n_samples=n_samples, center=center, scale=scale, normal_scores=scores, source=source
+    )
+
+
+def threshold_at(calibration: Calibration, quantile: float) -> float:
+    """The given quantile (linear interpolation) of the calibrated held-out normal scores."""
+    return float(np.quantile(calibration.normal_scores, quantile))
+
+
+def nearest_calibration(calibrations: dict[int, Calibration], n_samples: int) -> Calibration:
+    """The calibration whose L is nearest to n_samples on a log scale (ties: the larger L)."""
+    return min(
+        calibrations.values(),
+        key=lambda c: (abs(math.log(c.n_samples) - math.log(n_samples)), -c.n_samples),
+    )
+
+
+def adjust(score: np.ndarray, p_fp: np.ndarray, p_fn: np.ndarray) -> np.ndarray:
+    """Eq. 6 of the preprint: score * (1 - p_fp) / (1 - p_fn), with p_fn clamped to P_FN_MAX."""
+    p_fp = np.clip(p_fp, 0.0, 1.0)
+    p_fn = np.clip(p_fn, 0.0, P_FN_MAX)
+    return np.asarray(score * (1.0 - p_fp) / (1.0 - p_fn))

@@ -1,0 +1,459 @@
+"""fit(): training as in the preprint (§2.2-2.3, appendix A), then calibration.
+
+- RMSprop with momentum 0.9, lr 1e-3 for the recurrent model (appendix A.3).
+- Batches: when both labelled and unlabelled windows exist, every batch holds them 1 : 1 (§2.3).
+  An epoch is one pass over the unlabelled windows; the labelled ones are drawn from fresh
+  permutations as needed, i.e. upsampled when rare and downsampled when plentiful. Without one of
+  the two groups, batches come from the other alone. ES trains on labelled windows only; EU on the
+  windows allowed into the ELBO only.
+- Early stopping on the validation loss (the same objective, z sampled with a fixed seed), keeping
+  the best weights. Without a validation split all epochs run.
+- Reproducible: the split, batch order, initialisation, dropout and z-samples all derive from
+  TrainConfig.seed; the global torch RNG is forked, so the caller's RNG state is untouched.
+  (Two fits running at once in threads of one process share that global RNG; use processes.)
+- Warm start (§2.4: "all learned weights can directly be reused"): every tensor whose name and
+  shape match is copied; pi's last layer grows rows for new classes and the decoder's first layer
+  (input concat(z, pi)) grows columns, old rows and columns kept verbatim. The old normalisation is
+  kept unless TrainConfig.warm_start_normalisation = "refit".
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+
+import numpy as np
+import torch
+from torch import nn
+
+from models.config import ClassSpec, ModelConfig, Progress, TrainConfig, TrainingData
+from models.data import (
+    Normalisation,
+    check_channels,
+    check_classes,
+    check_labels,
+    check_windows,
+    elbo_eligible,
+    labelled_windows,
+)
+from models.errors import InvalidInput, ModelError, NotEnoughData, TrainingCancelled
+from models.loss import dataset_objective, vae_loss
+from models.model import SemiSupervisedVAE
+from models.scoring import Calibration, fit_calibration, infer
+from models.trained import TrainedModel, make_generator
+
+MIN_WINDOWS = 4  # fewer cannot give a training split, a validation split and a batch
+MIN_CALIBRATION_WINDOWS = 10  # fewer held-out normal windows: pool them with training windows
+MAX_CALIBRATION_TRAIN_WINDOWS = 2048  # training windows scored for the calibration center/scale
+NEW_CLASS_MASS = 0.02  # new classes share ~2% of pi's mass at first, so old predictions hold
+NEW_CLASS_WEIGHT_SCALE = 0.1  # a grown class's weights: default init shrunk by this factor
+
+
+def set_threads(n: int) -> None:
+    """Set torch's intra-op thread count; call once per process."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise InvalidInput(f"threads must be a positive int; got {n!r}")
+    torch.set_num_threads(n)
+
+
+@contextmanager
+def _threads(n: int | None) -> Iterator[None]:
+    if n is None:
+        yield
+        return
+    previous = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+# -----------------------------------------------------------------------------
+# data preparation
+
+
+@dataclasses.dataclass
+class _Split:
+    windows: np.ndarray  # (N, T, F) float64 raw
+    labels: np.ndarray | None  # (N, T) int64
+
+
+def _split(
+    windows: np.ndarray, labels: np.ndarray | None, fraction: float, rng: np.random.Generator
+) -> tuple[_Split, _Split | None]:
+    """Hold out a validation split, stratified by labelled / unlabelled. Labels are scarce, so the
+    labelled group gives floor(fraction * n) windows, the unlabelled group round(fraction * n)."""
+    n = windows.shape[0]
+    if fraction <= 0.0:
+        return _Split(windows, labels), None
+    lab = labelled_windows(labels, n)
+    unl_idx, lab_idx = rng.permutation(np.flatnonzero(~lab)), rng.permutation(np.flatnonzero(lab))
+    n_unl, n_lab = round(fraction * unl_idx.size), math.floor(fraction * lab_idx.size)
+    if n_unl + n_lab == 0:
+        n_unl, n_lab = (1, 0) if unl_idx.size >= lab_idx.size else (0, 1)
+    while n - n_unl - n_lab < 2:  # keep at least two training windows
+        if n_unl > 0 and n_unl + n_lab > 1:
+            n_unl -= 1
+        else:
+            n_lab -= 1
+    val_idx = np.sort(np.concatenate([unl_idx[:n_unl], lab_idx[:n_lab]]))
+    train_idx = np.sort(np.concatenate([unl_idx[n_unl:], lab_idx[n_lab:]]))
+
+    def take(idx: np.ndarray) -> _Split:
+        return _Split(windows[idx], labels[idx] if labels is not None else None)
+
+    return take(train_idx), (take(val_idx) if val_idx.size else None)
+
+
+def _batches(
+    groups: list[np.ndarray], batch_size: int, rng: np.random.Generator
+) -> list[np.ndarray]:
+    """Index batches for one epoch. One group: plain shuffled batches. Two groups (unlabelled,
+    labelled): 1 : 1 batches, one pass over the unlabelled, labelled drawn from fresh permutations.
+    Batches are split evenly (np.array_split), so none has a single window (batch norm needs 2)."""
+    if len(groups) == 1:
+        order = rng.permutation(groups[0])
+        return list(np.array_split(order, max(1, math.ceil(order.size / batch_size))))
+    unlabelled, labelled = groups
+    half = batch_size // 2
+    unl_batches = np.array_split(
+        rng.permutation(unlabelled), max(1, math.ceil(unlabelled.size / half))
+    )
+    pool: list[int] = []
+    result = []
+    for unl in unl_batches:
+        while len(pool) < unl.size:
+            pool.extend(rng.permutation(labelled).tolist())
+        lab, pool = np.array(pool[: unl.size]), pool[unl.size :]
+        result.append(np.concatenate([unl, lab]))
+    return result
+
+
+# -----------------------------------------------------------------------------
+# warm start
+
+
+def transfer_weights(new: nn.Module, old: nn.Module) -> dict[str, int]:
+    """Copy old's weights into new where names match (see module docstring); returns counts."""
+    new_state, old_state = new.state_dict(), old.state_dict()
+    copied = grown = 0
+    with torch.no_grad():
+        for name, t in new_state.items():
+            o = old_state.get(name)
+            if o is None:
+                continue
+            if o.shape == t.shape:
+                t.copy_(o)
+                copied += 1
+            elif (
+                name.startswith("pi_head.")
+                and o.shape[0] < t.shape[0]
+                and o.shape[1:] == t.shape[1:]
+            ):
+                k = o.shape[0]  # pi grows rows: old classes kept verbatim
+                if name.endswith("weight"):
+                    t[k:] *= NEW_CLASS_WEIGHT_SCALE  # (K_new - K_old, H), small
+                else:  # softmax over the biases would give the new classes NEW_CLASS_MASS
+                    n_new = t.shape[0] - k
+                    t[k:] = torch.logsumexp(o, dim=0) + math.log(NEW_CLASS_MASS / n_new)
+                t[:k] = o
+                grown += 1
+            elif (
+                name == "decoder.inp.weight"
+                and o.shape[0] == t.shape[0]
+                and o.shape[1] < t.shape[1]
+            ):
+                t[:, : o.shape[1]] = o  # columns for concat(z, pi_old) kept
+                t[:, o.shape[1] :] = 0.0  # new classes start with no effect on the decoder
+                grown += 1
+    return {"copied": copied, "grown": grown, "total": len(new_state)}
+
+
+def _check_warm_start(
+    old: TrainedModel, classes: tuple[ClassSpec, ...], channels: tuple[str, ...], window_size: int
+) -> None:
+    k = len(old.classes)
+    if classes[:k] != old.classes:
+        names = ", ".join(c.name for c in old.classes)
+        raise InvalidInput(
+            "on warm start, classes must begin with the previous model's classes in the same "
+            f"order and with the same kinds ({names}); new classes go at the end"
+        )
+    if channels != old.channels:
+        raise InvalidInput(
+            f"warm start needs the previous model's channels ({', '.join(old.channels)}); "
+            f"got ({', '.join(channels)})"
+        )
+    if window_size != old.window_size:
+        raise InvalidInput(
+            f"warm start needs windows of {old.window_size} steps like the previous model; "
+            f"got {window_size}"
+        )
+
+
+# -----------------------------------------------------------------------------
+# fit
+
+
+def fit(
+    data: TrainingData,
+    *,
+    classes: Sequence[ClassSpec],
+    channels: Sequence[str],
+    model_config: ModelConfig | None = None,
+    train_config: TrainConfig | None = None,
+    validation: TrainingData | None = None,
+    warm_start: TrainedModel | None = None,
+    progress: Callable[[Progress], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> TrainedModel:
+    """Train a model on raw windows (N, T, F) with optional per-step labels (N, T), calibrate it.
+
+    classes are ordered; on warm start pass warm_start.classes followed by any new ones.
+    Raises InvalidInput / UnknownClass / NotEnoughData for bad data, TrainingCancelled when
+    should_stop() returns True (checked between epochs).
+    """
+    tc = dataclasses.replace(train_config) if train_config is not None else TrainConfig()
+    tc.validate()
+    class_specs = check_classes(classes)
+    windows = check_windows(data.windows)
+    N, T, Fn = windows.shape
+    channel_names = check_channels(channels, Fn)
+    K = len(class_specs)
+    labels = None
+    if data.labels is not None:
+        labels = check_labels(data.labels, n_windows=N, window_size=T, n_classes=K)
+    if N < MIN_WINDOWS:
+        raise NotEnoughData(f"need at least {MIN_WINDOWS} windows to train; got {N}")
+    base = model_config or (warm_start.config if warm_start is not None else ModelConfig())
+    cfg = dataclasses.replace(base, window_size=T, n_channels=Fn, n_classes=K)
+    cfg.validate()
+    if warm_start is not None:
+        _check_warm_start(warm_start, class_specs, channel_names, T)
+
+    rng = np.random.default_rng(tc.seed)
+    val: _Split | None
+    if validation is not None:
+        val_windows = check_windows(
+            validation.windows, window_size=T, n_channels=Fn, name="validation windows"
+        )
+        val_labels = None
+        if validation.labels is not None:
+            val_labels = check_labels(
+                validation.labels, n_windows=val_windows.shape[0], window_size=T, n_classes=K
+            )
+        train, val = _Split(windows, labels), _Split(val_windows, val_labels)
+    else:
+        train, val = _split(windows, labels, tc.val_fraction, rng)
+
+    n_train = train.windows.shape[0]
+    eligible = elbo_eligible(train.labels, class_specs, n_train)  # (N,) may feed the ELBO
+    labelled = labelled_windows(train.labels, n_train)
+    if cfg.variant == "es":
+        groups = [np.flatnonzero(labelled)]
+        if groups[0].size < 2:
+            raise NotEnoughData(
+                "an ES model learns from labels only: need at least 2 labelled training "
+                f"windows; got {groups[0].size}"
+            )
+    elif cfg.variant == "eu":
+        groups = [np.flatnonzero(eligible)]
+    else:
+        groups = [g for g in (np.flatnonzero(~labelled), np.flatnonzero(labelled)) if g.size]
+    if cfg.variant != "es" and eligible.sum() < 2:
+        raise NotEnoughData(
+            "need at least 2 training windows that are unlabelled or labelled normal to learn "
+            f"normal behaviour; got {int(eligible.sum())}"
+        )
+
+    if warm_start is not None and tc.warm_start_normalisation == "keep":
+        norm = warm_start.normalisation
+    else:
+        norm = Normalisation.fit(train.windows)
+    x_train = norm.apply(train.windows)
+    x_val = norm.apply(val.windows) if val is not None else None
+    val_eligible = (
+        elbo_eligible(val.labels, class_specs, val.windows.shape[0]) if val is not None else None
+    )
+    label_counts = np.zeros(K, dtype=np.int64)
+    if train.labels is not None:
+        label_counts = np.bincount(train.labels[train.labels >= 0], minlength=K)
+
+    metrics: dict[str, float | int | str] = {
+        "n_train_windows": n_train,
+        "n_val_windows": 0 if val is None else int(val.windows.shape[0]),
+        "n_labelled_windows": int(labelled.sum()),
+        "n_elbo_windows": int(eligible.sum()),
+    }
+    started = time.perf_counter()
+    with _threads(tc.threads), torch.random.fork_rng(devices=[]):
+        torch.manual_seed(tc.seed)
+        net = SemiSupervisedVAE(cfg)
+        if warm_start is not None:
+            counts = transfer_weights(net, warm_start.net)
+            metrics["warm_start_copied"] = counts["copied"]
+            metrics["warm_start_grown"] = counts["grown"]
+        _train(
+            net, tc, x_train, train.labels, eligible, groups, x_val, val, val_eligible,
+            rng, metrics, progress, should_stop,
+        )  # fmt: skip
+        if should_stop is not None and should_stop():
+            raise TrainingCancelled(
+                f"training was cancelled after epoch {metrics['epochs_run']} of {tc.epochs}"
+            )
+        calibrations = _calibrate(net, tc, x_train, eligible, x_val, val_eligible, rng)
+    metrics["train_seconds"] = round(time.perf_counter() - started, 3)
+    if calibrations:
+        cal = calibrations[min(calibrations)]
+        metrics["calibration_source"] = cal.source
+        metrics["threshold"] = float(np.quantile(cal.normal_scores, tc.threshold_quantile))
+
+    return TrainedModel(
+        net=net,
+        classes=class_specs,
+        channels=channel_names,
+        normalisation=norm,
+        calibrations=calibrations,
+        threshold_quantile=tc.threshold_quantile,
+        label_counts=tuple(int(c) for c in label_counts),
+        train_config=tc,
+        metrics=metrics,
+    )
+
+
+def _train(
+    net: SemiSupervisedVAE,
+    tc: TrainConfig,
+    x_train: np.ndarray,
+    labels: np.ndarray | None,
+    eligible: np.ndarray,
+    groups: list[np.ndarray],
+    x_val: np.ndarray | None,
+    val: _Split | None,
+    val_eligible: np.ndarray | None,
+    rng: np.random.Generator,
+    metrics: dict[str, float | int | str],
+    progress: Callable[[Progress], None] | None,
+    should_stop: Callable[[], bool] | None,
+) -> None:
+    """The epoch loop: RMSprop, early stopping on the validation loss, best weights restored."""
+    optimizer = torch.optim.RMSprop(net.parameters(), lr=tc.lr, momentum=tc.momentum)
+    xt = torch.from_numpy(x_train)  # (N, T, F)
+    lt = torch.from_numpy(labels) if labels is not None else None  # (N, T)
+    mt = torch.from_numpy(eligible)  # (N,)
+
+    best_loss, best_state, best_epoch, bad_epochs = math.inf, None, 0, 0
+    train_loss, epoch, epoch_seconds = math.nan, 0, 0.0
+    for epoch in range(1, tc.epochs + 1):
+        if should_stop is not None and should_stop():
+            raise TrainingCancelled(
+                f"training was cancelled after epoch {epoch - 1} of {tc.epochs}"
+            )
+        started = time.perf_counter()
+        net.train()
+        total, count = 0.0, 0
+        for idx in _batches(groups, tc.batch_size, rng):
+            it = torch.from_numpy(idx)
+            out = net(xt[it])
+            terms = vae_loss(
+                out,
+                xt[it],
+                lt[it] if lt is not None else None,
+                mt[it],
+                alpha=tc.alpha,
+                beta=tc.beta,
+            )
+            optimizer.zero_grad(set_to_none=True)
+            terms.total.backward()  # type: ignore[no-untyped-call]
+            if tc.grad_clip is not None:
+                nn.utils.clip_grad_norm_(net.parameters(), tc.grad_clip)
+            optimizer.step()
+            total += float(terms.total.detach()) * idx.size
+            count += idx.size
+        train_loss = total / count
+
+        val_loss: float | None = None
+        if x_val is not None and val is not None and val_eligible is not None:
+            stats = dataset_objective(
+                net, x_val, val.labels, val_eligible, alpha=tc.alpha, beta=tc.beta,
+                n_samples=1, generator=make_generator(tc.seed + 1),
+            )  # fmt: skip
+            val_loss = None if math.isnan(stats["loss"]) else stats["loss"]
+        epoch_seconds += time.perf_counter() - started
+
+        if not math.isfinite(train_loss) or (val_loss is not None and not math.isfinite(val_loss)):
+            if best_state is None:
+                raise ModelError(
+                    f"training diverged (the loss is not finite at epoch {epoch}); "
+                    "try a smaller lr or check the data"
+                )
+            metrics["stopped"] = "diverged"
+            break
+        if val_loss is not None:
+            if val_loss < best_loss:
+                best_loss, best_epoch, bad_epochs = val_loss, epoch, 0
+                best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
+            else:
+                bad_epochs += 1
+        if progress is not None:
+            eta = epoch_seconds / epoch * (tc.epochs - epoch)
+            progress(Progress(epoch, tc.epochs, train_loss, val_loss, eta))
+        if val_loss is not None and bad_epochs >= tc.patience:
+            metrics["stopped"] = "early"
+            break
+    else:
+        metrics["stopped"] = "epochs"
+
+    if best_state is not None:
+        net.load_state_dict(best_state)
+    net.eval()
+    metrics["epochs_run"] = epoch
+    metrics["best_epoch"] = best_epoch if best_state is not None else epoch
+    metrics["best_val_loss"] = best_loss if best_state is not None else math.nan
+    metrics["final_train_loss"] = train_loss
+    metrics["seconds_per_epoch"] = round(epoch_seconds / max(epoch, 1), 4)
+
+
+def _calibrate(
+    net: SemiSupervisedVAE,
+    tc: TrainConfig,
+    x_train: np.ndarray,
+    eligible: np.ndarray,
+    x_val: np.ndarray | None,
+    val_eligible: np.ndarray | None,
+    rng: np.random.Generator,
+) -> dict[int, Calibration]:
+    """One Calibration per L in {1, calibration_samples}: center/scale from normal training
+    windows, threshold scores from held-out normal windows (pooled with training ones if few)."""
+    if not net.has_decoder:
+        return {}
+    train_idx = np.flatnonzero(eligible)
+    if train_idx.size > MAX_CALIBRATION_TRAIN_WINDOWS:
+        train_idx = np.sort(rng.choice(train_idx, MAX_CALIBRATION_TRAIN_WINDOWS, replace=False))
+    normal_val = (
+        x_val[val_eligible] if x_val is not None and val_eligible is not None else x_train[:0]
+    )
+    result: dict[int, Calibration] = {}
+    for L in sorted({1, tc.calibration_samples}):
+
+        def raw(x: np.ndarray, L: int = L) -> np.ndarray:
+            out = infer(
+                net, x, n_samples=L, generator=make_generator(tc.seed + 2), classes=False,
+                elements=False,
+            )  # fmt: skip
+            assert out.raw_score is not None
+            return out.raw_score
+
+        train_raw = raw(x_train[train_idx])
+        if normal_val.shape[0] >= MIN_CALIBRATION_WINDOWS:
+            normal_raw, source = raw(normal_val), "validation"
+        elif normal_val.shape[0] > 0:
+            normal_raw, source = np.concatenate([raw(normal_val), train_raw]), "validation+training"
+        else:
+            normal_raw, source = train_raw, "training"
+        result[L] = fit_calibration(train_raw, normal_raw, n_samples=L, source=source)
+    return result

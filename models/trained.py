@@ -1,0 +1,348 @@
+"""A trained model: the network plus everything that turns raw windows into scores.
+
+It carries, like nanoGPT's checkpoints, what rebuilds it: config, classes with kinds, channels,
+normalisation, calibration, training metrics and the package version (see to_bytes).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from models.artifact import FORMAT_VERSION, pack, unpack
+from models.config import (
+    FALSE_NEGATIVE,
+    FALSE_POSITIVE,
+    ClassSpec,
+    ModelConfig,
+    TrainConfig,
+    TrainingData,
+    check_quantile,
+)
+from models.data import Normalisation, check_labels, check_windows, class_index, elbo_eligible
+from models.errors import ArtifactError, InvalidInput, ModelError, UnsupportedOperation
+from models.loss import dataset_objective
+from models.model import SemiSupervisedVAE
+from models.scoring import (
+    P_FN_MAX,
+    Calibration,
+    ScoreBatch,
+    adjust,
+    calibrate,
+    infer,
+    nearest_calibration,
+    threshold_at,
+)
+from models.version import __version__
+
+MAX_SAMPLES = 4096  # upper bound on L for score()/evaluate()
+
+
+def make_generator(seed: int | None) -> torch.Generator:
+    """A private RNG for sampling z: seeded -> deterministic, None -> fresh entropy."""
+    generator = torch.Generator()
+    if seed is None:
+        generator.seed()
+    else:
+        generator.manual_seed(seed)
+    return generator
+
+
+def _check_samples(n_samples: int) -> None:
+    if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
+        raise InvalidInput(f"n_samples must be a positive int; got {n_samples!r}")
+    if n_samples > MAX_SAMPLES:
+        raise InvalidInput(f"n_samples must be at most {MAX_SAMPLES}; got {n_samples}")
+
+
+class TrainedModel:
+    """The public face of a fitted model. Build it with fit() or from_bytes()/load()."""
+
+    def __init__(
+        self,
+        *,
+        net: SemiSupervisedVAE,
+        classes: tuple[ClassSpec, ...],
+        channels: tuple[str, ...],
+        normalisation: Normalisation,
+        calibrations: dict[int, Calibration],
+        threshold_quantile: float,
+        label_counts: tuple[int, ...],
+        train_config: TrainConfig,
+        metrics: dict[str, float | int | str],
+        metadata: Mapping[str, str] | None = None,
+    ) -> None:
+        self.net = net.eval()
+        self.config: ModelConfig = net.cfg
+        self.classes = classes
+        self.channels = channels
+        self.normalisation = normalisation
+        self.calibrations = calibrations  # keyed by the L they were computed at
+        self.threshold_quantile = threshold_quantile
+        self.label_counts = label_counts  # labelled training steps per class
+        self.train_config = train_config
+        self.metrics = metrics
+        self.metadata: dict[str, str] = dict(metadata or {})
+
+    # -- shape ---------------------------------------------------------------
+
+    @property
+    def window_size(self) -> int:
+        assert self.config.window_size is not None
+        return self.config.window_size
+
+    @property
+    def n_channels(self) -> int:
+        return len(self.channels)
+
+    @property
+    def calibration_samples(self) -> int:
+        """The largest L the model was calibrated at (TrainConfig.calibration_samples)."""
+        return max(self.calibrations) if self.calibrations else 0
+
+    def __repr__(self) -> str:
+        c = self.config
+        return (
+            f"TrainedModel({c.flavour}/{c.variant}, window {self.window_size} x "
+            f"{self.n_channels} channels, {len(self.classes)} classes)"
+        )
+
+    def _prepare(self, windows: object, name: str = "windows") -> np.ndarray:
+        """Check raw windows against the model and standardise them: (N, T, F) float32."""
+        array = check_windows(
+            windows, window_size=self.window_size, n_channels=self.n_channels, name=name
+        )
+        return self.normalisation.apply(array)
+
+    def _feedback_index(self, name: str) -> int | None:
+        """Index of a feedback class whose pi head was trained, else None (its p is then 0)."""
+        i = class_index(self.classes, name)
+        return i if i is not None and self.label_counts[i] > 0 and self.net.has_pi else None
+
+    # -- inference -----------------------------------------------------------
+
+    def score(
+        self,
+        windows: np.ndarray,
+        *,
+        n_samples: int = 1,
+        seed: int | None = 0,
+        threshold_quantile: float | None = None,
+    ) -> ScoreBatch:
+        """Anomaly scores for raw windows (N, T, F); see models.scoring for the definitions.
+
+        Batched, eval mode, torch.inference_mode(); a given seed gives identical results.
+        """
+        if not self.net.has_decoder:
+            raise UnsupportedOperation(
+                "this is an ES model (encoder + class head only): it has no decoder, so it "
+                "cannot compute reconstruction scores; use predict_proba() for classes"
+            )
+        _check_samples(n_samples)
+        quantile = self.threshold_quantile if threshold_quantile is None else threshold_quantile
+        check_quantile(quantile)
+        x = self._prepare(windows)
+        out = infer(self.net, x, n_samples=n_samples, generator=make_generator(seed))
+        assert out.raw_score is not None and out.elements is not None
+        N, K = x.shape[0], len(self.classes)
+
+        calibration = nearest_calibration(self.calibrations, n_samples)
+        score = calibrate(out.raw_score, calibration.center, calibration.scale)
+        if out.step_probabilities is not None:
+            probs = out.step_probabilities.mean(axis=1)  # (N, K) window level
+        else:
+            probs = np.full((N, K), np.nan)  # EU: no class head
+        fp, fn = self._feedback_index(FALSE_POSITIVE), self._feedback_index(FALSE_NEGATIVE)
+        p_fp = probs[:, fp].copy() if fp is not None else np.zeros(N)
+        p_fn = np.minimum(probs[:, fn], P_FN_MAX) if fn is not None else np.zeros(N)
+        adjusted = adjust(score, p_fp, p_fn)
+        threshold = threshold_at(calibration, quantile)
+        return ScoreBatch(
+            raw_score=out.raw_score,
+            score=score,
+            p_false_positive=p_fp,
+            p_false_negative=p_fn,
+            adjusted_score=adjusted,
+            is_anomaly=adjusted > threshold,
+            class_probabilities=probs,
+            channel_contributions=out.elements.sum(axis=1),  # (N, F)
+            step_contributions=out.elements.sum(axis=2),  # (N, T)
+            threshold=threshold,
+        )
+
+    def threshold(self, quantile: float | None = None, *, n_samples: int = 1) -> float:
+        """The alarm threshold: a quantile of the calibrated scores of held-out normal windows.
+
+        None = the quantile chosen at training. n_samples picks the calibration for that L (use
+        the same L as score()). Any quantile works, without retraining."""
+        if not self.calibrations:
+            raise UnsupportedOperation("this is an ES model: it has no anomaly scores to threshold")
+        _check_samples(n_samples)
+        quantile = self.threshold_quantile if quantile is None else quantile
+        check_quantile(quantile)
+        return threshold_at(nearest_calibration(self.calibrations, n_samples), quantile)
+
+    def predict_proba(self, windows: np.ndarray, *, per_step: bool = False) -> np.ndarray:
+        """Class probabilities pi: window level (N, K) (mean over steps), or (N, T, K)."""
+        if not self.net.has_pi:
+            raise UnsupportedOperation(
+                "this is an EU model (no class head pi): it cannot predict class probabilities"
+            )
+        x = self._prepare(windows)
+        out = infer(self.net, x, n_samples=1, generator=make_generator(0), reconstruction=False)
+        assert out.step_probabilities is not None
+        return out.step_probabilities if per_step else out.step_probabilities.mean(axis=1)
+
+    def evaluate(self, data: TrainingData, *, n_samples: int = 1) -> dict[str, float]:
+        """The training objective and its terms on data, for comparing model versions fairly.
+
+        Keys: loss, nll, kl, ce (NaN without labels), accuracy and log_loss (per labelled step,
+        NaN without labels), n_windows, n_elbo_windows, n_labelled_windows. Sampling is seeded.
+        nll (and so loss) is in nats of the raw, un-standardised values: the training objective
+        plus T * sum_f log std_f, so models with different normalisations compare fairly.
+        """
+        _check_samples(n_samples)
+        x = self._prepare(data.windows)
+        labels = None
+        if data.labels is not None:
+            labels = check_labels(
+                data.labels,
+                n_windows=x.shape[0],
+                window_size=self.window_size,
+                n_classes=len(self.classes),
+            )
+        return dataset_objective(
+            self.net,
+            x,
+            labels,
+            elbo_eligible(labels, self.classes, x.shape[0]),
+            alpha=self.train_config.alpha,
+            beta=self.train_config.beta,
+            n_samples=n_samples,
+            generator=make_generator(0),
+            nll_offset=self.window_size * float(np.log(self.normalisation.std).sum()),
+        )
+
+    # -- artifact ------------------------------------------------------------
+
+    def to_bytes(self, metadata: Mapping[str, str] | None = None) -> bytes:
+        """One safetensors blob (models.artifact). metadata: caller strings stored alongside
+        (None keeps self.metadata)."""
+        caller = dict(self.metadata if metadata is None else metadata)
+        if not all(isinstance(k, str) and isinstance(v, str) for k, v in caller.items()):
+            raise InvalidInput("artifact metadata must map strings to strings")
+        tensors: dict[str, torch.Tensor] = {
+            f"weights.{k}": v for k, v in self.net.state_dict().items()
+        }
+        tensors["normalisation.mean"] = torch.from_numpy(self.normalisation.mean.copy())
+        tensors["normalisation.std"] = torch.from_numpy(self.normalisation.std.copy())
+        for L, cal in self.calibrations.items():
+            tensors[f"calibration.{L}.normal_scores"] = torch.from_numpy(cal.normal_scores.copy())
+        document: dict[str, Any] = {
+            "package_version": __version__,
+            "format_version": FORMAT_VERSION,
+            "config": self.config.to_dict(),
+            "train_config": dataclasses.asdict(self.train_config),
+            "classes": [{"name": c.name, "kind": c.kind} for c in self.classes],
+            "channels": list(self.channels),
+            "label_counts": list(self.label_counts),
+            "threshold_quantile": self.threshold_quantile,
+            "calibrations": [
+                {"n_samples": c.n_samples, "center": c.center, "scale": c.scale, "source": c.source}
+                for c in self.calibrations.values()
+            ],
+            "metrics": self.metrics,
+            "metadata": caller,
+        }
+        return pack(tensors, document)
+
+    @classmethod
+    def from_bytes(cls, blob: bytes) -> TrainedModel:
+        """Rebuild a model from to_bytes() output. Raises ArtifactError if anything is off."""
+        tensors, doc = unpack(blob)
+        try:
+            return cls._from_parts(tensors, doc)
+        except ArtifactError:
+            raise
+        except (ModelError, KeyError, TypeError, ValueError, RuntimeError) as exc:
+            detail = f"missing field {exc}" if isinstance(exc, KeyError) else str(exc)
+            raise ArtifactError(
+                f"the artifact is incompatible with this package: {detail}"
+            ) from None
+
+    @classmethod
+    def _from_parts(cls, tensors: dict[str, torch.Tensor], doc: dict[str, Any]) -> TrainedModel:
+        config = ModelConfig.from_dict(doc["config"])
+        train_config = TrainConfig(**doc["train_config"])
+        classes = tuple(ClassSpec(str(c["name"]), c["kind"]) for c in doc["classes"])
+        channels = tuple(str(c) for c in doc["channels"])
+        if config.n_classes != len(classes) or config.n_channels != len(channels):
+            raise ArtifactError("the artifact's classes or channels do not match its config")
+        label_counts = tuple(int(n) for n in doc["label_counts"])
+        if len(label_counts) != len(classes):
+            raise ArtifactError("the artifact's label counts do not match its classes")
+
+        net = SemiSupervisedVAE(config)
+        weights = {k[len("weights.") :]: v for k, v in tensors.items() if k.startswith("weights.")}
+        missing, unexpected = net.load_state_dict(weights, strict=False)
+        if missing or unexpected:
+            raise ArtifactError(
+                "the artifact's weights do not match its architecture (missing: "
+                f"{', '.join(missing) or '-'}; unexpected: {', '.join(unexpected) or '-'})"
+            )
+
+        mean = tensors["normalisation.mean"].numpy().astype(np.float64)
+        std = tensors["normalisation.std"].numpy().astype(np.float64)
+        if mean.shape != (len(channels),) or std.shape != (len(channels),) or not (std > 0).all():
+            raise ArtifactError("the artifact's normalisation does not match its channels")
+
+        calibrations: dict[int, Calibration] = {}
+        for entry in doc["calibrations"]:
+            L = int(entry["n_samples"])
+            scores = tensors[f"calibration.{L}.normal_scores"].numpy().astype(np.float64)
+            center, scale = float(entry["center"]), float(entry["scale"])
+            if scores.ndim != 1 or not scores.size or not (math.isfinite(center) and scale > 0):
+                raise ArtifactError(f"the artifact's calibration for L={L} is invalid")
+            calibrations[L] = Calibration(L, center, scale, scores, str(entry["source"]))
+        if net.has_decoder and not calibrations:
+            raise ArtifactError("the artifact has no calibration")
+
+        quantile = float(doc["threshold_quantile"])
+        check_quantile(quantile)
+        metadata = doc["metadata"]
+        if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+            raise ArtifactError("the artifact's caller metadata is not a string mapping")
+        return cls(
+            net=net,
+            classes=classes,
+            channels=channels,
+            normalisation=Normalisation(mean=mean, std=std),
+            calibrations=calibrations,
+            threshold_quantile=quantile,
+            label_counts=label_counts,
+            train_config=train_config,
+            metrics=dict(doc["metrics"]),
+            metadata=metadata,
+        )
+
+    def save(self, path: str | os.PathLike[str], metadata: Mapping[str, str] | None = None) -> None:
+        """Write to_bytes() to path atomically (a temporary file, then a rename)."""
+        target = Path(path)
+        tmp = target.with_name(target.name + ".tmp")
+        tmp.write_bytes(self.to_bytes(metadata))
+        os.replace(tmp, target)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> TrainedModel:
+        try:
+            blob = Path(path).read_bytes()
+        except OSError as exc:
+            raise ArtifactError(f"cannot read the model artifact {path}: {exc.strerror}") from None
+        return cls.from_bytes(blob)

@@ -1,0 +1,199 @@
+"""Scoring: reconstruction probability, contributions, calibration, thresholds, feedback."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from models import BUILTIN_CLASSES, P_FN_MAX, TrainedModel, TrainingData, fit
+from models.scoring import adjust, calibrate, fit_calibration, nearest_calibration, threshold_at
+from tests.models.models_testkit import (
+    CHANNELS,
+    T,
+    inject_faults,
+    quick,
+    sine_windows,
+    tiny_config,
+)
+
+FP, FN = 2, 3
+
+
+def test_contributions_add_up_to_the_raw_score_for_one_sample(trained_ss: TrainedModel) -> None:
+    batch = trained_ss.score(sine_windows(6, seed=3), n_samples=1)
+    assert np.allclose(batch.channel_contributions.sum(axis=1), batch.raw_score, rtol=1e-10)
+    assert np.allclose(batch.step_contributions.sum(axis=1), batch.raw_score, rtol=1e-10)
+
+
+def test_contributions_with_many_samples_are_per_element(trained_ss: TrainedModel) -> None:
+    """For L > 1 each element is -log mean_l p(x_tf | z_l); recompute it by hand."""
+    import torch
+
+    from models.loss import gaussian_nll
+    from models.trained import make_generator
+
+    x = sine_windows(4, seed=3)
+    L = 8
+    batch = trained_ss.score(x, n_samples=L, seed=5)
+    total = batch.channel_contributions.sum(axis=1)
+    assert np.allclose(total, batch.step_contributions.sum(axis=1))
+    net, xs = trained_ss.net, torch.from_numpy(trained_ss.normalisation.apply(x))
+    with torch.no_grad():
+        mu, logvar, pi_logits = net.encode(xs)
+        assert mu is not None and logvar is not None and pi_logits is not None
+        z = net.reparameterize(mu.repeat(L, 1, 1), logvar.repeat(L, 1, 1), make_generator(5))
+        x_mu, x_sigma = net.decode(z, torch.softmax(pi_logits, -1).repeat(L, 1, 1))
+        log_p = -gaussian_nll(xs.repeat(L, 1, 1), x_mu, x_sigma).double().view(L, 4, T, 3)
+    elements = -(torch.logsumexp(log_p, dim=0) - np.log(L)).numpy()
+    assert np.allclose(batch.step_contributions, elements.sum(axis=2))
+    raw = -(torch.logsumexp(log_p.sum(dim=(2, 3)), dim=0) - np.log(L)).numpy()
+    assert np.allclose(batch.raw_score, raw)
+
+
+def test_contributions_point_at_the_faulty_channel_and_steps(trained_ss: TrainedModel) -> None:
+    x = sine_windows(1, seed=11)
+    x[0, 4:7, 1] += 8.0  # a spike on channel b, steps 4-6
+    batch = trained_ss.score(x)
+    assert int(np.argmax(batch.channel_contributions[0])) == 1
+    assert int(np.argmax(batch.step_contributions[0])) in (4, 5, 6)
+
+
+def test_scoring_is_seeded(trained_ss: TrainedModel) -> None:
+    x = sine_windows(5, seed=3)
+    a, b = trained_ss.score(x, seed=1), trained_ss.score(x, seed=1)
+    c = trained_ss.score(x, seed=2)
+    assert np.array_equal(a.raw_score, b.raw_score)
+    assert np.array_equal(a.channel_contributions, b.channel_contributions)
+    assert not np.array_equal(a.raw_score, c.raw_score)
+    assert np.isfinite(trained_ss.score(x, seed=None).raw_score).all()
+
+
+def test_chunked_inference_matches_shapes(
+    trained_ss: TrainedModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import models.scoring as scoring
+
+    x = sine_windows(10, seed=3)
+    monkeypatch.setattr(scoring, "MAX_ROWS_PER_CHUNK", 3)
+    batch = trained_ss.score(x, n_samples=2)
+    assert batch.raw_score.shape == (10,)
+    assert batch.step_contributions.shape == (10, T)
+    assert np.isfinite(batch.raw_score).all()
+
+
+def test_anomalies_score_higher_than_normal_windows(trained_ss: TrainedModel) -> None:
+    normal = sine_windows(20, seed=21)
+    batch_n = trained_ss.score(normal)
+    batch_a = trained_ss.score(inject_faults(normal))
+    assert np.median(batch_a.score) > np.median(batch_n.score)
+
+
+def test_calibrated_score_is_non_negative_and_monotone_in_raw() -> None:
+    raw = np.linspace(-1e4, 1e4, 20_001)
+    score = calibrate(raw, center=12.0, scale=3.0)
+    assert (score >= 0).all()
+    assert (np.diff(score) >= 0).all()
+    middle = (raw > -500) & (raw < 1e4)
+    assert (np.diff(score[middle]) > 0).all()  # strictly increasing where it is not 0
+
+
+def test_model_scores_are_monotone_in_raw_scores(trained_ss: TrainedModel) -> None:
+    x = np.concatenate([sine_windows(30, seed=5), inject_faults(sine_windows(30, seed=6))])
+    batch = trained_ss.score(x)
+    order = np.argsort(batch.raw_score)
+    assert (batch.score >= 0).all()
+    assert (np.diff(batch.score[order]) >= 0).all()
+
+
+def test_threshold_is_monotone_in_the_quantile(trained_ss: TrainedModel) -> None:
+    quantiles = np.linspace(0.0, 1.0, 41)
+    thresholds = [trained_ss.threshold(float(q)) for q in quantiles]
+    assert (np.diff(thresholds) >= 0).all()
+    assert thresholds[-1] > thresholds[0]
+    assert trained_ss.threshold() == trained_ss.threshold(trained_ss.threshold_quantile)
+    batch = trained_ss.score(sine_windows(5, seed=2), threshold_quantile=0.5)
+    assert batch.threshold == trained_ss.threshold(0.5)
+    assert np.array_equal(batch.is_anomaly, batch.adjusted_score > batch.threshold)
+
+
+def test_calibration_per_number_of_samples(trained_ss: TrainedModel) -> None:
+    assert sorted(trained_ss.calibrations) == [1, 4]  # quick(): calibration_samples=4
+    assert trained_ss.calibration_samples == 4
+    assert nearest_calibration(trained_ss.calibrations, 1).n_samples == 1
+    assert nearest_calibration(trained_ss.calibrations, 3).n_samples == 4
+    assert nearest_calibration(trained_ss.calibrations, 100).n_samples == 4
+    batch = trained_ss.score(sine_windows(3), n_samples=4)
+    assert batch.threshold == trained_ss.threshold(n_samples=4)
+
+
+def test_fit_calibration_threshold_is_a_quantile_of_normal_scores() -> None:
+    rng = np.random.default_rng(0)
+    train_raw, normal_raw = rng.normal(100, 5, 500), rng.normal(101, 5, 300)
+    cal = fit_calibration(train_raw, normal_raw, n_samples=1, source="validation")
+    assert abs(cal.center - 100) < 1.0
+    assert abs(cal.scale - 5) < 1.0
+    assert (np.diff(cal.normal_scores) >= 0).all()
+    assert threshold_at(cal, 0.9) == pytest.approx(
+        np.quantile(calibrate(normal_raw, cal.center, cal.scale), 0.9)
+    )
+    constant = fit_calibration(np.full(10, 3.0), np.full(4, 3.0), n_samples=1, source="training")
+    assert constant.scale > 0
+
+
+def test_adjusted_score_monotone_in_feedback_probabilities() -> None:
+    p = np.linspace(0.0, 1.0, 101)
+    score = np.full_like(p, 2.0)
+    by_fp = adjust(score, p, np.zeros_like(p))
+    by_fn = adjust(score, np.zeros_like(p), p)
+    assert (np.diff(by_fp) < 0).all()  # a likely false alarm lowers the score
+    assert (np.diff(by_fn[p <= P_FN_MAX]) > 0).all()  # a likely missed fault raises it
+    assert np.isfinite(by_fn).all()
+    assert by_fn.max() == pytest.approx(2.0 / (1 - P_FN_MAX))  # p_fn clamped
+    assert adjust(np.array([3.0]), np.array([0.0]), np.array([0.0]))[0] == 3.0
+
+
+def test_untrained_feedback_classes_do_not_move_scores(trained_ss: TrainedModel) -> None:
+    assert trained_ss.label_counts[FP] == 0 and trained_ss.label_counts[FN] == 0
+    batch = trained_ss.score(sine_windows(8, seed=4))
+    assert (batch.class_probabilities[:, FP] > 0).all()  # the untrained head says something ...
+    assert (batch.p_false_positive == 0).all()  # ... but it is ignored
+    assert (batch.p_false_negative == 0).all()
+    assert np.array_equal(batch.adjusted_score, batch.score)
+
+
+def test_trained_feedback_classes_move_scores() -> None:
+    x = sine_windows(48, seed=0)
+    labels = np.full((48, T), -1, dtype=np.int64)
+    labels[:10] = FP
+    labels[10:20] = 0
+    model = fit(
+        TrainingData(x, labels),
+        classes=BUILTIN_CLASSES,
+        channels=CHANNELS,
+        model_config=tiny_config(),
+        train_config=quick(epochs=2),
+    )
+    batch = model.score(sine_windows(6, seed=8))
+    assert np.array_equal(batch.p_false_positive, batch.class_probabilities[:, FP])
+    assert (batch.p_false_positive > 0).all()
+    assert (batch.p_false_negative == 0).all()  # still never labelled
+    assert (batch.adjusted_score < batch.score).all()
+
+
+def test_es_models_classify_but_do_not_score() -> None:
+    from models import UnsupportedOperation
+
+    x = sine_windows(20, seed=0)
+    labels = np.zeros((20, T), dtype=np.int64)
+    model = fit(
+        TrainingData(x, labels),
+        classes=BUILTIN_CLASSES,
+        channels=CHANNELS,
+        model_config=tiny_config(variant="es"),
+        train_config=quick(epochs=1),
+    )
+    with pytest.raises(UnsupportedOperation):
+        model.score(x)
+    with pytest.raises(UnsupportedOperation):
+        model.threshold()
+    assert model.predict_proba(x).shape == (20, 4)
