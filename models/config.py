@@ -138,6 +138,7 @@ class TrainConfig:
     threads: int | None = None  # torch.set_num_threads for the fit; None = leave as is
     threshold_quantile: float = 0.99  # alarm threshold: this quantile of held-out normal scores
     calibration_samples: int = 16  # L used when scoring windows for calibration
+    feedback_negative_weight: float = 1.0  # gamma: unlabelled windows are mostly not feedback (loss.py)
     grad_clip: float | None = 100.0  # max global grad norm: the NLL spikes when sigma_x is small
     warm_start_normalisation: Literal["keep", "refit"] = "keep"  # keep: old weights stay valid
 
@@ -154,7 +155,7 @@ class TrainConfig:
             raise InvalidInput(f"seed must be an int; got {self.seed!r}")
         if self.threads is not None:
             _positive_int("threads", self.threads)
-        for name in ("lr", "alpha", "beta", "momentum"):
+        for name in ("lr", "alpha", "beta", "momentum", "feedback_negative_weight"):
             value = getattr(self, name)
             if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
                 raise InvalidInput(f"{name} must be a finite number >= 0; got {value!r}")

@@ -10,11 +10,20 @@
 - the cross-entropy (eq. 5) is per time step with a mask (-1 = unlabelled step). A window's CE is
   the sum over its labelled steps, so a label that covers part of a window supervises only those
   steps; the batch's CE is normalised by the number of labelled windows (the "#labeled" of eq. 5).
+- the feedback classes need negatives (our decision; §5 of the preprint is silent on how). If an
+  operator has marked only false alarms, CE alone teaches pi that *every* window is a false alarm:
+  false_positive is the only class it ever saw, and p_fp -> 1 would suppress real faults too. So
+  when a feedback class has labels, each unlabelled window also adds
+      gamma * sum_t -log(1 - sum_{c in feedback} pi_t,c)
+  ("this window is most likely not a false alarm or a missed fault"): positive-unlabelled
+  learning, which treats the unlabelled data as negatives for the feedback classes only and leaves
+  its membership of the real classes unsupervised. It is averaged over the unlabelled windows.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import numpy as np
@@ -34,6 +43,7 @@ class LossTerms(NamedTuple):
     ce: Tensor  # () (1/#labelled windows) * sum of per-window CE over labelled steps
     n_elbo: int  # windows that fed the reconstruction and KL terms
     n_labelled: int  # windows with at least one labelled step
+    not_feedback: Tensor | None = None  # () mean over unlabelled windows of the feedback term
 
 
 def gaussian_nll(x: Tensor, x_mu: Tensor, x_sigma: Tensor) -> Tensor:
@@ -58,6 +68,14 @@ def masked_cross_entropy(pi_logits: Tensor, labels: Tensor) -> Tensor:
     return ce.view(B, T).sum(dim=1)
 
 
+def not_feedback_nll(pi_logits: Tensor, feedback: Sequence[int]) -> Tensor:
+    """Per-window sum over steps of -log(1 - sum_{c in feedback} pi_c).
+    pi_logits (B, T, K) -> (B,)."""
+    log_pi = torch.log_softmax(pi_logits, dim=-1)  # (B, T, K)
+    keep = [c for c in range(pi_logits.shape[-1]) if c not in set(feedback)]
+    return -torch.logsumexp(log_pi[..., keep], dim=-1).sum(dim=1)  # (B,)
+
+
 def vae_loss(
     out: VAEOutput,
     x: Tensor,
@@ -66,11 +84,15 @@ def vae_loss(
     *,
     alpha: float,
     beta: float,
+    feedback: Sequence[int] = (),
+    gamma: float = 0.0,
 ) -> LossTerms:
     """The objective for one batch.
 
     out: the model's output on x (B, T, F); labels (B, T) int64 with -1 for unlabelled steps, or
-    None; elbo_mask (B,) bool: which windows may feed reconstruction + KL (see module docstring).
+    None; elbo_mask (B,) bool: which windows may feed reconstruction + KL (see module docstring);
+    feedback: indices of the feedback classes that have labels, whose probability unlabelled
+    windows push down with weight gamma.
     """
     zero = x.new_zeros(())
     nll, kl, n_elbo = zero, zero, 0
@@ -91,7 +113,14 @@ def vae_loss(
             ce = masked_cross_entropy(out.pi_logits, labels).sum() / n_labelled
 
     total = nll + beta * kl + alpha * ce
-    return LossTerms(total, nll, kl, ce, n_elbo, n_labelled)
+    not_feedback = None
+    if out.pi_logits is not None and labels is not None and feedback and gamma > 0:
+        unlabelled = ~(labels >= 0).any(dim=1)  # (B,)
+        if bool(unlabelled.any()):
+            step_logits = per_step(out.pi_logits, x.shape[1])  # (B, T, K)
+            not_feedback = not_feedback_nll(step_logits[unlabelled], feedback).mean()
+            total = total + gamma * not_feedback
+    return LossTerms(total, nll, kl, ce, n_elbo, n_labelled, not_feedback)
 
 
 @torch.inference_mode()

@@ -24,6 +24,14 @@ of the calibrated scores of held-out normal windows, kept sorted so any quantile
 Feedback (preprint §5, eq. 6): adjusted = score * (1 - p_fp) / (1 - p_fn), p_fn clamped to
 P_FN_MAX, and p = 0 for a feedback class that never had a labelled training step (an untrained
 head's output must not move scores).
+
+The severity guard (our decision; the preprint is silent): pi is a discriminative head, and on a
+window unlike anything it was trained on - a new fault, above all - its output is arbitrary, so
+it may well say "false positive" there. Feedback may therefore silence alarms only up to the
+severity of the ones operators dismissed: with c = FP_CEILING_MARGIN * the highest calibrated
+score among the false_positive-labelled training windows, p_fp counts in full for score <= c and
+is scaled by (c / score)^2 above it. The reported p_false_positive is the one applied, so
+adjusted = score * (1 - p_fp) / (1 - p_fn) holds for the reported numbers.
 """
 
 from __future__ import annotations
@@ -33,11 +41,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from torch import Tensor
 
 from models.loss import gaussian_nll
 from models.model import SemiSupervisedVAE, per_step
 
 P_FN_MAX = 0.99  # p_false_negative is clamped to this, so 1 / (1 - p_fn) <= 100
+FP_CEILING_MARGIN = 1.25  # p_fp counts in full up to this multiple of the worst dismissed alarm
 MAX_ROWS_PER_CHUNK = 1024  # windows x samples decoded at once; bounds inference memory
 MAX_STORED_NORMAL_SCORES = 10_001  # beyond this, keep evenly spaced order statistics
 _MAD_TO_SD = 1.4826  # median absolute deviation -> standard deviation for a Gaussian
@@ -56,6 +66,7 @@ class Calibration:
     scale: float  # robust spread (1.4826 * MAD) of those raw scores, floored
     normal_scores: np.ndarray = field(repr=False)  # (M,) sorted calibrated held-out normal scores
     source: str = "validation"  # which windows normal_scores came from
+    fp_ceiling: float = math.inf  # highest calibrated score of a false_positive-labelled window
 
 
 @dataclass(frozen=True)
@@ -105,6 +116,7 @@ def infer(
     raws: list[np.ndarray] = []
     elems: list[np.ndarray] = []
     probs: list[np.ndarray] = []
+    eps: Tensor | None = None  # (L, 1, [T,] D): one draw shared by every window
     for start in range(0, N, chunk):
         xb = torch.from_numpy(x[start : start + chunk])  # (B, T, F)
         B = xb.shape[0]
@@ -115,10 +127,16 @@ def infer(
         if not reconstruction:
             continue
         assert mu is not None and logvar is not None
-        # L samples per window in one batch: (L*B, [T,] D), sample-major
-        mu_l = mu.repeat(L, *([1] * (mu.dim() - 1)))
+        # Common random numbers: every window is scored with the same L draws of eps, so a
+        # window's score does not depend on which other windows share its batch or chunk
+        # (the service micro-batches requests together). Each window's estimate is still an
+        # unbiased L-sample estimate of its reconstruction probability.
+        if eps is None:
+            eps = torch.randn((L, 1, *mu.shape[1:]), generator=generator, dtype=mu.dtype)
+        noise = eps.expand(L, B, *mu.shape[1:]).reshape(L * B, *mu.shape[1:])  # (L*B, [T,] D)
+        mu_l = mu.repeat(L, *([1] * (mu.dim() - 1)))  # (L*B, [T,] D), sample-major
         logvar_l = logvar.repeat(L, *([1] * (logvar.dim() - 1)))
-        z = net.reparameterize(mu_l, logvar_l, generator)
+        z = mu_l + torch.exp(0.5 * logvar_l) * noise
         pi_l = None
         if pi_logits is not None:
             pi_l = torch.softmax(pi_logits, dim=-1).repeat(L, *([1] * (pi_logits.dim() - 1)))
@@ -171,6 +189,15 @@ def nearest_calibration(calibrations: dict[int, Calibration], n_samples: int) ->
         calibrations.values(),
         key=lambda c: (abs(math.log(c.n_samples) - math.log(n_samples)), -c.n_samples),
     )
+
+
+def guard_false_positive(p_fp: np.ndarray, score: np.ndarray, ceiling: float) -> np.ndarray:
+    """p_fp as applied: in full up to FP_CEILING_MARGIN * ceiling, fading as (c / score)^2 above."""
+    if not math.isfinite(ceiling):
+        return p_fp
+    c = FP_CEILING_MARGIN * max(ceiling, 0.0)
+    weight = np.where(score <= c, 1.0, (c / np.maximum(score, 1e-12)) ** 2)
+    return np.asarray(p_fp * weight)
 
 
 def adjust(score: np.ndarray, p_fp: np.ndarray, p_fn: np.ndarray) -> np.ndarray:

@@ -29,7 +29,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from models.config import ClassSpec, ModelConfig, Progress, TrainConfig, TrainingData
+from models.config import (
+    FALSE_NEGATIVE,
+    FALSE_POSITIVE,
+    ClassSpec,
+    ModelConfig,
+    Progress,
+    TrainConfig,
+    TrainingData,
+)
 from models.data import (
     Normalisation,
     check_channels,
@@ -42,7 +50,7 @@ from models.data import (
 from models.errors import InvalidInput, ModelError, NotEnoughData, TrainingCancelled
 from models.loss import dataset_objective, vae_loss
 from models.model import SemiSupervisedVAE
-from models.scoring import Calibration, fit_calibration, infer
+from models.scoring import Calibration, calibrate, fit_calibration, infer
 from models.trained import TrainedModel, make_generator
 
 MIN_WINDOWS = 4  # fewer cannot give a training split, a validation split and a batch
@@ -297,15 +305,28 @@ def fit(
             counts = transfer_weights(net, warm_start.net)
             metrics["warm_start_copied"] = counts["copied"]
             metrics["warm_start_grown"] = counts["grown"]
+        feedback = [
+            i
+            for i, spec in enumerate(class_specs)
+            if spec.name in (FALSE_POSITIVE, FALSE_NEGATIVE) and label_counts[i] > 0
+        ]
         _train(
             net, tc, x_train, train.labels, eligible, groups, x_val, val, val_eligible,
-            rng, metrics, progress, should_stop,
+            rng, metrics, progress, should_stop, feedback,
         )  # fmt: skip
         if should_stop is not None and should_stop():
             raise TrainingCancelled(
                 f"training was cancelled after epoch {metrics['epochs_run']} of {tc.epochs}"
             )
-        calibrations = _calibrate(net, tc, x_train, eligible, x_val, val_eligible, rng)
+        fp = next((i for i, c in enumerate(class_specs) if c.name == FALSE_POSITIVE), None)
+        dismissed = (
+            (train.labels == fp).any(axis=1)
+            if fp is not None and train.labels is not None
+            else np.zeros(n_train, dtype=bool)
+        )
+        calibrations = _calibrate(
+            net, tc, x_train, eligible, x_val, val_eligible, rng, x_train[dismissed]
+        )
     metrics["train_seconds"] = round(time.perf_counter() - started, 3)
     if calibrations:
         cal = calibrations[min(calibrations)]
@@ -339,6 +360,7 @@ def _train(
     metrics: dict[str, float | int | str],
     progress: Callable[[Progress], None] | None,
     should_stop: Callable[[], bool] | None,
+    feedback: list[int],
 ) -> None:
     """The epoch loop: RMSprop, early stopping on the validation loss, best weights restored."""
     optimizer = torch.optim.RMSprop(net.parameters(), lr=tc.lr, momentum=tc.momentum)
@@ -366,6 +388,8 @@ def _train(
                 mt[it],
                 alpha=tc.alpha,
                 beta=tc.beta,
+                feedback=feedback,
+                gamma=tc.alpha * tc.feedback_negative_weight,
             )
             optimizer.zero_grad(set_to_none=True)
             terms.total.backward()  # type: ignore[no-untyped-call]
@@ -426,9 +450,11 @@ def _calibrate(
     x_val: np.ndarray | None,
     val_eligible: np.ndarray | None,
     rng: np.random.Generator,
+    dismissed: np.ndarray,
 ) -> dict[int, Calibration]:
     """One Calibration per L in {1, calibration_samples}: center/scale from normal training
-    windows, threshold scores from held-out normal windows (pooled with training ones if few)."""
+    windows, threshold scores from held-out normal windows (pooled with training ones if few),
+    and the feedback ceiling from the windows operators marked false_positive (`dismissed`)."""
     if not net.has_decoder:
         return {}
     train_idx = np.flatnonzero(eligible)
@@ -455,5 +481,9 @@ def _calibrate(
             normal_raw, source = np.concatenate([raw(normal_val), train_raw]), "validation+training"
         else:
             normal_raw, source = train_raw, "training"
-        result[L] = fit_calibration(train_raw, normal_raw, n_samples=L, source=source)
+        calibration = fit_calibration(train_raw, normal_raw, n_samples=L, source=source)
+        if dismissed.shape[0]:
+            worst = calibrate(raw(dismissed), calibration.center, calibration.scale).max()
+            calibration = dataclasses.replace(calibration, fp_ceiling=float(worst))
+        result[L] = calibration
     return result

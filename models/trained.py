@@ -37,6 +37,7 @@ from models.scoring import (
     adjust,
     calibrate,
     infer,
+    guard_false_positive,
     nearest_calibration,
     threshold_at,
 )
@@ -160,7 +161,9 @@ class TrainedModel:
         else:
             probs = np.full((N, K), np.nan)  # EU: no class head
         fp, fn = self._feedback_index(FALSE_POSITIVE), self._feedback_index(FALSE_NEGATIVE)
-        p_fp = probs[:, fp].copy() if fp is not None else np.zeros(N)
+        p_fp = np.zeros(N)
+        if fp is not None:
+            p_fp = guard_false_positive(probs[:, fp], score, calibration.fp_ceiling)
         p_fn = np.minimum(probs[:, fn], P_FN_MAX) if fn is not None else np.zeros(N)
         adjusted = adjust(score, p_fp, p_fn)
         threshold = threshold_at(calibration, quantile)
@@ -255,7 +258,13 @@ class TrainedModel:
             "label_counts": list(self.label_counts),
             "threshold_quantile": self.threshold_quantile,
             "calibrations": [
-                {"n_samples": c.n_samples, "center": c.center, "scale": c.scale, "source": c.source}
+                {
+                    "n_samples": c.n_samples,
+                    "center": c.center,
+                    "scale": c.scale,
+                    "source": c.source,
+                    "fp_ceiling": c.fp_ceiling if math.isfinite(c.fp_ceiling) else None,
+                }
                 for c in self.calibrations.values()
             ],
             "metrics": self.metrics,
@@ -310,7 +319,15 @@ class TrainedModel:
             center, scale = float(entry["center"]), float(entry["scale"])
             if scores.ndim != 1 or not scores.size or not (math.isfinite(center) and scale > 0):
                 raise ArtifactError(f"the artifact's calibration for L={L} is invalid")
-            calibrations[L] = Calibration(L, center, scale, scores, str(entry["source"]))
+            ceiling = entry.get("fp_ceiling")
+            calibrations[L] = Calibration(
+                L,
+                center,
+                scale,
+                scores,
+                str(entry["source"]),
+                math.inf if ceiling is None else float(ceiling),
+            )
         if net.has_decoder and not calibrations:
             raise ArtifactError("the artifact has no calibration")
 

@@ -151,3 +151,42 @@ def test_batch_without_elbo_windows_has_zero_elbo_terms() -> None:
     assert terms.n_elbo == 0
     assert float(terms.nll) == 0.0 and float(terms.kl) == 0.0
     assert float(terms.ce) > 0.0
+
+
+def test_unlabelled_windows_push_down_the_labelled_feedback_classes() -> None:
+    """With false_positive labelled, each unlabelled window adds -log(1 - p_fp) per step."""
+    out = output(b=3, seed=7)
+    x = torch.randn(3, T, F)
+    labels = torch.full((3, T), -1, dtype=torch.long)
+    labels[0, :] = FP  # window 0 is a marked false alarm; windows 1 and 2 are unlabelled
+    mask = torch.ones(3, dtype=torch.bool)
+    plain = vae_loss(out, x, labels, mask, alpha=1.0, beta=1.0)
+    pushed = vae_loss(out, x, labels, mask, alpha=1.0, beta=1.0, feedback=[FP], gamma=0.5)
+    assert plain.not_feedback is None
+    assert pushed.not_feedback is not None
+    assert out.pi_logits is not None
+    p_fp = torch.softmax(out.pi_logits, dim=-1)[1:, :, FP]  # the unlabelled windows
+    expected = -torch.log1p(-p_fp).sum(dim=1).mean()
+    assert torch.allclose(pushed.not_feedback, expected, atol=1e-5)
+    assert torch.allclose(pushed.total, plain.total + 0.5 * expected, atol=1e-5)
+    # More mass on false_positive in unlabelled windows costs more.
+    confident = out.pi_logits.clone()
+    confident[1:, :, FP] += 3.0
+    worse = vae_loss(
+        out._replace(pi_logits=confident), x, labels, mask, alpha=1.0, beta=1.0,
+        feedback=[FP], gamma=0.5,
+    )  # fmt: skip
+    assert worse.not_feedback is not None and worse.not_feedback > pushed.not_feedback
+
+
+def test_no_feedback_term_without_unlabelled_windows_or_weight() -> None:
+    out = output(b=2)
+    x = torch.randn(2, T, F)
+    labels = torch.full((2, T), NORMAL, dtype=torch.long)
+    labels[1, :] = FP
+    mask = torch.ones(2, dtype=torch.bool)
+    all_labelled = vae_loss(out, x, labels, mask, alpha=1.0, beta=1.0, feedback=[FP], gamma=1.0)
+    assert all_labelled.not_feedback is None
+    labels[0, :] = -1
+    no_weight = vae_loss(out, x, labels, mask, alpha=1.0, beta=1.0, feedback=[FP], gamma=0.0)
+    assert no_weight.not_feedback is None

@@ -41,7 +41,10 @@ def test_contributions_with_many_samples_are_per_element(trained_ss: TrainedMode
     with torch.no_grad():
         mu, logvar, pi_logits = net.encode(xs)
         assert mu is not None and logvar is not None and pi_logits is not None
-        z = net.reparameterize(mu.repeat(L, 1, 1), logvar.repeat(L, 1, 1), make_generator(5))
+        # Common random numbers: one draw of eps (L, 1, T, D) shared by every window.
+        eps = torch.randn((L, 1, *mu.shape[1:]), generator=make_generator(5), dtype=mu.dtype)
+        noise = eps.expand(L, 4, *mu.shape[1:]).reshape(L * 4, *mu.shape[1:])
+        z = mu.repeat(L, 1, 1) + torch.exp(0.5 * logvar.repeat(L, 1, 1)) * noise
         x_mu, x_sigma = net.decode(z, torch.softmax(pi_logits, -1).repeat(L, 1, 1))
         log_p = -gaussian_nll(xs.repeat(L, 1, 1), x_mu, x_sigma).double().view(L, 4, T, 3)
     elements = -(torch.logsumexp(log_p, dim=0) - np.log(L)).numpy()
@@ -197,3 +200,28 @@ def test_es_models_classify_but_do_not_score() -> None:
     with pytest.raises(UnsupportedOperation):
         model.threshold()
     assert model.predict_proba(x).shape == (20, 4)
+
+
+def test_a_window_scores_the_same_alone_or_in_any_batch(trained_ss: TrainedModel) -> None:
+    """The service micro-batches requests: a window's score must not depend on its batch."""
+    x = sine_windows(6, seed=4)
+    for L in (1, 4):
+        together = trained_ss.score(x, n_samples=L)
+        for i in range(len(x)):
+            alone = trained_ss.score(x[i : i + 1], n_samples=L)
+            assert np.allclose(alone.raw_score, together.raw_score[i], rtol=1e-6)
+        reversed_ = trained_ss.score(x[::-1], n_samples=L)
+        assert np.allclose(reversed_.raw_score[::-1], together.raw_score, rtol=1e-6)
+
+
+def test_false_positive_feedback_fades_above_the_worst_dismissed_alarm() -> None:
+    from models.scoring import FP_CEILING_MARGIN, guard_false_positive
+
+    p = np.full(4, 0.8)
+    ceiling = 2.0
+    c = FP_CEILING_MARGIN * ceiling
+    score = np.array([0.5, c, 2 * c, 10 * c])
+    guarded = guard_false_positive(p, score, ceiling)
+    assert np.allclose(guarded[:2], 0.8)  # in full up to the ceiling (with its margin)
+    assert np.allclose(guarded[2:], [0.8 / 4, 0.8 / 100])  # then as (c / score)^2
+    assert np.array_equal(guard_false_positive(p, score, np.inf), p)  # no dismissed alarms

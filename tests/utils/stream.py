@@ -22,9 +22,16 @@ class Stream:
 
 
 def make_stream(
-    n_points: int, *, channels: int = 3, faults: list[tuple[int, int]] | None = None, seed: int = 0
+    n_points: int,
+    *,
+    channels: int = 3,
+    faults: list[tuple[int, int]] | None = None,
+    benign: list[tuple[int, int]] | None = None,
+    seed: int = 0,
 ) -> Stream:
-    """Phase-shifted sines plus noise; a fault adds a large offset and extra noise."""
+    """Phase-shifted sines plus noise. A fault adds a large offset and extra noise to every
+    channel. A benign episode (think of a cleaning cycle) holds the last channel on a plateau:
+    unusual, so it may raise false alarms, but normal for the plant."""
     rng = np.random.default_rng(seed)
     t = np.arange(n_points, dtype=np.float64)
     phases = np.linspace(0.0, np.pi, channels)
@@ -32,6 +39,8 @@ def make_stream(
     values += 0.05 * rng.standard_normal((n_points, channels))
     for start, stop in faults or []:
         values[start:stop] += 3.0 + 0.5 * rng.standard_normal((stop - start, channels))
+    for start, stop in benign or []:
+        values[start:stop, -1] = 1.8 + 0.05 * rng.standard_normal(stop - start)
     ts = T0_US + np.arange(n_points, dtype=np.int64) * STEP_US
     return Stream(ts=ts, values=values, faults=list(faults or []))
 

@@ -1,0 +1,152 @@
+"""The whole loop through the public API: ingest a stream with injected faults and a
+recurring benign episode, train, score, mark the benign episode's alarms false_positive,
+retrain, and see the feedback take effect while the faults still stand out."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.config import Settings
+from app.main import create_app
+from app.worker import Worker
+from tests.utils.stream import make_stream
+
+pytestmark = pytest.mark.slow
+
+Headers = dict[str, str]
+WINDOW, STRIDE = 16, 8
+FAULTS = [(1700, 1760), (2100, 2160)]
+BENIGN = [(400, 440), (900, 940), (1400, 1440), (1900, 1940)]  # the first two get marked
+
+
+def _iso(micros: int) -> str:
+    return datetime.fromtimestamp(micros / 1e6, tz=UTC).isoformat()
+
+
+def _auc(positive: np.ndarray, negative: np.ndarray) -> float:
+    wins = (positive[:, None] > negative[None, :]).mean()
+    ties = (positive[:, None] == negative[None, :]).mean()
+    return float(wins + 0.5 * ties)
+
+
+def _overlaps(spans: list[tuple[int, int]], starts: np.ndarray) -> np.ndarray:
+    return np.array([any(lo < s + WINDOW and s < hi for lo, hi in spans) for s in starts])
+
+
+def test_feedback_loop(
+    settings: Settings, sessions: sessionmaker[Session], make_headers: Callable[..., Headers]
+) -> None:
+    # NOTE: a generous activation tolerance: this test is about feedback, not that policy.
+    settings = settings.model_copy(
+        update={"train_epochs": 15, "train_patience": 15, "activation_tolerance": 1.0}
+    )
+    worker = Worker(settings, sessions=sessions)
+    ops = make_headers("ingest", "score", "label", "train", "read")
+    with TestClient(create_app(settings)) as client:
+        created = client.post(
+            "/v1/series",
+            json={
+                "name": "pump-e2e",
+                "channels": ["vib", "temp", "amps"],
+                "window_size": WINDOW,
+                "stride": STRIDE,
+                "classes": {"bearing_wear": "anomaly"},
+            },
+            headers=ops,
+        )
+        assert created.status_code == 201, created.text
+        series_id = created.json()["id"]
+
+        stream = make_stream(2400, faults=FAULTS, benign=BENIGN, seed=7)
+        for lo in range(0, len(stream.ts), 800):
+            sent = client.post(
+                f"/v1/series/{series_id}/points",
+                json={
+                    "timestamps": (stream.ts[lo : lo + 800] / 1e6).tolist(),
+                    "values": stream.values[lo : lo + 800].tolist(),
+                },
+                headers=ops,
+            )
+            assert sent.status_code == 200, sent.text
+            assert sent.json()["inserted"] == 800
+
+        job = client.post(f"/v1/series/{series_id}/train", headers=ops)
+        assert job.status_code == 202
+        assert worker.run_once() == job.json()["job_id"]
+        first_job = client.get(f"/v1/jobs/{job.json()['job_id']}", headers=ops).json()
+        assert first_job["status"] == "succeeded", first_job
+        assert first_job["model_version"] == 1
+
+        def score_all() -> dict[str, Any]:
+            response = client.post(
+                "/v1/score",
+                json={
+                    "series_id": series_id,
+                    "start": _iso(int(stream.ts[0])),
+                    "end": _iso(int(stream.ts[-1])),
+                },
+                headers=ops,
+            )
+            assert response.status_code == 200, response.text
+            body: dict[str, Any] = response.json()
+            return body
+
+        before = score_all()
+        assert before["model_version"] == 1
+        starts = np.arange(0, len(stream.ts) - WINDOW + 1, STRIDE)
+        assert len(before["results"]) == len(starts)
+        fault = _overlaps(FAULTS, starts)
+        benign = _overlaps(BENIGN, starts)
+        marked = _overlaps(BENIGN[:2], starts)
+        unmarked = benign & ~marked
+        normal = ~fault & ~benign
+        adjusted = np.array([r["adjusted_score"] for r in before["results"]])
+        flagged = np.array([r["is_anomaly"] for r in before["results"]])
+        # The faults outrank normal windows; the benign episode raises false alarms.
+        assert _auc(adjusted[fault], adjusted[normal]) > 0.95
+        assert flagged[marked].any(), "the benign episode raised no alarm to give feedback on"
+
+        for i in np.flatnonzero(marked & flagged):
+            label = client.post(
+                "/v1/labels",
+                json={"score_id": before["results"][i]["score_id"], "label": "false_positive"},
+                headers=ops,
+            )
+            assert label.status_code == 201, label.text
+
+        retrain = client.post(f"/v1/series/{series_id}/train", headers=ops)
+        assert retrain.status_code == 202
+        worker.run_once()
+        second_job = client.get(f"/v1/jobs/{retrain.json()['job_id']}", headers=ops).json()
+        assert second_job["status"] == "succeeded", second_job
+        assert second_job["model_version"] == 2
+        assert second_job["metrics"]["labelled_windows"] > 0
+        assert second_job["metrics"] != first_job["metrics"]
+        versions = client.get(f"/v1/series/{series_id}/models", headers=ops).json()
+        assert versions["active_version"] == 2
+
+        after = score_all()  # the API process learns of version 2 by polling
+        deadline = time.monotonic() + 5
+        while after["model_version"] != 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+            after = score_all()
+        assert after["model_version"] == 2
+        adjusted_after = np.array([r["adjusted_score"] for r in after["results"]])
+        p_fp = np.array([r["p_false_positive"] for r in after["results"]])
+        # Every marked window now scores lower, and π recognises the episode.
+        assert (adjusted_after[marked & flagged] < adjusted[marked & flagged]).all()
+        assert np.median(p_fp[marked]) > np.median(p_fp[normal])
+        # The episode's other occurrences, never marked, alarm less too.
+        assert np.median(adjusted_after[unmarked]) < np.median(adjusted[unmarked])
+        # π may not talk the model out of a fault: far above any dismissed alarm, p_fp fades.
+        assert np.median(p_fp[fault]) < np.median(p_fp[marked])
+        # The faults still stand out: feedback on false alarms does not blind the model.
+        assert _auc(adjusted_after[fault], adjusted_after[normal]) > 0.9
