@@ -184,5 +184,17 @@ def keys_revoke(key_id: Annotated[int, typer.Argument(help="The key's id (see `k
     typer.echo(f"key {key_id} revoked")
 
 
+def _register_simulator() -> None:
+    from app.simulate import simulate_command
+
+    cli.command(
+        "simulate",
+        help="Stream a simulated plant with injected faults into a running Vigil.",
+    )(simulate_command)
+
+
+_register_simulator()
+
+
 def main() -> None:
     cli()

@@ -1,4 +1,4 @@
-"""Vigil's settings: every one comes from a `VIGIL_*` environment variable (or `.env`)."""
+"""Vigil's settings: every one comes from a `VIGIL_*` environment variable."""
 
 from __future__ import annotations
 
@@ -12,7 +12,9 @@ PLACEHOLDER_SECRETS = frozenset({"", "changeme", "change-me", "secret", "admin"}
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="VIGIL_", env_file=".env", extra="ignore")
+    # NOTE: no env_file: `.env` belongs to docker compose, and a developer's copy of it must
+    # not turn `make run` into a production-mode instance.
+    model_config = SettingsConfigDict(env_prefix="VIGIL_", extra="ignore")
 
     environment: Literal["development", "production"] = "development"
     """`production` refuses placeholder secrets and requires an explicit database URL."""
@@ -122,7 +124,11 @@ class Settings(BaseSettings):
         if self.environment != "production":
             return self
         key = self.bootstrap_admin_key
-        if key is not None and (key.lower() in PLACEHOLDER_SECRETS or len(key) < 24):
+        if key is not None and (
+            key.lower() in PLACEHOLDER_SECRETS
+            or len(key) < 24
+            or any(marker in key.lower() for marker in ("changeme", "change-me"))
+        ):
             raise ValueError(
                 "VIGIL_BOOTSTRAP_ADMIN_KEY is a placeholder or shorter than 24 characters; "
                 "set a random secret in production"

@@ -81,6 +81,9 @@ class Worker:
     # -- the loop ----------------------------------------------------------------------------
     def run_forever(self) -> None:
         log.info("worker %s started", self.name)
+        # Export every job outcome from the start, so increase() sees the first failure.
+        for status in (JOB_SUCCEEDED, JOB_FAILED):
+            JOBS.labels(status)
         while not self.stop_event.is_set():
             try:
                 ran = self.run_once()

@@ -118,7 +118,6 @@ def settings(database_url: str) -> Settings:
         train_epochs=8,
         train_patience=3,
         min_train_windows=4,
-        _env_file=None,  # type: ignore[call-arg]
     )
 
 

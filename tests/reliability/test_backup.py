@@ -36,9 +36,7 @@ def test_a_restored_dump_scores_the_same(postgres_url: str, tmp_path: Path) -> N
     for tool in ("pg_dump", "pg_restore"):
         if shutil.which(tool) is None:
             pytest.skip(f"{tool} is not installed")
-    settings = Settings(
-        database_url=postgres_url, train_epochs=8, min_train_windows=4, _env_file=None  # type: ignore[call-arg]
-    )
+    settings = Settings(database_url=postgres_url, train_epochs=8, min_train_windows=4)
     sessions = make_sessionmaker(make_engine(settings.database_url, role="tests"))
     series_id, stream = trained_series(sessions, settings, name=f"backup-{uuid.uuid4().hex[:6]}")
     with sessions() as session, session.begin():
