@@ -12,7 +12,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.config import Settings
-from app.db.models import ScoreRecord
+from app.main import create_app
+from app.scoring import load_artifact
+from app.db.models import ModelVersion, ScoreRecord
 from tests.utils.stream import create_series, make_stream, windows_of
 from tests.utils.trained import train_now, trained_series
 
@@ -43,7 +45,12 @@ def test_scores_windows_and_logs_them(
     assert body["threshold"] > 0
     assert len(body["results"]) == 3
     first = body["results"][0]
-    assert set(first["class_probabilities"]) == {"normal", "anomaly", "false_positive", "false_negative"}
+    assert set(first["class_probabilities"]) == {
+        "normal",
+        "anomaly",
+        "false_positive",
+        "false_negative",
+    }
     assert set(first["channel_contributions"]) == {"c0", "c1", "c2"}
     assert first["score"] >= 0
     assert first["p_false_positive"] == 0.0  # never labelled: it must not move the score
@@ -105,7 +112,11 @@ def test_scores_a_stored_range(
     series_id, _ = trained
     response = client.post(
         "/v1/score",
-        json={"series_id": series_id, "start": "2026-01-01T00:00:00Z", "end": "2026-01-01T00:00:39Z"},
+        json={
+            "series_id": series_id,
+            "start": "2026-01-01T00:00:00Z",
+            "end": "2026-01-01T00:00:39Z",
+        },
         headers=admin,
     )
     assert response.status_code == 200, response.text
@@ -125,7 +136,9 @@ def test_no_model_yet_is_409(
 ) -> None:
     series_id = create_series(sessions, name="untrained")
     windows = np.zeros((1, 16, 3)).tolist()
-    response = client.post("/v1/score", json={"series_id": series_id, "windows": windows}, headers=admin)
+    response = client.post(
+        "/v1/score", json={"series_id": series_id, "windows": windows}, headers=admin
+    )
     assert response.status_code == 409
     assert response.headers["content-type"] == "application/problem+json"
     assert "no trained model" in response.json()["detail"]
@@ -147,7 +160,9 @@ def test_wrong_shapes_are_named(
 ) -> None:
     series_id, windows = trained
     response = client.post(
-        "/v1/score", json={"series_id": series_id, "windows": mutate(windows[:2]).tolist()}, headers=admin
+        "/v1/score",
+        json={"series_id": series_id, "windows": mutate(windows[:2]).tolist()},
+        headers=admin,
     )
     assert response.status_code == 422
     detail = response.json()["detail"]
@@ -161,12 +176,16 @@ def test_ragged_and_non_numeric_windows_name_the_position(
     series_id, windows = trained
     ragged = windows[:2].tolist()
     ragged[1][5] = [1.0, 2.0]
-    response = client.post("/v1/score", json={"series_id": series_id, "windows": ragged}, headers=admin)
+    response = client.post(
+        "/v1/score", json={"series_id": series_id, "windows": ragged}, headers=admin
+    )
     assert response.status_code == 422
     assert response.json()["detail"].startswith("windows.1.5:")
     text = windows[:1].tolist()
     text[0][3][2] = "hot"
-    response = client.post("/v1/score", json={"series_id": series_id, "windows": text}, headers=admin)
+    response = client.post(
+        "/v1/score", json={"series_id": series_id, "windows": text}, headers=admin
+    )
     assert response.status_code == 422
     assert response.json()["detail"].startswith("windows.0.3.2: must be a number")
 
@@ -229,7 +248,9 @@ def test_too_many_windows_is_refused(
 ) -> None:
     series_id, _ = trained
     windows = np.zeros((1025, 16, 3)).tolist()
-    response = client.post("/v1/score", json={"series_id": series_id, "windows": windows}, headers=admin)
+    response = client.post(
+        "/v1/score", json={"series_id": series_id, "windows": windows}, headers=admin
+    )
     assert response.status_code == 422
     assert "at most 1024" in response.json()["detail"]
 
@@ -278,3 +299,25 @@ def test_rollback_through_the_api(
     assert scored.json()["model_version"] == 1
     missing = client.post(f"/v1/series/{series_id}/models/7/activate", headers=admin)
     assert missing.status_code == 404
+
+
+def test_the_threshold_follows_the_number_of_samples(
+    settings: Settings,
+    sessions: sessionmaker[Session],
+    make_headers: Callable[..., Headers],
+    trained: tuple[int, np.ndarray],
+) -> None:
+    """More samples give lower raw scores, so L=16 scoring must use the L=16 calibration."""
+    series_id, windows = trained
+    headers = make_headers("score")
+    payload = {"series_id": series_id, "windows": windows[:2].tolist()}
+    thresholds = {}
+    for samples in (1, 16):
+        with TestClient(create_app(settings.model_copy(update={"score_samples": samples}))) as c:
+            thresholds[samples] = c.post("/v1/score", json=payload, headers=headers).json()["threshold"]
+    with sessions() as session:
+        row = session.scalars(select(ModelVersion)).one()
+        model = load_artifact(row.artifact, row.sha256, what="test")
+    assert thresholds[1] == pytest.approx(model.threshold(0.99, n_samples=1))
+    assert thresholds[16] == pytest.approx(model.threshold(0.99, n_samples=16))
+    assert thresholds[1] != thresholds[16]

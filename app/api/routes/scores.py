@@ -115,7 +115,10 @@ async def _score(
 ) -> Response:
     active = await _active(runtime, info)
     batch = await runtime.batcher.score((info.id, active.version), active.model, windows)
-    threshold = active.model.threshold(info.threshold_quantile)
+    # The raw score depends on L, so the threshold comes from the calibration at that L.
+    threshold = active.model.threshold(
+        info.threshold_quantile, n_samples=runtime.settings.score_samples
+    )
     flagged = batch.adjusted_score > threshold
     ids = runtime.score_log.append(
         series_id=info.id, version=active.version, windows=windows, batch=batch, spans=spans
