@@ -1,0 +1,89 @@
+"""Labels: time ranges and score feedback (scope `label`), listing (scope `read`)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Response, status
+
+from app.api.deps import Labeller, Reader, RuntimeDep, SessionDep
+from app.schemas.common import AUTH_RESPONSES, MAX_DB_ID, SLUG_PATTERN, LabelIdPath
+from app.schemas.labels import LabelCreate, LabelOut
+from app.services.labels import create_label, delete_label, get_label, list_labels
+
+router = APIRouter(prefix="/v1", tags=["labels"], responses=AUTH_RESPONSES)
+
+
+@router.post(
+    "/labels",
+    status_code=status.HTTP_201_CREATED,
+    summary="Label a time range, or give feedback on a scored window",
+    description=(
+        'Either `{"series_id", "start", "end", "label"}` labels the time range [start, end] '
+        'with a class of the series, or `{"score_id", "label"}` labels the window of a '
+        "score: `false_positive` (an alarm that was wrong), `false_negative` (a missed "
+        "fault) or any class of the series. After `VIGIL_RETRAIN_AFTER_LABELS` new labels "
+        "on a series a retrain is queued."
+    ),
+    responses={
+        404: {"description": "The series or the score does not exist (or the score expired)"},
+        422: {"description": "Invalid input, e.g. a label that is not a class of the series"},
+    },
+)
+def create(
+    body: LabelCreate,
+    session: SessionDep,
+    runtime: RuntimeDep,
+    response: Response,
+    _: Labeller,
+) -> LabelOut:
+    created = create_label(
+        session=session,
+        spec=body,
+        settings=runtime.settings,
+        flush_scores=runtime.score_log.flush,
+    )
+    response.headers["Location"] = f"/v1/labels/{created.label.id}"
+    return LabelOut.of(created.label)
+
+
+@router.get("/labels", summary="List labels, oldest first")
+def list_all(
+    session: SessionDep,
+    _: Reader,
+    series_id: Annotated[int | None, Query(ge=1, le=MAX_DB_ID)] = None,
+    label: Annotated[str | None, Query(pattern=SLUG_PATTERN, description="A class name")] = None,
+    include_deleted: bool = False,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    offset: Annotated[int, Query(ge=0, le=MAX_DB_ID)] = 0,
+) -> list[LabelOut]:
+    found = list_labels(
+        session=session,
+        series_id=series_id,
+        label=label,
+        include_deleted=include_deleted,
+        limit=limit,
+        offset=offset,
+    )
+    return [LabelOut.of(item) for item in found]
+
+
+@router.get(
+    "/labels/{label_id}",
+    summary="Read a label (deleted ones too, with `deleted_at` set)",
+    responses={404: {"description": "The label does not exist"}},
+)
+def read(label_id: LabelIdPath, session: SessionDep, _: Reader) -> LabelOut:
+    return LabelOut.of(get_label(session=session, label_id=label_id))
+
+
+@router.delete(
+    "/labels/{label_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    summary="Delete a label (soft: kept for audit, no longer used for training)",
+    description="Idempotent: deleting a deleted label again also gives 204.",
+    responses={404: {"description": "The label does not exist"}},
+)
+def delete(label_id: LabelIdPath, session: SessionDep, _: Labeller) -> Response:
+    delete_label(session=session, label_id=label_id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)

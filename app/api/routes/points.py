@@ -1,0 +1,69 @@
+"""Points: bulk ingestion (scope `ingest`) and reading a time range back (scope `read`)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request
+from starlette.concurrency import run_in_threadpool
+from starlette.responses import Response
+
+from app.api.deps import Ingester, Reader, RuntimeDep, SessionDep
+from app.schemas.common import AUTH_RESPONSES, SeriesIdPath, TimestampUs
+from app.schemas.points import POINTS_REQUEST_BODY, IngestResult, PointsOut
+from app.services.points import ingest, read_points
+
+router = APIRouter(prefix="/v1", tags=["points"], responses=AUTH_RESPONSES)
+
+MAX_READ_POINTS = 100_000
+
+
+@router.post(
+    "/series/{series_id}/points",
+    summary="Ingest a batch of points (JSON or CSV)",
+    description=(
+        "Upserts rows on (series, timestamp): re-sending a batch changes nothing and reports "
+        "every row as `updated`. When a timestamp repeats within one batch, its last row wins, "
+        "so `inserted + updated` counts distinct timestamps and `received` counts rows. "
+        "The whole batch is validated before anything is written; an invalid batch writes "
+        "nothing and the error names the field and row (JSON) or line (CSV). At most "
+        "`VIGIL_MAX_POINTS_ROWS` rows per request (413 beyond)."
+    ),
+    openapi_extra={"requestBody": POINTS_REQUEST_BODY},
+    responses={
+        404: {"description": "The series does not exist"},
+        413: {"description": "The body or the number of rows is over the limit"},
+        415: {"description": "The body is neither application/json nor text/csv"},
+    },
+)
+async def ingest_points(
+    series_id: SeriesIdPath, request: Request, session: SessionDep, runtime: RuntimeDep, _: Ingester
+) -> IngestResult:
+    body = await request.body()
+    return await run_in_threadpool(
+        ingest,
+        session=session,
+        series_id=series_id,
+        body=body,
+        content_type=request.headers.get("content-type"),
+        max_rows=runtime.settings.max_points_rows,
+    )
+
+
+@router.get(
+    "/series/{series_id}/points",
+    summary="Read stored points, oldest first",
+    description="Points with start <= timestamp <= end (both optional), at most `limit` of them.",
+    response_model=PointsOut,
+    responses={404: {"description": "The series does not exist"}},
+)
+def list_points(
+    series_id: SeriesIdPath,
+    session: SessionDep,
+    _: Reader,
+    start: Annotated[TimestampUs | None, Query(description="ISO-8601 or epoch seconds")] = None,
+    end: Annotated[TimestampUs | None, Query(description="ISO-8601 or epoch seconds")] = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_READ_POINTS)] = 1000,
+) -> Response:
+    page = read_points(session=session, series_id=series_id, start=start, end=end, limit=limit)
+    return Response(page.to_json(), media_type="application/json")

@@ -1,0 +1,73 @@
+"""Series: create (scope `ingest`), read (scope `read`), and add classes or move the threshold."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Response, status
+
+from app.api.deps import Ingester, Reader, RuntimeDep, SessionDep
+from app.schemas.common import AUTH_RESPONSES, MAX_DB_ID, SeriesIdPath
+from app.schemas.series import SeriesCreate, SeriesOut, SeriesUpdate
+from app.services.series import create_series, get_series, list_series, update_series
+
+router = APIRouter(prefix="/v1", tags=["series"], responses=AUTH_RESPONSES)
+
+NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"description": "The series does not exist"}}
+
+
+@router.post(
+    "/series",
+    status_code=status.HTTP_201_CREATED,
+    summary="Create a series",
+    description=(
+        "Declares a multivariate series: its channels, window geometry and label classes. "
+        "The built-in classes `normal`, `anomaly`, `false_positive` (normal kind) and "
+        "`false_negative` (anomaly kind) are always added. The `Location` header names it."
+    ),
+    responses={409: {"description": "A series with this name exists"}},
+)
+def create(body: SeriesCreate, session: SessionDep, response: Response, _: Ingester) -> SeriesOut:
+    series = create_series(session=session, spec=body)
+    response.headers["Location"] = f"/v1/series/{series.id}"
+    return SeriesOut.model_validate(series)
+
+
+@router.get("/series", summary="List series, oldest first")
+def list_all(
+    session: SessionDep,
+    _: Reader,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    offset: Annotated[int, Query(ge=0, le=MAX_DB_ID)] = 0,
+) -> list[SeriesOut]:
+    return [
+        SeriesOut.model_validate(s)
+        for s in list_series(session=session, limit=limit, offset=offset)
+    ]
+
+
+@router.get("/series/{series_id}", summary="Read a series", responses=NOT_FOUND)
+def read(series_id: SeriesIdPath, session: SessionDep, _: Reader) -> SeriesOut:
+    return SeriesOut.model_validate(get_series(session=session, series_id=series_id))
+
+
+@router.patch(
+    "/series/{series_id}",
+    summary="Add classes or change the threshold quantile",
+    description=(
+        "Classes are only added: changing the kind of an existing class or removing one "
+        "(a null kind) gives 409, because trained models depend on them. The new threshold "
+        "quantile applies to scores from the next request on."
+    ),
+    responses={**NOT_FOUND, 409: {"description": "A class would change kind or disappear"}},
+)
+def patch(
+    series_id: SeriesIdPath,
+    body: SeriesUpdate,
+    session: SessionDep,
+    runtime: RuntimeDep,
+    _: Ingester,
+) -> SeriesOut:
+    series = update_series(session=session, series_id=series_id, update=body)
+    runtime.registry.forget_series(series.id)
+    return SeriesOut.model_validate(series)

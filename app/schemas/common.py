@@ -1,0 +1,156 @@
+"""Types shared by the request and response schemas: names, class kinds and timestamps.
+
+Timestamps travel as ISO-8601 strings or epoch seconds and are kept as integer microseconds
+since the Unix epoch (UTC), the unit of the database (see app/db/models.py).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any, Final, Literal
+
+from fastapi import Path
+from pydantic import AfterValidator, Field, PlainValidator, StringConstraints, WithJsonSchema
+
+from app.db.models import BUILTIN_CLASSES_KINDS
+from models import FALSE_NEGATIVE, FALSE_POSITIVE
+
+SLUG_PATTERN: Final = r"^[A-Za-z0-9._-]{1,100}$"
+"""Names of series and classes: letters, digits, `-`, `_` and `.`, 1 to 100 characters."""
+
+Slug = Annotated[str, StringConstraints(pattern=SLUG_PATTERN)]
+
+ClassKind = Literal["normal", "anomaly"]
+
+AUTH_RESPONSES: Final[dict[int | str, dict[str, Any]]] = {
+    401: {"description": "Missing, invalid or revoked API key (problem+json)"},
+    403: {"description": "The API key lacks the scope this route needs (problem+json)"},
+}
+"""OpenAPI responses every authenticated route can give."""
+
+MAX_DB_ID: Final = 2**31 - 1
+"""Primary keys are 32-bit: larger ids cannot exist, and Postgres would refuse to compare them."""
+
+DbId = Annotated[int, Field(ge=1, le=MAX_DB_ID)]
+SeriesIdPath = Annotated[int, Path(ge=1, le=MAX_DB_ID, description="The series' id.")]
+LabelIdPath = Annotated[int, Path(ge=1, le=MAX_DB_ID, description="The label's id.")]
+
+_CONTROL = frozenset(chr(c) for c in [*range(0x20), 0x7F])
+_LINE_BREAKS_AND_TABS = frozenset("\t\n\r")
+
+
+def _no_control_characters(value: str) -> str:
+    if _CONTROL.intersection(value):
+        raise ValueError("must not contain control characters")
+    return value
+
+
+def _text_characters(value: str) -> str:
+    if (_CONTROL - _LINE_BREAKS_AND_TABS).intersection(value):
+        raise ValueError("must not contain control characters other than tabs and line breaks")
+    return value
+
+
+Line = Annotated[str, AfterValidator(_no_control_characters)]
+"""One line of printable text (stored as text: Postgres refuses NUL characters)."""
+
+Text = Annotated[str, AfterValidator(_text_characters)]
+"""Free text: printable characters, tabs and line breaks."""
+
+BUILTIN_CLASSES: Final[Mapping[str, str]] = BUILTIN_CLASSES_KINDS
+"""Classes every series has (name -> kind). The feedback classes carry the kind of what the
+window really is: false_positive is normal, false_negative is an anomaly."""
+
+FEEDBACK_CLASSES: Final = frozenset({FALSE_POSITIVE, FALSE_NEGATIVE})
+
+EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+ONE_MICROSECOND: Final = timedelta(microseconds=1)
+MIN_YEAR: Final = 1970
+MAX_YEAR: Final = 2200
+MIN_TIMESTAMP_US: Final = 0
+MAX_TIMESTAMP_US: Final = (datetime(MAX_YEAR + 1, 1, 1, tzinfo=UTC) - EPOCH) // ONE_MICROSECOND
+"""Exclusive upper bound: the first microsecond of the year after MAX_YEAR."""
+MAX_EPOCH_SECONDS: Final = MAX_TIMESTAMP_US // 1_000_000
+RANGE_TEXT: Final = f"must lie in the years {MIN_YEAR} to {MAX_YEAR} (UTC)"
+
+TIMESTAMP_JSON_SCHEMA: Final[dict[str, Any]] = {
+    "anyOf": [
+        {"type": "string", "format": "date-time"},
+        {"type": "number", "minimum": 0, "exclusiveMaximum": MAX_EPOCH_SECONDS},
+    ],
+    "description": (
+        f"An ISO-8601 date-time (UTC when it has no offset) or epoch seconds; "
+        f"years {MIN_YEAR} to {MAX_YEAR}."
+    ),
+}
+
+ISO_HINT = re.compile(r"\s*\d{4}-")
+"""How an ISO-8601 date-time starts; other strings are tried as epoch seconds first."""
+
+
+class TimestampError(ValueError):
+    """A timestamp that cannot be read or lies out of range; the message says which."""
+
+
+def seconds_to_us(value: float) -> int:
+    """Epoch seconds (int or float, not bool) -> microseconds, checked against the range."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TimestampError("must be an ISO-8601 string or a number of epoch seconds")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise TimestampError("must be a finite number of epoch seconds")
+    if not 0 <= value < MAX_EPOCH_SECONDS:
+        raise TimestampError(f"{value!r} epoch seconds {RANGE_TEXT}")
+    if isinstance(value, int):
+        return value * 1_000_000
+    return round(value * 1_000_000)
+
+
+def iso_to_us(value: str) -> int:
+    """An ISO-8601 date or date-time -> microseconds; no offset means UTC."""
+    text = value.strip()
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        shown = value if len(value) <= 40 else value[:37] + "..."
+        raise TimestampError(f"{shown!r} is not an ISO-8601 date-time") from None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    # NOTE: subtracting aware datetimes cannot overflow, unlike astimezone() near year 1 or 9999.
+    us = (parsed - EPOCH) // ONE_MICROSECOND
+    if not MIN_TIMESTAMP_US <= us < MAX_TIMESTAMP_US:
+        raise TimestampError(f"{text!r} {RANGE_TEXT}")
+    return us
+
+
+def to_us(value: object) -> int:
+    """An ISO-8601 string or epoch seconds -> microseconds since the epoch (UTC)."""
+    if isinstance(value, str):
+        if not ISO_HINT.match(value):
+            # Numbers in strings (CSV cells) are epoch seconds; anything else is ISO or wrong.
+            try:
+                number = float(value)
+            except ValueError:
+                return iso_to_us(value)
+            return seconds_to_us(int(number) if number.is_integer() else number)
+        return iso_to_us(value)
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return seconds_to_us(value)
+    raise TimestampError("must be an ISO-8601 string or a number of epoch seconds")
+
+
+def us_to_datetime(us: int) -> datetime:
+    """Microseconds since the epoch -> an aware UTC datetime (exact)."""
+    return EPOCH + timedelta(microseconds=us)
+
+
+def _validate_timestamp(value: object) -> int:
+    return to_us(value)
+
+
+TimestampUs = Annotated[
+    int, PlainValidator(_validate_timestamp), WithJsonSchema(TIMESTAMP_JSON_SCHEMA)
+]
+"""A request field holding an ISO-8601 string or epoch seconds, validated to microseconds."""

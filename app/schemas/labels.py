@@ -1,0 +1,104 @@
+"""Labels: a class for a time range of a series, or feedback on one scored window."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import TYPE_CHECKING, Annotated, Any, Self
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    StringConstraints,
+    Tag,
+    model_validator,
+)
+
+from app.schemas.common import DbId, Line, Text, TimestampUs, us_to_datetime
+
+if TYPE_CHECKING:
+    from app.db.models import Label
+
+LabelName = Annotated[str, StringConstraints(min_length=1, max_length=100)]
+Author = Annotated[Line, StringConstraints(min_length=1, max_length=200)]
+Note = Annotated[Text, StringConstraints(max_length=10_000)]
+
+
+class RangeLabelCreate(BaseModel):
+    """Label the time range [start, end] (both inclusive) of a series with one of its classes."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    series_id: DbId = Field(strict=True, description="The series to label.")
+    start: TimestampUs = Field(description="First labelled instant (inclusive).")
+    end: TimestampUs = Field(description="Last labelled instant (inclusive), not before start.")
+    label: LabelName = Field(description="A class of the series.", examples=["bearing_fault"])
+    author: Author | None = None
+    note: Note | None = None
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Self:
+        if self.end < self.start:
+            raise ValueError("end must not be before start")
+        return self
+
+
+class ScoreLabelCreate(BaseModel):
+    """Feedback on a scored window: `false_positive`, `false_negative` or a class of the series."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    score_id: uuid.UUID = Field(description="The `score_id` of a result of POST /v1/score.")
+    label: LabelName = Field(examples=["false_positive"])
+    series_id: DbId | None = Field(
+        default=None,
+        strict=True,
+        description="Optional: when given, it must be the series the score belongs to.",
+    )
+    author: Author | None = None
+    note: Note | None = None
+
+
+def _label_form(value: Any) -> str:
+    if isinstance(value, dict):
+        return "score" if "score_id" in value else "range"
+    return "score" if isinstance(value, ScoreLabelCreate) else "range"
+
+
+LabelCreate = Annotated[
+    Annotated[RangeLabelCreate, Tag("range")] | Annotated[ScoreLabelCreate, Tag("score")],
+    Discriminator(_label_form),
+]
+"""A body with `score_id` is score feedback; any other body is a range label."""
+
+
+class LabelOut(BaseModel):
+    id: int
+    series_id: int
+    start: datetime | None = Field(description="Start of the labelled range (UTC), if any.")
+    end: datetime | None = Field(description="End of the labelled range (UTC), if any.")
+    label: str
+    score_id: uuid.UUID | None
+    model_version: int | None = Field(description="The model version whose score this is about.")
+    author: str | None
+    note: str | None
+    created_at: datetime
+    deleted_at: datetime | None = Field(description="Set once the label is deleted (soft).")
+
+    @classmethod
+    def of(cls, label: Label) -> LabelOut:
+        return cls(
+            id=label.id,
+            series_id=label.series_id,
+            start=None if label.start_ts is None else us_to_datetime(label.start_ts),
+            end=None if label.end_ts is None else us_to_datetime(label.end_ts),
+            label=label.label,
+            score_id=label.score_id,
+            model_version=label.model_version,
+            author=label.author,
+            note=label.note,
+            created_at=label.created_at,
+            deleted_at=label.deleted_at,
+        )

@@ -1,0 +1,155 @@
+"""Series: a named multivariate stream, its window geometry and its label classes."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Self
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
+
+from app.schemas.common import BUILTIN_CLASSES, ClassKind, Slug
+
+MAX_CHANNELS = 64
+MAX_USER_CLASSES = 64
+RESERVED_CHANNEL_NAMES = frozenset({"timestamp"})
+"""`timestamp` is the first column of a CSV upload, so no channel may be called that."""
+IMMUTABLE_FIELDS = ("name", "channels", "window_size", "stride")
+
+ChannelName = Annotated[str, StringConstraints(min_length=1, max_length=100)]
+"""A channel name: 1-100 printable characters without commas or quotes, not padded with spaces."""
+
+Quantile = Annotated[float, Field(gt=0.0, lt=1.0)]
+
+
+def channel_name_problem(name: str) -> str | None:
+    """Why `name` cannot name a channel (it must survive a CSV header), or None."""
+    if name != name.strip():
+        return "must not start or end with white space"
+    if any(c in ',"' or not c.isprintable() for c in name):
+        return "must not contain commas, quotes or control characters"
+    return None
+
+
+def check_classes(classes: dict[str, ClassKind]) -> None:
+    """User classes may repeat a built-in class only with the built-in's kind."""
+    for name, kind in classes.items():
+        builtin = BUILTIN_CLASSES.get(name)
+        if builtin is not None and builtin != kind:
+            raise ValueError(
+                f"class {name!r} is built in with kind {builtin!r}; it cannot be redefined "
+                f"as {kind!r}"
+            )
+
+
+class SeriesCreate(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+    name: Slug = Field(
+        description="Unique name: letters, digits, `-`, `_` and `.`, 1 to 100 characters.",
+        examples=["pump-7"],
+    )
+    channels: list[ChannelName] = Field(
+        min_length=1,
+        max_length=MAX_CHANNELS,
+        description="Sensor channel names, unique, in the order of each row's values.",
+        examples=[["flow", "pressure", "temperature"]],
+    )
+    window_size: int = Field(ge=2, le=4096, description="Time steps per window.", examples=[128])
+    stride: int = Field(
+        ge=1, le=4096, description="Steps between window starts (1 to window_size).", examples=[64]
+    )
+    classes: dict[Slug, ClassKind] = Field(
+        default_factory=dict,
+        max_length=MAX_USER_CLASSES,
+        description=(
+            "Extra label classes, name -> kind (`normal` or `anomaly`). The built-in classes "
+            "normal, anomaly, false_positive (normal) and false_negative (anomaly) are added."
+        ),
+        examples=[{"idle": "normal", "bearing_fault": "anomaly"}],
+    )
+    threshold_quantile: Quantile = Field(
+        default=0.99,
+        description="Quantile of held-out normal scores used as the alarm threshold.",
+    )
+
+    @field_validator("channels")
+    @classmethod
+    def _check_channels(cls, channels: list[str]) -> list[str]:
+        seen: set[str] = set()
+        for index, channel in enumerate(channels):
+            problem = channel_name_problem(channel)
+            if problem:
+                raise ValueError(f"channels[{index}] {channel!r} {problem}")
+            if channel.lower() in RESERVED_CHANNEL_NAMES:
+                raise ValueError(f"channels[{index}] {channel!r} is reserved for the time column")
+            if channel in seen:
+                raise ValueError(f"channels[{index}] {channel!r} appears more than once")
+            seen.add(channel)
+        return channels
+
+    @field_validator("classes")
+    @classmethod
+    def _check_classes(cls, classes: dict[str, ClassKind]) -> dict[str, ClassKind]:
+        check_classes(classes)
+        return classes
+
+    @model_validator(mode="after")
+    def _check_stride(self) -> Self:
+        if self.stride > self.window_size:
+            raise ValueError(
+                f"stride ({self.stride}) must not exceed window_size ({self.window_size})"
+            )
+        return self
+
+
+class SeriesUpdate(BaseModel):
+    """A partial update. Classes are added, never changed or removed: trained models use them."""
+
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+    classes: dict[Slug, ClassKind | None] | None = Field(
+        default=None,
+        max_length=MAX_USER_CLASSES,
+        description=(
+            "Classes to add (name -> kind). Existing classes may be repeated with their kind; "
+            "changing a kind or removing a class (null) is refused with 409."
+        ),
+        examples=[{"seal_leak": "anomaly"}],
+    )
+    threshold_quantile: Quantile | None = Field(
+        default=None, description="New alarm threshold quantile, 0 < q < 1."
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _refuse_immutable(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            fixed = [name for name in IMMUTABLE_FIELDS if name in data]
+            if fixed:
+                raise ValueError(
+                    f"{', '.join(fixed)} cannot be changed after creation; "
+                    "create a new series instead"
+                )
+        return data
+
+
+class SeriesOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    name: str
+    channels: list[str]
+    window_size: int
+    stride: int
+    classes: dict[str, ClassKind] = Field(description="All classes, built-in ones included.")
+    threshold_quantile: float
+    labels_since_train: int = Field(description="Labels added since the last training job.")
+    created_at: datetime
+    updated_at: datetime

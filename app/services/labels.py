@@ -1,0 +1,147 @@
+"""Labels: time ranges and score feedback, the retrain trigger, and soft deletion."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from app.config import Settings
+from app.db.base import utcnow
+from app.db.models import Job, Label, ScoreRecord, Series
+from app.errors import InvalidInput, NotFound
+from app.metrics import FEEDBACK, LABELS
+from app.schemas.common import FEEDBACK_CLASSES
+from app.schemas.labels import RangeLabelCreate, ScoreLabelCreate
+from app.services.jobs import enqueue_training
+from app.services.series import get_series
+
+
+@dataclass(frozen=True)
+class LabelCreated:
+    label: Label
+    retrain_job: Job | None
+    """The training job queued (or already open) because this label reached the threshold."""
+
+
+def create_label(
+    *,
+    session: Session,
+    spec: RangeLabelCreate | ScoreLabelCreate,
+    settings: Settings,
+    flush_scores: Callable[[], object],
+) -> LabelCreated:
+    """Store a range label or score feedback; queue a retrain after enough new labels.
+
+    `flush_scores` writes the scored windows still buffered in this process, so that feedback
+    on a score made a moment ago finds it.
+    """
+    if isinstance(spec, ScoreLabelCreate):
+        score = _find_score(session=session, spec=spec, flush_scores=flush_scores)
+        series = get_series(session=session, series_id=score.series_id)
+        label = Label(
+            series_id=series.id,
+            start_ts=score.start_ts,
+            end_ts=score.end_ts,
+            score_id=score.id,
+            model_version=score.model_version,
+        )
+    else:
+        series = get_series(session=session, series_id=spec.series_id)
+        label = Label(series_id=series.id, start_ts=spec.start, end_ts=spec.end)
+    _check_class(series, spec.label)
+    label.label = spec.label
+    label.author = spec.author
+    label.note = spec.note
+    session.add(label)
+    job = _count_towards_retrain(session=session, series=series, settings=settings)
+    session.commit()
+    LABELS.labels(series=series.name, label=label.label).inc()
+    if label.label in FEEDBACK_CLASSES:
+        version = "none" if label.model_version is None else str(label.model_version)
+        FEEDBACK.labels(series=series.name, model_version=version, kind=label.label).inc()
+    return LabelCreated(label=label, retrain_job=job)
+
+
+def _find_score(
+    *, session: Session, spec: ScoreLabelCreate, flush_scores: Callable[[], object]
+) -> ScoreRecord:
+    score = session.get(ScoreRecord, spec.score_id)
+    if score is None:
+        flush_scores()
+        score = session.get(ScoreRecord, spec.score_id)
+    if score is None:
+        raise NotFound(f"score {spec.score_id} is unknown or has expired")
+    if spec.series_id is not None and spec.series_id != score.series_id:
+        raise InvalidInput(
+            f"score {spec.score_id} belongs to series {score.series_id}, not {spec.series_id}",
+            field="series_id",
+        )
+    return score
+
+
+def _check_class(series: Series, label: str) -> None:
+    if label not in series.classes:
+        known = ", ".join(sorted(series.classes))
+        raise InvalidInput(
+            f"{label!r} is not a class of series {series.name!r}; valid classes: {known}. "
+            "Add classes with PATCH /v1/series/{id}",
+            field="label",
+        )
+
+
+def _count_towards_retrain(*, session: Session, series: Series, settings: Settings) -> Job | None:
+    # An atomic increment: concurrent labels on one series must not lose counts. updated_at is
+    # kept as it is, because labelling does not change the series' definition.
+    count = session.execute(
+        update(Series)
+        .where(Series.id == series.id)
+        .values(labels_since_train=Series.labels_since_train + 1, updated_at=Series.updated_at)
+        .returning(Series.labels_since_train)
+        .execution_options(synchronize_session=False)
+    ).scalar_one()
+    session.expire(series, ["labels_since_train"])
+    threshold = settings.retrain_after_labels
+    if threshold <= 0 or count < threshold:
+        return None
+    job, _created = enqueue_training(session=session, series=series, reason="labels")
+    return job
+
+
+def list_labels(
+    *,
+    session: Session,
+    series_id: int | None,
+    label: str | None,
+    include_deleted: bool,
+    limit: int,
+    offset: int,
+) -> list[Label]:
+    query = select(Label)
+    if series_id is not None:
+        get_series(session=session, series_id=series_id)
+        query = query.where(Label.series_id == series_id)
+    if label is not None:
+        query = query.where(Label.label == label)
+    if not include_deleted:
+        query = query.where(Label.deleted_at.is_(None))
+    return list(session.scalars(query.order_by(Label.id).limit(limit).offset(offset)))
+
+
+def get_label(*, session: Session, label_id: int) -> Label:
+    """A label, deleted or not (deleted ones stay readable for audit)."""
+    label = session.get(Label, label_id)
+    if label is None:
+        raise NotFound(f"label {label_id} does not exist")
+    return label
+
+
+def delete_label(*, session: Session, label_id: int) -> Label:
+    """Soft-delete a label (kept for audit). Deleting it again changes nothing: idempotent."""
+    label = get_label(session=session, label_id=label_id)
+    if label.deleted_at is None:
+        label.deleted_at = utcnow()
+        session.commit()
+    return label

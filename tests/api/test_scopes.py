@@ -1,0 +1,159 @@
+"""Every route against every scope, found by introspecting the app: new routes join by themselves.
+
+A route's scope is the `require_<scope>` dependency in its dependency tree (app/api/deps.py).
+Missing, malformed, unknown and revoked keys get 401; a key without the scope gets 403; a key
+with the scope, or an admin key, gets past authorisation (the request may still be a 404 or 422,
+since the matrix calls routes with placeholder ids and empty bodies).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.dependencies.models import Dependant
+from fastapi.routing import APIRoute, iter_route_contexts
+from fastapi.testclient import TestClient
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.security import SCOPES, create_key, revoke_key
+
+Headers = dict[str, str]
+
+PUBLIC_PATHS = {"/healthz", "/readyz", "/metrics"}
+"""The only routes that take no key (issue 3)."""
+
+REQUIRE_PREFIX = "require_"
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    method: str
+    path: str
+    scopes: frozenset[str]
+    dependant: Dependant
+
+    def __str__(self) -> str:
+        return f"{self.method} {self.path}"
+
+    def url(self) -> str:
+        url = self.path
+        for param in self.dependant.path_params:
+            url = url.replace("{" + param.name + "}", _placeholder(param.field_info.annotation))
+        return url
+
+
+def _placeholder(annotation: Any) -> str:
+    if annotation is uuid.UUID:
+        return str(uuid.UUID(int=1))
+    return "1"  # ints, and strings that look like ids
+
+
+def _required_scopes(dependant: Dependant) -> frozenset[str]:
+    scopes: set[str] = set()
+    pending = list(dependant.dependencies)
+    while pending:
+        dependency = pending.pop()
+        name = getattr(dependency.call, "__name__", "")
+        if name.startswith(REQUIRE_PREFIX):
+            scopes.add(name.removeprefix(REQUIRE_PREFIX))
+        pending.extend(dependency.dependencies)
+    return frozenset(scopes)
+
+
+def endpoints(app: FastAPI) -> Iterator[Endpoint]:
+    """Every method of every API route, however deeply its router is included."""
+    for context in iter_route_contexts(app.routes):
+        if not isinstance(context.original_route, APIRoute):
+            continue  # /docs, /openapi.json and the like
+        dependant = context.dependant
+        assert isinstance(dependant, Dependant)
+        for method in sorted(context.methods or ()):
+            yield Endpoint(method, str(context.path), _required_scopes(dependant), dependant)
+
+
+def call(client: TestClient, endpoint: Endpoint, headers: Headers) -> Any:
+    body = {} if endpoint.method in {"POST", "PUT", "PATCH"} else None
+    return client.request(endpoint.method, endpoint.url(), headers=headers, json=body)
+
+
+def test_the_enumeration_sees_the_routers(client: TestClient) -> None:
+    """Guards against the matrix going vacuous when route plumbing changes upstream."""
+    found = {str(e) for e in endpoints(client.app)}  # type: ignore[arg-type]
+    expected = {
+        "POST /v1/series",
+        "GET /v1/series",
+        "GET /v1/series/{series_id}",
+        "PATCH /v1/series/{series_id}",
+        "POST /v1/series/{series_id}/points",
+        "GET /v1/series/{series_id}/points",
+        "POST /v1/labels",
+        "GET /v1/labels",
+        "GET /v1/labels/{label_id}",
+        "DELETE /v1/labels/{label_id}",
+        "GET /healthz",
+    }
+    assert expected <= found
+
+
+def test_every_route_but_the_probes_requires_a_scope(client: TestClient) -> None:
+    unprotected = [
+        str(e)
+        for e in endpoints(client.app)
+        if not e.scopes  # type: ignore[arg-type]
+    ]
+    assert sorted(unprotected) == sorted(f"GET {path}" for path in PUBLIC_PATHS)
+    for endpoint in endpoints(client.app):  # type: ignore[arg-type]
+        assert endpoint.scopes <= set(SCOPES), f"{endpoint} requires unknown scopes"
+        if endpoint.path.startswith("/v1"):
+            assert endpoint.scopes, f"{endpoint} takes no API key"
+
+
+def test_scope_matrix(
+    client: TestClient,
+    make_headers: Callable[..., Headers],
+    sessions: sessionmaker[Session],
+) -> None:
+    with sessions() as session, session.begin():
+        revoked, plain = create_key(session=session, name="revoked", scopes=["admin"])
+        revoke_key(session=session, key_id=revoked.id)
+    unauthenticated: dict[str, Headers] = {
+        "no key": {},
+        "unknown key": {"Authorization": "Bearer vgl_not-a-real-key"},
+        "basic auth": {"Authorization": "Basic dXNlcjpwYXNz"},
+        "empty bearer": {"Authorization": "Bearer "},
+        "revoked admin key": {"Authorization": f"Bearer {plain}"},
+    }
+    keys = {scope: make_headers(scope, name=f"{scope}-key") for scope in SCOPES}
+    failures: list[str] = []
+    checked = 0
+    for endpoint in endpoints(client.app):  # type: ignore[arg-type]
+        if not endpoint.scopes:
+            continue
+        for who, headers in unauthenticated.items():
+            response = call(client, endpoint, headers)
+            checked += 1
+            if response.status_code != 401:
+                failures.append(f"{endpoint} with {who}: {response.status_code}, expected 401")
+            elif response.headers.get("www-authenticate") != "Bearer":
+                failures.append(f"{endpoint} with {who}: 401 without WWW-Authenticate: Bearer")
+        for scope, headers in keys.items():
+            response = call(client, endpoint, headers)
+            checked += 1
+            allowed = scope == "admin" or endpoint.scopes == {scope}
+            if allowed and response.status_code in (401, 403):
+                failures.append(f"{endpoint} with scope {scope}: {response.status_code}")
+            elif allowed and response.status_code >= 500:
+                failures.append(f"{endpoint} with scope {scope}: {response.status_code} (5xx)")
+            elif not allowed and response.status_code != 403:
+                failures.append(
+                    f"{endpoint} with scope {scope}: {response.status_code}, expected 403 "
+                    f"(needs {', '.join(sorted(endpoint.scopes))})"
+                )
+            elif not allowed and response.headers["content-type"] != "application/problem+json":
+                failures.append(f"{endpoint} with scope {scope}: 403 is not problem+json")
+    assert checked > 0
+    assert failures == []
