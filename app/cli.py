@@ -172,7 +172,9 @@ def keys_list() -> None:
 
 
 @keys_cli.command("revoke")
-def keys_revoke(key_id: Annotated[int, typer.Argument(help="The key's id (see `keys list`).")]) -> None:
+def keys_revoke(
+    key_id: Annotated[int, typer.Argument(help="The key's id (see `keys list`).")],
+) -> None:
     """Revoke a key; it stops working on its next request."""
     from app.db.session import make_engine, make_sessionmaker, transaction
     from app.security import revoke_key

@@ -35,7 +35,7 @@ class Settings(BaseSettings):
     """API processes for `vigil serve`; more than one switches metrics to multiprocess mode."""
 
     embedded_worker: bool = True
-    """Run the training worker inside `vigil serve` (the SQLite default). Set false with `vigil worker`."""
+    """Run the training worker beside `vigil serve` (SQLite default); false with `vigil worker`."""
 
     worker_metrics_port: int = 9101
     """Port on which `vigil worker` serves its own Prometheus metrics (0 disables it)."""
@@ -71,10 +71,10 @@ class Settings(BaseSettings):
     """Most recent windows a training job uses at most (bounds memory and time)."""
 
     activation_tolerance: float = Field(default=0.02, ge=0.0)
-    """A new version is activated if its validation loss is within this relative margin of the active one's."""
+    """Activate a new version if its validation loss is within this share of the active one's."""
 
     job_lease_seconds: float = Field(default=60.0, gt=0)
-    """A running job whose worker has not renewed its lease for this long is given to another worker."""
+    """A running job whose lease was not renewed for this long goes to another worker."""
 
     job_poll_seconds: float = Field(default=1.0, gt=0)
     """How often an idle worker looks for queued jobs."""

@@ -16,8 +16,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import re
-from datetime import timedelta
 from collections.abc import Callable
+from datetime import timedelta
 
 from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
@@ -36,9 +36,7 @@ REPLAYED_HEADERS = {"content-type", "location"}
 
 
 class IdempotencyMiddleware:
-    def __init__(
-        self, app: ASGIApp, *, sessions: Callable[[], sessionmaker[Session]]
-    ) -> None:
+    def __init__(self, app: ASGIApp, *, sessions: Callable[[], sessionmaker[Session]]) -> None:
         self.app = app
         self._sessions = sessions  # the runtime's, which exists only once the app has started
 
@@ -162,7 +160,9 @@ class IdempotencyMiddleware:
             headers.append((b"idempotent-replayed", b"true"))
             body = record.response_body or b""
             headers.append((b"content-length", str(len(body)).encode()))
-            await send({"type": "http.response.start", "status": record.status_code, "headers": headers})
+            await send(
+                {"type": "http.response.start", "status": record.status_code, "headers": headers}
+            )
             await send({"type": "http.response.body", "body": body})
             return
         await response(scope, _replay(b""), send)

@@ -29,7 +29,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from app.db.models import JOB_QUEUED, MODEL_ACTIVE, Job, ModelVersion, Point, Series
 
 REQUESTS = Counter(
-    "vigil_http_requests", "HTTP requests by route template and status.", ["method", "route", "status"]
+    "vigil_http_requests",
+    "HTTP requests by route template and status.",
+    ["method", "route", "status"],
 )
 REQUEST_LATENCY = Histogram(
     "vigil_http_request_duration_seconds",
@@ -39,7 +41,9 @@ REQUEST_LATENCY = Histogram(
 )
 WINDOWS_SCORED = Counter("vigil_windows_scored", "Windows scored.", ["series"])
 ANOMALIES_FLAGGED = Counter(
-    "vigil_anomalies_flagged", "Scored windows whose adjusted score passed the threshold.", ["series"]
+    "vigil_anomalies_flagged",
+    "Scored windows whose adjusted score passed the threshold.",
+    ["series"],
 )
 ADJUSTED_SCORE = Histogram(
     "vigil_adjusted_score",
@@ -118,7 +122,7 @@ def exposition(sessions: sessionmaker[Session] | None) -> tuple[bytes, str]:
     """The text exposition of this process (or all API processes) plus the database gauges."""
     if multiprocess_enabled():
         registry = CollectorRegistry()
-        MultiProcessCollector(registry)
+        MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
         body = generate_latest(registry)
     else:
         body = generate_latest(REGISTRY)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextvars
 import time
 import uuid
-from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -91,7 +90,7 @@ async def _drain() -> Message:
     return {"type": "http.disconnect"}
 
 
-def _route_template(scope: dict[str, Any]) -> str:
+def _route_template(scope: Scope) -> str:
     route = scope.get("route")
     path = getattr(route, "path", None)
     return path if isinstance(path, str) else "unmatched"

@@ -58,7 +58,9 @@ class Runtime:
             log.warning("start-up database access failed: %s", exc.__class__.__name__)
         loop = asyncio.get_running_loop()
         self.tasks.append(loop.create_task(self.registry.poll(self.settings.model_poll_seconds)))
-        self.tasks.append(loop.create_task(self.score_log.run(self.settings.score_log_flush_seconds)))
+        self.tasks.append(
+            loop.create_task(self.score_log.run(self.settings.score_log_flush_seconds))
+        )
 
     async def stop(self) -> None:
         for task in self.tasks:

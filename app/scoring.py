@@ -6,6 +6,7 @@ score log that keeps scored windows for feedback without writing on the request 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import threading
@@ -14,11 +15,10 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 
 import numpy as np
-from sqlalchemy import delete, insert, select
+from sqlalchemy import insert, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -188,7 +188,9 @@ class MicroBatcher:
         self._consumer: asyncio.Task[None] | None = None
         self.model_calls = 0
 
-    async def score(self, key: tuple[int, int], model: TrainedModel, windows: np.ndarray) -> ScoreBatch:
+    async def score(
+        self, key: tuple[int, int], model: TrainedModel, windows: np.ndarray
+    ) -> ScoreBatch:
         loop = asyncio.get_running_loop()
         if self._consumer is None or self._consumer.done():
             self._wakeup, self._full = asyncio.Event(), asyncio.Event()
@@ -211,10 +213,8 @@ class MicroBatcher:
         while True:
             await self._wakeup.wait()
             if self.max_wait > 0 and not self._full.is_set():
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._full.wait(), self.max_wait)
-                except TimeoutError:
-                    pass
             self._wakeup.clear()
             self._full.clear()
             while self._pending:
@@ -356,11 +356,6 @@ class ScoreLog:
                 raise
             return len(rows)
 
-    def purge(self, *, older_than: datetime) -> int:
-        with self._sessions() as session, session.begin():
-            result = session.execute(delete(ScoreRecord).where(ScoreRecord.created_at < older_than))
-            return int(result.rowcount or 0)  # type: ignore[attr-defined]
-
     async def run(self, interval: float) -> None:
         while True:
             await asyncio.sleep(interval)
@@ -375,4 +370,6 @@ class ScoreLog:
 
 
 def database_unavailable(exc: SQLAlchemyError) -> ServiceUnavailable:
-    return ServiceUnavailable(f"the database is unavailable ({exc.__class__.__name__}); retry shortly")
+    return ServiceUnavailable(
+        f"the database is unavailable ({exc.__class__.__name__}); retry shortly"
+    )

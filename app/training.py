@@ -101,9 +101,7 @@ def class_order(series_classes: dict[str, str], previous: Sequence[ClassSpec]) -
     return order
 
 
-def point_labels(
-    ts: np.ndarray, labels: Sequence[Label], index: dict[str, int]
-) -> np.ndarray:
+def point_labels(ts: np.ndarray, labels: Sequence[Label], index: dict[str, int]) -> np.ndarray:
     """(P,) class index per point, -1 where no live range label covers it."""
     out = np.full(len(ts), UNLABELLED, dtype=np.int64)
     for label in sorted(labels, key=lambda item: (item.created_at, item.id)):
@@ -142,7 +140,7 @@ def build_dataset(
         session=session, labels=labels, index=index, shape=(window_size, channels)
     )
 
-    n_val = max(1, int(round(len(windows) * VAL_FRACTION))) if len(windows) >= 2 else 0
+    n_val = max(1, round(len(windows) * VAL_FRACTION)) if len(windows) >= 2 else 0
     cut = len(windows) - n_val
     train_windows = np.concatenate([windows[:cut], extra_windows])
     train_labels = np.concatenate([window_labels[:cut], extra_labels])
@@ -193,7 +191,9 @@ def _posted_feedback(
     return np.stack(windows), np.stack(targets)
 
 
-def relabel(data: TrainingData, source: Sequence[ClassSpec], target: Sequence[ClassSpec]) -> TrainingData:
+def relabel(
+    data: TrainingData, source: Sequence[ClassSpec], target: Sequence[ClassSpec]
+) -> TrainingData:
     """The same windows with labels re-indexed into `target`'s classes (-1 where absent)."""
     if data.labels is None:
         return data

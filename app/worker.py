@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 from datetime import timedelta
 
-from sqlalchemy import case, func, or_, select, update
+from sqlalchemy import case, delete, func, or_, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -39,10 +39,10 @@ from app.db.models import (
     Series,
 )
 from app.db.session import make_engine, make_sessionmaker
+from app.idempotency import TTL as IDEMPOTENCY_TTL
 from app.metrics import JOBS, TRAINING_DURATION
 from app.ratelimit import purge_windows
 from app.scoring import load_artifact
-from app.idempotency import TTL as IDEMPOTENCY_TTL
 from app.training import Outcome, build_dataset, train_version
 from models import ModelError, Progress, TrainedModel, TrainingCancelled
 
@@ -326,11 +326,9 @@ class Worker:
         now = utcnow()
         with self.sessions() as session, session.begin():
             cutoff = now - timedelta(hours=self.settings.score_retention_hours)
+            session.execute(delete(ScoreRecord).where(ScoreRecord.created_at < cutoff))
             session.execute(
-                ScoreRecord.__table__.delete().where(ScoreRecord.created_at < cutoff)
-            )
-            session.execute(
-                IdempotencyRecord.__table__.delete().where(
+                delete(IdempotencyRecord).where(
                     IdempotencyRecord.created_at < now - IDEMPOTENCY_TTL
                 )
             )

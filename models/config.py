@@ -138,7 +138,9 @@ class TrainConfig:
     threads: int | None = None  # torch.set_num_threads for the fit; None = leave as is
     threshold_quantile: float = 0.99  # alarm threshold: this quantile of held-out normal scores
     calibration_samples: int = 16  # L used when scoring windows for calibration
-    feedback_negative_weight: float = 1.0  # gamma: unlabelled windows are mostly not feedback (loss.py)
+    feedback_negative_weight: float = (
+        1.0  # gamma: unlabelled windows are mostly not feedback (loss.py)
+    )
     grad_clip: float | None = 100.0  # max global grad norm: the NLL spikes when sigma_x is small
     warm_start_normalisation: Literal["keep", "refit"] = "keep"  # keep: old weights stay valid
 

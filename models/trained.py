@@ -36,8 +36,8 @@ from models.scoring import (
     ScoreBatch,
     adjust,
     calibrate,
-    infer,
     guard_false_positive,
+    infer,
     nearest_calibration,
     threshold_at,
 )

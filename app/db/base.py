@@ -44,7 +44,7 @@ def utcnow() -> datetime:
 
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
-    type_annotation_map = {
+    type_annotation_map = {  # noqa: RUF012 (SQLAlchemy reads it as a class-level mapping)
         datetime: UTCDateTime(),
         dict[str, Any]: JSON,
         list[str]: JSON,

@@ -110,9 +110,7 @@ class ScoreRecord(Base):
     __tablename__ = "scores"
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
-    series_id: Mapped[int] = mapped_column(
-        ForeignKey("series.id", ondelete="CASCADE"), index=True
-    )
+    series_id: Mapped[int] = mapped_column(ForeignKey("series.id", ondelete="CASCADE"), index=True)
     model_version: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
     start_ts: Mapped[int | None] = mapped_column(BigInteger, default=None)

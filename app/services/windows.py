@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -12,34 +10,19 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.db.models import Point
 from app.errors import InvalidInput
+from app.schemas.common import TimestampError, to_us
 from app.scoring import SeriesInfo
 from app.training import cut_windows, gather
-
-MIN_TIMESTAMP_US = 0
-MAX_TIMESTAMP_US = int(datetime(2200, 1, 1, tzinfo=UTC).timestamp() * 1e6)
 
 
 def parse_instant(value: Any, *, field: str) -> int:
     """An ISO-8601 string or epoch seconds -> microseconds since the epoch (UTC)."""
-    if isinstance(value, bool) or value is None:
+    if value is None:
         raise InvalidInput("is required: an ISO-8601 timestamp or epoch seconds", field=field)
-    if isinstance(value, int | float):
-        if not math.isfinite(value):
-            raise InvalidInput("must be a finite number of epoch seconds", field=field)
-        micros = round(value * 1_000_000)
-    elif isinstance(value, str):
-        try:
-            parsed = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
-        except ValueError:
-            raise InvalidInput(f"{value[:40]!r} is not an ISO-8601 timestamp", field=field) from None
-        if parsed.tzinfo is None:
-            parsed = parsed.replace(tzinfo=UTC)
-        micros = round(parsed.timestamp() * 1_000_000)
-    else:
-        raise InvalidInput("must be an ISO-8601 string or epoch seconds", field=field)
-    if not MIN_TIMESTAMP_US <= micros < MAX_TIMESTAMP_US:
-        raise InvalidInput("is out of range (1970 to 2200)", field=field)
-    return micros
+    try:
+        return to_us(value)
+    except TimestampError as exc:
+        raise InvalidInput(str(exc), field=field) from None
 
 
 def load_range_windows(

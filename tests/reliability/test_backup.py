@@ -23,7 +23,9 @@ from tests.utils.trained import trained_series
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 
 
-def _score(settings: Settings, headers: dict[str, str], series_id: int, windows: np.ndarray) -> list[float]:
+def _score(
+    settings: Settings, headers: dict[str, str], series_id: int, windows: np.ndarray
+) -> list[float]:
     with TestClient(create_app(settings)) as client:
         response = client.post(
             "/v1/score", json={"series_id": series_id, "windows": windows.tolist()}, headers=headers
@@ -53,7 +55,9 @@ def test_a_restored_dump_scores_the_same(postgres_url: str, tmp_path: Path) -> N
         conn.execute(f'CREATE DATABASE "{restored}"')
     try:
         restored_url = libpq_url.rsplit("/", 1)[0] + f"/{restored}"
-        subprocess.run(["pg_restore", "--no-owner", f"--dbname={restored_url}", str(dump)], check=True)
+        subprocess.run(
+            ["pg_restore", "--no-owner", f"--dbname={restored_url}", str(dump)], check=True
+        )
         restored_settings = settings.model_copy(
             update={"database_url": restored_url.replace("postgresql://", "postgresql+psycopg://")}
         )

@@ -43,7 +43,9 @@ def cluster() -> Iterator[Cluster]:
         cluster.remove()
 
 
-def _send(client: httpx.Client, series_id: int, ts: np.ndarray, values: np.ndarray) -> httpx.Response:
+def _send(
+    client: httpx.Client, series_id: int, ts: np.ndarray, values: np.ndarray
+) -> httpx.Response:
     return client.post(
         f"/v1/series/{series_id}/points",
         json={"timestamps": (ts / 1e6).tolist(), "values": values.tolist()},
@@ -105,12 +107,15 @@ def test_requests_get_503_during_an_outage_and_everything_recovers(cluster: Clus
             time.sleep(float(retried.headers.get("retry-after", "1")) / 5)
         assert retried.status_code == 200, retried.text
         assert client.get("/readyz").status_code == 200
-        assert client.post(
-            "/v1/score", json={"series_id": series_id, "windows": window}
-        ).status_code == 200
+        assert (
+            client.post("/v1/score", json={"series_id": series_id, "windows": window}).status_code
+            == 200
+        )
 
     with psycopg.connect(cluster.url("vigil", driver="postgresql")) as conn:
         rows = conn.execute(
             "SELECT ts, count(*) OVER () FROM points WHERE series_id = %s ORDER BY ts", (series_id,)
         ).fetchall()
-    assert [r[0] for r in rows] == stream.ts.tolist()  # exactly what was sent: none lost, no duplicates
+    assert [
+        r[0] for r in rows
+    ] == stream.ts.tolist()  # exactly what was sent: none lost, no duplicates

@@ -44,7 +44,9 @@ def test_concurrent_requests_share_one_model_call(model: TrainedModel, windows: 
     assert raw == pytest.approx(direct.tolist(), rel=1e-5)
 
 
-def test_a_partial_batch_is_released_after_max_wait(model: TrainedModel, windows: np.ndarray) -> None:
+def test_a_partial_batch_is_released_after_max_wait(
+    model: TrainedModel, windows: np.ndarray
+) -> None:
     async def run() -> tuple[float, int]:
         batcher = MicroBatcher(max_batch_size=256, max_wait=0.05, n_samples=1)
         loop = asyncio.get_running_loop()

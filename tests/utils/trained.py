@@ -24,7 +24,11 @@ def train_now(sessions: sessionmaker[Session], settings: Settings, series_id: in
 
 
 def trained_series(
-    sessions: sessionmaker[Session], settings: Settings, *, name: str = "pump-1", n_points: int = 400
+    sessions: sessionmaker[Session],
+    settings: Settings,
+    *,
+    name: str = "pump-1",
+    n_points: int = 400,
 ) -> tuple[int, Stream]:
     series_id = create_series(sessions, name=name)
     stream = make_stream(n_points)

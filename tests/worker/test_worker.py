@@ -11,7 +11,15 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.config import Settings
 from app.db.base import utcnow
-from app.db.models import JOB_FAILED, JOB_QUEUED, JOB_RUNNING, JOB_SUCCEEDED, Job, ModelVersion, Series
+from app.db.models import (
+    JOB_FAILED,
+    JOB_QUEUED,
+    JOB_RUNNING,
+    JOB_SUCCEEDED,
+    Job,
+    ModelVersion,
+    Series,
+)
 from app.services.jobs import enqueue_training
 from app.worker import LeaseLost, Worker
 from tests.utils.stream import create_series, insert_points, make_stream
@@ -28,7 +36,7 @@ def queue(sessions: sessionmaker[Session], series_id: int) -> int:
     with sessions() as session, session.begin():
         series = session.get(Series, series_id)
         assert series is not None
-        job, created = enqueue_training(session=session, series=series, reason="manual")
+        job, _ = enqueue_training(session=session, series=series, reason="manual")
         session.flush()
         return job.id
 
@@ -40,7 +48,9 @@ def job_of(sessions: sessionmaker[Session], job_id: int) -> Job:
         return job
 
 
-def test_a_second_request_gets_the_open_job(sessions: sessionmaker[Session], series_id: int) -> None:
+def test_a_second_request_gets_the_open_job(
+    sessions: sessionmaker[Session], series_id: int
+) -> None:
     first = queue(sessions, series_id)
     assert queue(sessions, series_id) == first
     with sessions() as session:
@@ -126,7 +136,9 @@ def test_an_expired_lease_is_claimed_again_and_the_old_worker_loses_its_result(
     assert live.claim() is None  # the lease still holds
     with sessions() as session, session.begin():
         session.execute(
-            update(Job).where(Job.id == job_id).values(lease_expires_at=utcnow() - timedelta(seconds=1))
+            update(Job)
+            .where(Job.id == job_id)
+            .values(lease_expires_at=utcnow() - timedelta(seconds=1))
         )
     again = live.claim()
     assert again is not None and again.job_id == job_id and again.attempt == 2

@@ -5,9 +5,8 @@ from __future__ import annotations
 import asyncio
 
 from fastapi import APIRouter
-from starlette.responses import JSONResponse
 from sqlalchemy import text
-from starlette.responses import Response
+from starlette.responses import JSONResponse, Response
 
 from app.api.deps import RuntimeDep
 from app.db.migrate import current_revision, head_revision

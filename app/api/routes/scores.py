@@ -30,8 +30,12 @@ _REQUEST_BODY: dict[str, Any] = {
         "application/json": {
             "schema": {
                 "oneOf": [
-                    ScoreWindowsRequest.model_json_schema(ref_template="#/components/schemas/{model}"),
-                    ScoreRangeRequest.model_json_schema(ref_template="#/components/schemas/{model}"),
+                    ScoreWindowsRequest.model_json_schema(
+                        ref_template="#/components/schemas/{model}"
+                    ),
+                    ScoreRangeRequest.model_json_schema(
+                        ref_template="#/components/schemas/{model}"
+                    ),
                 ]
             }
         },
@@ -50,8 +54,8 @@ _REQUEST_BODY: dict[str, Any] = {
     "/score",
     summary="Score windows with the series' active model",
     description=(
-        "Send windows (`{\"series_id\", \"windows\"}`, or a binary body for high rates), or "
-        "`{\"series_id\", \"start\", \"end\"}` to score the stored windows in that range. "
+        'Send windows (`{"series_id", "windows"}`, or a binary body for high rates), or '
+        '`{"series_id", "start", "end"}` to score the stored windows in that range. '
         "Each scored window is kept for the score retention period so that operators can "
         "point feedback at its `score_id`. 409 while the series has no trained model."
     ),
@@ -98,12 +102,16 @@ async def score(request: Request, runtime: RuntimeDep, _: Scorer) -> Response:
 
 async def _series(runtime: Runtime, series_id: int) -> SeriesInfo:
     cached = runtime.registry.cached_series(series_id)
-    return cached or await asyncio.to_thread(runtime.registry.load_series, series_id)
+    if cached is not None:
+        return cached
+    return await asyncio.to_thread(runtime.registry.load_series, series_id)
 
 
 async def _active(runtime: Runtime, info: SeriesInfo) -> ActiveModel:
     cached = runtime.registry.cached_active(info.id)
-    return cached or await asyncio.to_thread(runtime.registry.load_active, info)
+    if cached is not None:
+        return cached
+    return await asyncio.to_thread(runtime.registry.load_active, info)
 
 
 async def _score(
@@ -208,12 +216,16 @@ def _windows_from_json(value: Any, info: SeriesInfo, limit: int) -> np.ndarray:
     if not isinstance(value, list) or not value:
         raise InvalidInput("must be a non-empty list of windows", field="windows")
     if len(value) > limit:
-        raise InvalidInput(f"holds {len(value)} windows; at most {limit} per request", field="windows")
+        raise InvalidInput(
+            f"holds {len(value)} windows; at most {limit} per request", field="windows"
+        )
     try:
         windows = np.asarray(value, dtype=np.float32)
     except (ValueError, TypeError):
         _explain_bad_windows(value, info)
-        raise InvalidInput("must be numbers shaped windows × steps × channels", field="windows")
+        raise InvalidInput(
+            "must be numbers shaped windows × steps × channels", field="windows"
+        ) from None
     _check_shape(windows, info)
     return windows
 
@@ -238,7 +250,9 @@ def _explain_bad_windows(value: list[Any], info: SeriesInfo) -> None:
     for i, window in enumerate(value):
         if not isinstance(window, list) or len(window) != t:
             size = len(window) if isinstance(window, list) else type(window).__name__
-            raise InvalidInput(f"must be a list of {t} time steps; got {size}", field=f"windows.{i}")
+            raise InvalidInput(
+                f"must be a list of {t} time steps; got {size}", field=f"windows.{i}"
+            )
         for j, step in enumerate(window):
             if not isinstance(step, list) or len(step) != f:
                 size = len(step) if isinstance(step, list) else type(step).__name__
@@ -259,14 +273,18 @@ def _explain_bad_windows(value: list[Any], info: SeriesInfo) -> None:
 def _parse_binary(request: Request, body: bytes, runtime: Runtime) -> tuple[int, np.ndarray]:
     raw_id = request.headers.get("x-vigil-series-id", "")
     if not raw_id.isdigit():
-        raise InvalidInput("header X-Vigil-Series-Id must be the series id", field="X-Vigil-Series-Id")
+        raise InvalidInput(
+            "header X-Vigil-Series-Id must be the series id", field="X-Vigil-Series-Id"
+        )
     shape_text = request.headers.get("x-vigil-shape", "")
     try:
         shape = tuple(int(part) for part in shape_text.split(","))
     except ValueError:
         shape = ()
     if len(shape) != 3 or min(shape) <= 0:
-        raise InvalidInput("header must be `N,T,F` (three positive integers)", field="X-Vigil-Shape")
+        raise InvalidInput(
+            "header must be `N,T,F` (three positive integers)", field="X-Vigil-Shape"
+        )
     if shape[0] > runtime.settings.max_score_windows:
         raise InvalidInput(
             f"holds {shape[0]} windows; at most {runtime.settings.max_score_windows} per request",
