@@ -80,7 +80,7 @@ class Worker:
 
     # -- the loop ----------------------------------------------------------------------------
     def run_forever(self) -> None:
-        log.info("worker %s started", self.name)
+        log.info("worker %s started", self.name, extra={"worker": self.name})
         # Export every job outcome from the start, so increase() sees the first failure.
         for status in (JOB_SUCCEEDED, JOB_FAILED):
             JOBS.labels(status)
@@ -93,7 +93,7 @@ class Worker:
                 ran = None
             if ran is None:
                 self.stop_event.wait(self.settings.job_poll_seconds)
-        log.info("worker %s stopped", self.name)
+        log.info("worker %s stopped", self.name, extra={"worker": self.name})
 
     def run_once(self) -> int | None:
         """Claim one job and run it to an end. Returns its id, or None if none was queued."""
@@ -137,7 +137,13 @@ class Worker:
             ).one_or_none()
         if row is None:
             return None
-        log.info("worker %s claimed job %d (attempt %d)", self.name, row[0], row[2])
+        log.info(
+            "worker %s claimed job %d (attempt %d)",
+            self.name,
+            row[0],
+            row[2],
+            extra={"worker": self.name, "job_id": row[0], "series_id": row[1]},
+        )
         return Claimed(job_id=row[0], series_id=row[1], attempt=row[2])
 
     def _fail_exhausted(self, session: Session, now: object) -> None:
@@ -165,6 +171,7 @@ class Worker:
     # -- running -----------------------------------------------------------------------------
     def execute(self, claimed: Claimed) -> None:
         started = time.monotonic()
+        context = {"job_id": claimed.job_id, "series_id": claimed.series_id, "worker": self.name}
         heartbeat = _Heartbeat(self, claimed.job_id)
         heartbeat.start()
         try:
@@ -174,20 +181,29 @@ class Worker:
             self._hand_back(claimed.job_id)
             return
         except LeaseLost:
-            log.warning("job %d: lease lost to another worker; result dropped", claimed.job_id)
+            log.warning(
+                "job %d: lease lost to another worker; result dropped",
+                claimed.job_id,
+                extra=context,
+            )
             return
         except ModelError as exc:
             self._fail(claimed.job_id, str(exc))
             return
         except Exception as exc:
-            log.exception("job %d failed", claimed.job_id)
+            log.exception("job %d failed", claimed.job_id, extra=context)
             self._fail(claimed.job_id, f"internal error: {exc.__class__.__name__}")
             return
         finally:
             heartbeat.stop()
         TRAINING_DURATION.observe(time.monotonic() - started)
         JOBS.labels(JOB_SUCCEEDED).inc()
-        log.info("job %d succeeded: version %d", claimed.job_id, version)
+        log.info(
+            "job %d succeeded: version %d",
+            claimed.job_id,
+            version,
+            extra={**context, "model_version": version},
+        )
 
     def _train(self, claimed: Claimed, heartbeat: _Heartbeat) -> Outcome:
         with self.sessions() as session:
@@ -299,7 +315,7 @@ class Worker:
                 )
             )
         JOBS.labels(JOB_FAILED).inc()
-        log.warning("job %d failed: %s", job_id, error)
+        log.warning("job %d failed: %s", job_id, error, extra={"job_id": job_id})
 
     def _hand_back(self, job_id: int) -> None:
         """Shutdown during training: put the job back for another worker, uncounted."""
@@ -315,7 +331,7 @@ class Worker:
                     lease_expires_at=None,
                 )
             )
-        log.info("job %d handed back to the queue", job_id)
+        log.info("job %d handed back to the queue", job_id, extra={"job_id": job_id})
 
     # -- housekeeping ------------------------------------------------------------------------
     def _housekeeping(self) -> None:
@@ -386,4 +402,9 @@ class _Heartbeat:
         except SQLAlchemyError as exc:
             # The lease runs on; if the database stays away long enough, another worker
             # takes the job and this one's result is dropped at store time.
-            log.warning("job %d: lease renewal failed: %s", self.job_id, exc.__class__.__name__)
+            log.warning(
+                "job %d: lease renewal failed: %s",
+                self.job_id,
+                exc.__class__.__name__,
+                extra={"job_id": self.job_id},
+            )
