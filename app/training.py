@@ -263,11 +263,24 @@ def train_version(
         return Outcome(model, True, None, metrics)
     old_eval = active.evaluate(relabel(dataset.validation, dataset.classes, active.classes))
     metrics["active_val_loss"] = json_metrics(old_eval)["loss"]
-    margin = settings.activation_tolerance * abs(old_eval["loss"])
-    if new_eval["loss"] <= old_eval["loss"] + margin:
-        return Outcome(model, True, None, metrics)
-    note = (
-        f"kept as candidate: validation loss {new_eval['loss']:.4g} is worse than the active "
-        f"version's {old_eval['loss']:.4g} (tolerance {settings.activation_tolerance:.0%})"
+    activate, note = decide_activation(
+        new_loss=new_eval["loss"],
+        active_loss=old_eval["loss"],
+        tolerance=settings.activation_tolerance,
     )
-    return Outcome(model, False, note, metrics)
+    return Outcome(model, activate, note, metrics)
+
+
+def decide_activation(
+    *, new_loss: float, active_loss: float, tolerance: float
+) -> tuple[bool, str | None]:
+    """Activate unless the new version's validation loss is worse than the active one's by
+    more than `tolerance` of its magnitude (losses are NLLs: they may be negative)."""
+    if not math.isfinite(new_loss):
+        return False, f"kept as candidate: its validation loss is {new_loss}"
+    if not math.isfinite(active_loss) or new_loss <= active_loss + tolerance * abs(active_loss):
+        return True, None
+    return False, (
+        f"kept as candidate: validation loss {new_loss:.4g} is worse than the active "
+        f"version's {active_loss:.4g} (tolerance {tolerance:.0%})"
+    )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from datetime import timedelta
 
@@ -21,6 +22,7 @@ from app.db.models import (
     Series,
 )
 from app.services.jobs import enqueue_training
+from app.training import decide_activation
 from app.worker import LeaseLost, Worker
 from tests.utils.stream import create_series, insert_points, make_stream
 
@@ -194,3 +196,42 @@ class _NoHeartbeat:
 
     def report(self, progress: float) -> None:
         pass
+
+
+def test_the_activation_rule() -> None:
+    assert decide_activation(new_loss=10.0, active_loss=10.0, tolerance=0.0) == (True, None)
+    assert decide_activation(new_loss=10.1, active_loss=10.0, tolerance=0.02)[0] is True
+    worse, note = decide_activation(new_loss=10.5, active_loss=10.0, tolerance=0.02)
+    assert worse is False and note is not None and "10.5" in note and "10" in note
+    # NLLs can be negative: the tolerance is a share of the magnitude.
+    assert decide_activation(new_loss=-9.9, active_loss=-10.0, tolerance=0.02)[0] is True
+    assert decide_activation(new_loss=-9.0, active_loss=-10.0, tolerance=0.02)[0] is False
+    assert decide_activation(new_loss=float("nan"), active_loss=1.0, tolerance=1.0)[0] is False
+
+
+def test_a_worse_version_is_kept_as_a_candidate_and_says_why(
+    sessions: sessionmaker[Session], settings: Settings, series_id: int
+) -> None:
+    worker = Worker(settings, sessions=sessions)
+    queue(sessions, series_id)
+    worker.run_once()
+    job_id = queue(sessions, series_id)
+    claimed = worker.claim()
+    assert claimed is not None and claimed.job_id == job_id
+    outcome = worker._train(claimed, heartbeat=_NoHeartbeat())
+    rejected = dataclasses.replace(outcome, activate=False, note="kept as candidate: worse")
+    assert worker._store(claimed, rejected) == 2
+    with sessions() as session:
+        rows = session.execute(
+            select(ModelVersion.version, ModelVersion.status, ModelVersion.note).order_by(
+                ModelVersion.version
+            )
+        ).all()
+    assert [tuple(r) for r in rows] == [
+        (1, "active", None),
+        (2, "candidate", "kept as candidate: worse"),
+    ]
+    job = job_of(sessions, job_id)
+    assert job.status == JOB_SUCCEEDED and job.model_version == 2
+    assert job.metrics is not None
+    assert job.metrics["activated"] is False and job.metrics["note"] == "kept as candidate: worse"
