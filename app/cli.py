@@ -97,7 +97,26 @@ def _embedded_worker_main() -> None:
     worker = Worker(settings)
     signal.signal(signal.SIGTERM, lambda *_: worker.stop_event.set())
     signal.signal(signal.SIGINT, lambda *_: worker.stop_event.set())
+    _follow_parent(worker.stop_event)
     worker.run_forever()
+
+
+def _follow_parent(stop: Any, interval: float = 0.5) -> None:
+    """Stop when `vigil serve` is gone, however it went.
+
+    NOTE: uvicorn re-raises SIGTERM once it has shut down, so `serve` dies before it can
+    stop this process; without this the worker would live on as an orphan.
+    """
+    import threading
+
+    parent = os.getppid()
+
+    def watch() -> None:
+        while not stop.wait(interval):
+            if os.getppid() != parent:
+                stop.set()
+
+    threading.Thread(target=watch, name="follow-parent", daemon=True).start()
 
 
 def _stop_process(process: Any, timeout: float = 60.0) -> None:

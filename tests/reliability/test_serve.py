@@ -44,7 +44,7 @@ def test_the_embedded_worker_trains_and_its_metrics_reach_the_api(
         "VIGIL_TRAIN_EPOCHS": "3",
         "VIGIL_JOB_POLL_SECONDS": "0.2",
     }
-    with serve(database_url, **env) as (base, _):
+    with serve(database_url, **env) as (base, process):
         client = httpx.Client(base_url=base, headers=headers, timeout=30)
         series = client.post(
             "/v1/series",
@@ -72,6 +72,26 @@ def test_the_embedded_worker_trains_and_its_metrics_reach_the_api(
         assert _metric(metrics, "vigil_jobs_total", status="succeeded") == 1.0
         assert _metric(metrics, "vigil_active_model_version", series="p") == 1.0
         assert _metric(metrics, "vigil_points_ingested_total", series="p") == 400.0
+        children = _children(process.pid)
+        assert children, "the embedded worker should run as a child process"
+    # `serve` has stopped: its worker must not live on as an orphan.
+    deadline = time.monotonic() + 15
+    while any(_alive(pid) for pid in children) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not any(_alive(pid) for pid in children)
+
+
+def _children(pid: int) -> list[int]:
+    found = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True)
+    return [int(p) for p in found.stdout.split()]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split(")")[-1].split()[0] != "Z"  # a zombie has exited
+    except FileNotFoundError:
+        return False
 
 
 def test_metrics_are_merged_across_api_processes(
