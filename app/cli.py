@@ -157,6 +157,12 @@ def migrate() -> None:
     typer.echo("database is at the newest migration")
 
 
+def _sessions() -> Any:
+    from app.db.session import make_engine, make_sessionmaker
+
+    return make_sessionmaker(make_engine(_settings().database_url, role="cli"))
+
+
 @keys_cli.command("create")
 def keys_create(
     name: Annotated[str, typer.Option(help="Who or what uses the key.")],
@@ -165,26 +171,27 @@ def keys_create(
     ],
 ) -> None:
     """Create a key and print it once; only its hash is stored."""
-    from app.db.session import make_engine, make_sessionmaker, transaction
+    from app.db.session import transaction
+    from app.errors import VigilError
     from app.security import create_key
 
-    settings = _settings()
-    sessions = make_sessionmaker(make_engine(settings.database_url, role="cli"))
-    with transaction(sessions) as session:
-        record, plain = create_key(session=session, name=name, scopes=scopes.split(","))
-        typer.echo(f"id={record.id} scopes={','.join(record.scopes)}", err=True)
+    sessions = _sessions()
+    try:
+        with transaction(sessions) as session:
+            record, plain = create_key(session=session, name=name, scopes=scopes.split(","))
+            typer.echo(f"id={record.id} scopes={','.join(record.scopes)}", err=True)
+    except VigilError as exc:
+        typer.echo(f"error: {exc.detail}", err=True)
+        raise typer.Exit(2) from None
     typer.echo(plain)
 
 
 @keys_cli.command("list")
 def keys_list() -> None:
     """List keys (never their secrets)."""
-    from app.db.session import make_engine, make_sessionmaker
     from app.security import list_keys
 
-    settings = _settings()
-    sessions = make_sessionmaker(make_engine(settings.database_url, role="cli"))
-    with sessions() as session:
+    with _sessions()() as session:
         for key in list_keys(session=session):
             state = f"revoked {key.revoked_at.isoformat()}" if key.revoked_at else "active"
             typer.echo(f"{key.id}\t{key.prefix}…\t{key.name}\t{','.join(key.scopes)}\t{state}")
@@ -195,13 +202,17 @@ def keys_revoke(
     key_id: Annotated[int, typer.Argument(help="The key's id (see `keys list`).")],
 ) -> None:
     """Revoke a key; it stops working on its next request."""
-    from app.db.session import make_engine, make_sessionmaker, transaction
+    from app.db.session import transaction
+    from app.errors import VigilError
     from app.security import revoke_key
 
-    settings = _settings()
-    sessions = make_sessionmaker(make_engine(settings.database_url, role="cli"))
-    with transaction(sessions) as session:
-        revoke_key(session=session, key_id=key_id)
+    sessions = _sessions()
+    try:
+        with transaction(sessions) as session:
+            revoke_key(session=session, key_id=key_id)
+    except VigilError as exc:
+        typer.echo(f"error: {exc.detail}", err=True)
+        raise typer.Exit(2) from None
     typer.echo(f"key {key_id} revoked")
 
 

@@ -1,0 +1,57 @@
+"""The `vigil` command line: migrate and key management against a real database."""
+
+from __future__ import annotations
+
+import pytest
+from fastapi.testclient import TestClient
+from typer.testing import CliRunner
+
+from app.cli import cli
+from app.config import Settings
+from app.main import create_app
+from app.security import hash_key
+
+
+@pytest.fixture
+def runner(monkeypatch: pytest.MonkeyPatch, database_url: str) -> CliRunner:
+    monkeypatch.setenv("VIGIL_DATABASE_URL", database_url)
+    return CliRunner()
+
+
+def test_migrate_is_idempotent(runner: CliRunner) -> None:
+    result = runner.invoke(cli, ["migrate"])
+    assert result.exit_code == 0, result.output
+    assert "newest migration" in result.output
+
+
+def test_keys_create_list_revoke(runner: CliRunner, settings: Settings) -> None:
+    created = runner.invoke(
+        cli, ["keys", "create", "--name", "gateway", "--scopes", "ingest,score"]
+    )
+    assert created.exit_code == 0, created.output
+    key = created.stdout.strip().splitlines()[-1]
+    assert key.startswith("vgl_") and len(key) > 40
+
+    listed = runner.invoke(cli, ["keys", "list"])
+    assert listed.exit_code == 0
+    line = next(row for row in listed.stdout.splitlines() if "gateway" in row)
+    assert "ingest,score" in line and "active" in line
+    assert key not in listed.stdout and hash_key(key) not in listed.stdout  # never the secret
+    key_id = line.split("\t")[0]
+
+    with TestClient(create_app(settings)) as client:
+        headers = {"Authorization": f"Bearer {key}"}
+        assert client.get("/v1/series", headers=headers).status_code == 403  # no read scope
+        assert client.post("/v1/series/1/train", headers=headers).status_code == 403
+        revoked = runner.invoke(cli, ["keys", "revoke", key_id])
+        assert revoked.exit_code == 0, revoked.output
+        assert client.post("/v1/score", json={}, headers=headers).status_code == 401
+
+
+def test_unknown_scopes_are_refused(runner: CliRunner) -> None:
+    result = runner.invoke(cli, ["keys", "create", "--name", "x", "--scopes", "read,root"])
+    assert result.exit_code == 2
+    assert "unknown scope(s) root" in result.stderr
+    missing = runner.invoke(cli, ["keys", "revoke", "999"])
+    assert missing.exit_code == 2
+    assert "API key 999 does not exist" in missing.stderr
