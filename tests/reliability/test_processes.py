@@ -12,31 +12,14 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.config import Settings
-from app.db.models import JOB_RUNNING, JOB_SUCCEEDED, Job, ModelVersion, ScoreRecord, Series
+from app.db.models import JOB_RUNNING, JOB_SUCCEEDED, ModelVersion, ScoreRecord
 from app.security import create_key
-from app.services.jobs import enqueue_training
 from app.worker import Worker
 from tests.utils.proc import VIGIL, serve, vigil_env
 from tests.utils.stream import create_series, insert_points, make_stream, windows_of
-from tests.utils.trained import trained_series
+from tests.utils.trained import queue_job, read_job, trained_series
 
 pytestmark = pytest.mark.slow
-
-
-def _queue(sessions: sessionmaker[Session], series_id: int) -> int:
-    with sessions() as session, session.begin():
-        series = session.get(Series, series_id)
-        assert series is not None
-        job, _ = enqueue_training(session=session, series=series, reason="manual")
-        session.flush()
-        return job.id
-
-
-def _job(sessions: sessionmaker[Session], job_id: int) -> Job:
-    with sessions() as session:
-        job = session.get(Job, job_id)
-        assert job is not None
-        return job
 
 
 def test_a_worker_killed_mid_training_loses_nothing(
@@ -44,7 +27,7 @@ def test_a_worker_killed_mid_training_loses_nothing(
 ) -> None:
     series_id = create_series(sessions)
     insert_points(sessions, series_id, make_stream(3000))
-    job_id = _queue(sessions, series_id)
+    job_id = queue_job(sessions, series_id)
     worker = subprocess.Popen(
         [*VIGIL, "worker"],
         env=vigil_env(
@@ -60,7 +43,7 @@ def test_a_worker_killed_mid_training_loses_nothing(
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
-            job = _job(sessions, job_id)
+            job = read_job(sessions, job_id)
             if job.status == JOB_RUNNING and job.progress > 0:
                 break
             assert worker.poll() is None, "the worker exited early"
@@ -72,7 +55,7 @@ def test_a_worker_killed_mid_training_loses_nothing(
     finally:
         if worker.poll() is None:
             worker.kill()
-    killed = _job(sessions, job_id)
+    killed = read_job(sessions, job_id)
     assert killed.status == JOB_RUNNING and killed.lease_owner is not None
     with sessions() as session:
         assert session.scalar(select(func.count()).select_from(ModelVersion)) == 0
@@ -83,7 +66,7 @@ def test_a_worker_killed_mid_training_loses_nothing(
     while rescuer.run_once() is None:
         assert time.monotonic() < deadline, "the job was never released"
         time.sleep(0.2)
-    job = _job(sessions, job_id)
+    job = read_job(sessions, job_id)
     assert job.status == JOB_SUCCEEDED
     assert job.attempts == 2
     with sessions() as session:

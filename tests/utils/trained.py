@@ -1,24 +1,36 @@
-"""A series with a trained, active model, made through the real worker."""
+"""Training jobs and trained series, made through the real worker."""
 
 from __future__ import annotations
 
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.config import Settings
-from app.db.models import Series
+from app.db.models import Job, Series
 from app.services.jobs import enqueue_training
 from app.worker import Worker
 from tests.utils.stream import Stream, create_series, insert_points, make_stream
 
 
-def train_now(sessions: sessionmaker[Session], settings: Settings, series_id: int) -> int:
-    """Queue a job and run it in this process; returns the job id."""
+def queue_job(sessions: sessionmaker[Session], series_id: int) -> int:
+    """Queue a training job (or find the open one) as the API does; returns its id."""
     with sessions() as session, session.begin():
         series = session.get(Series, series_id)
         assert series is not None
         job, _ = enqueue_training(session=session, series=series, reason="manual")
         session.flush()
-        job_id = job.id
+        return job.id
+
+
+def read_job(sessions: sessionmaker[Session], job_id: int) -> Job:
+    with sessions() as session:
+        job = session.get(Job, job_id)
+        assert job is not None
+        return job
+
+
+def train_now(sessions: sessionmaker[Session], settings: Settings, series_id: int) -> int:
+    """Queue a job and run it in this process; returns the job id."""
+    job_id = queue_job(sessions, series_id)
     Worker(settings, sessions=sessions).run_once()
     return job_id
 

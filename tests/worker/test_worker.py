@@ -19,12 +19,11 @@ from app.db.models import (
     JOB_SUCCEEDED,
     Job,
     ModelVersion,
-    Series,
 )
-from app.services.jobs import enqueue_training
 from app.training import decide_activation
 from app.worker import LeaseLost, Worker
 from tests.utils.stream import create_series, insert_points, make_stream
+from tests.utils.trained import queue_job, read_job
 
 
 @pytest.fixture
@@ -34,27 +33,11 @@ def series_id(sessions: sessionmaker[Session]) -> int:
     return sid
 
 
-def queue(sessions: sessionmaker[Session], series_id: int) -> int:
-    with sessions() as session, session.begin():
-        series = session.get(Series, series_id)
-        assert series is not None
-        job, _ = enqueue_training(session=session, series=series, reason="manual")
-        session.flush()
-        return job.id
-
-
-def job_of(sessions: sessionmaker[Session], job_id: int) -> Job:
-    with sessions() as session:
-        job = session.get(Job, job_id)
-        assert job is not None
-        return job
-
-
 def test_a_second_request_gets_the_open_job(
     sessions: sessionmaker[Session], series_id: int
 ) -> None:
-    first = queue(sessions, series_id)
-    assert queue(sessions, series_id) == first
+    first = queue_job(sessions, series_id)
+    assert queue_job(sessions, series_id) == first
     with sessions() as session:
         assert len(session.scalars(select(Job)).all()) == 1
 
@@ -62,10 +45,10 @@ def test_a_second_request_gets_the_open_job(
 def test_worker_trains_stores_and_activates(
     sessions: sessionmaker[Session], settings: Settings, series_id: int
 ) -> None:
-    job_id = queue(sessions, series_id)
+    job_id = queue_job(sessions, series_id)
     worker = Worker(settings, sessions=sessions)
     assert worker.run_once() == job_id
-    job = job_of(sessions, job_id)
+    job = read_job(sessions, job_id)
     assert job.status == JOB_SUCCEEDED
     assert job.progress == 1.0
     assert job.model_version == 1
@@ -83,9 +66,9 @@ def test_retrain_warm_starts_and_retires_the_previous_version(
     sessions: sessionmaker[Session], settings: Settings, series_id: int
 ) -> None:
     worker = Worker(settings.model_copy(update={"activation_tolerance": 10.0}), sessions=sessions)
-    queue(sessions, series_id)
+    queue_job(sessions, series_id)
     worker.run_once()
-    queue(sessions, series_id)
+    queue_job(sessions, series_id)
     worker.run_once()
     with sessions() as session:
         rows = session.execute(
@@ -99,9 +82,9 @@ def test_too_little_data_fails_the_job_with_a_clear_error(
 ) -> None:
     sid = create_series(sessions, name="tiny")
     insert_points(sessions, sid, make_stream(20))
-    job_id = queue(sessions, sid)
+    job_id = queue_job(sessions, sid)
     Worker(settings, sessions=sessions).run_once()
-    job = job_of(sessions, job_id)
+    job = read_job(sessions, job_id)
     assert job.status == JOB_FAILED
     assert job.error is not None and "tiny" in job.error and "ingest more points" in job.error
 
@@ -109,7 +92,7 @@ def test_too_little_data_fails_the_job_with_a_clear_error(
 def test_two_workers_never_claim_the_same_job(
     sessions: sessionmaker[Session], settings: Settings, series_id: int
 ) -> None:
-    queue(sessions, series_id)
+    queue_job(sessions, series_id)
     workers = [Worker(settings, sessions=sessions, name=f"w{i}") for i in range(4)]
     barrier = threading.Barrier(len(workers))
     claims: list[object] = []
@@ -130,7 +113,7 @@ def test_two_workers_never_claim_the_same_job(
 def test_an_expired_lease_is_claimed_again_and_the_old_worker_loses_its_result(
     sessions: sessionmaker[Session], settings: Settings, series_id: int
 ) -> None:
-    job_id = queue(sessions, series_id)
+    job_id = queue_job(sessions, series_id)
     dead = Worker(settings, sessions=sessions, name="dead")
     claimed = dead.claim()
     assert claimed is not None and claimed.attempt == 1
@@ -144,20 +127,20 @@ def test_an_expired_lease_is_claimed_again_and_the_old_worker_loses_its_result(
         )
     again = live.claim()
     assert again is not None and again.job_id == job_id and again.attempt == 2
-    assert job_of(sessions, job_id).lease_owner == "live"
+    assert read_job(sessions, job_id).lease_owner == "live"
     # The dead worker wakes up: its result must not be stored.
     outcome = dead._train(claimed, heartbeat=_NoHeartbeat())
     with pytest.raises(LeaseLost):
         dead._store(claimed, outcome)
     live.execute(again)
-    job = job_of(sessions, job_id)
+    job = read_job(sessions, job_id)
     assert job.status == JOB_SUCCEEDED and job.model_version == 1
 
 
 def test_a_job_abandoned_too_often_fails(
     sessions: sessionmaker[Session], settings: Settings, series_id: int
 ) -> None:
-    job_id = queue(sessions, series_id)
+    job_id = queue_job(sessions, series_id)
     with sessions() as session, session.begin():
         session.execute(
             update(Job)
@@ -170,7 +153,7 @@ def test_a_job_abandoned_too_often_fails(
             )
         )
     assert Worker(settings, sessions=sessions).claim() is None
-    job = job_of(sessions, job_id)
+    job = read_job(sessions, job_id)
     assert job.status == JOB_FAILED
     assert job.error is not None and "stopped responding" in job.error
 
@@ -178,11 +161,11 @@ def test_a_job_abandoned_too_often_fails(
 def test_stopping_hands_the_job_back(
     sessions: sessionmaker[Session], settings: Settings, series_id: int
 ) -> None:
-    job_id = queue(sessions, series_id)
+    job_id = queue_job(sessions, series_id)
     worker = Worker(settings, sessions=sessions)
     worker.stop_event.set()  # as SIGTERM does: stop at the next epoch boundary
     worker.run_once()
-    job = job_of(sessions, job_id)
+    job = read_job(sessions, job_id)
     assert job.status == JOB_QUEUED
     assert job.attempts == 0 and job.lease_owner is None
     with sessions() as session:
@@ -213,9 +196,9 @@ def test_a_worse_version_is_kept_as_a_candidate_and_says_why(
     sessions: sessionmaker[Session], settings: Settings, series_id: int
 ) -> None:
     worker = Worker(settings, sessions=sessions)
-    queue(sessions, series_id)
+    queue_job(sessions, series_id)
     worker.run_once()
-    job_id = queue(sessions, series_id)
+    job_id = queue_job(sessions, series_id)
     claimed = worker.claim()
     assert claimed is not None and claimed.job_id == job_id
     outcome = worker._train(claimed, heartbeat=_NoHeartbeat())
@@ -231,7 +214,7 @@ def test_a_worse_version_is_kept_as_a_candidate_and_says_why(
         (1, "active", None),
         (2, "candidate", "kept as candidate: worse"),
     ]
-    job = job_of(sessions, job_id)
+    job = read_job(sessions, job_id)
     assert job.status == JOB_SUCCEEDED and job.model_version == 2
     assert job.metrics is not None
     assert job.metrics["activated"] is False and job.metrics["note"] == "kept as candidate: worse"
