@@ -67,6 +67,9 @@ class Settings(BaseSettings):
     train_threads: int = Field(default=1, ge=1)
     """torch threads a training job may use, so that training does not starve scoring."""
 
+    train_nice: int = Field(default=10, ge=0, le=19)
+    """How much lower a training job's CPU priority is (Unix nice steps; 0: unchanged)."""
+
     train_max_windows: int = Field(default=20_000, ge=16)
     """Most recent windows a training job uses at most (bounds memory and time)."""
 

@@ -12,6 +12,7 @@ import os
 import time
 from collections.abc import Iterator
 
+import numpy as np
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     REGISTRY,
@@ -69,6 +70,33 @@ TRAINING_DURATION = Histogram(
     "Wall time of training jobs, from claim to result.",
     buckets=(1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0),
 )
+
+
+def observe_many(histogram: Histogram, values: np.ndarray) -> None:
+    """Observe every value of `values` in `histogram` (a child with its labels applied).
+
+    The same result as `observe()` per value, with one update per bucket touched instead of
+    one per value: in multiprocess mode each update is a locked write to a memory-mapped
+    file, and a request of 256 windows would make 512 of them. It uses the client's own
+    bucket values (`_upper_bounds`, `_buckets`, `_sum` of prometheus_client's Histogram),
+    and falls back to `observe()` per value should a future version change them.
+    """
+    bounds = getattr(histogram, "_upper_bounds", None)
+    buckets = getattr(histogram, "_buckets", None)
+    total = getattr(histogram, "_sum", None)
+    if bounds is None or buckets is None or total is None or len(bounds) != len(buckets):
+        for value in np.asarray(values, dtype=np.float64).tolist():
+            histogram.observe(value)
+        return
+    amounts = np.asarray(values, dtype=np.float64).ravel()
+    if not amounts.size:
+        return
+    # observe() counts a value in the first bucket whose upper bound is >= it (NaN: none).
+    index = np.searchsorted(np.asarray(bounds, dtype=np.float64), amounts, side="left")
+    counts = np.bincount(index, minlength=len(bounds) + 1)[: len(bounds)]
+    for i in np.flatnonzero(counts).tolist():
+        buckets[i].inc(float(counts[i]))
+    total.inc(float(amounts.sum()))
 
 
 class DatabaseCollector(Collector):

@@ -4,18 +4,101 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
+import hmac
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.config import Settings
+from app.db.models import ApiKey
 from app.db.session import make_engine, make_sessionmaker, transaction
 from app.scoring import MicroBatcher, ModelRegistry, ScoreLog
-from app.security import ensure_bootstrap_key
+from app.security import ensure_bootstrap_key, hash_key
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Principal:
+    """The live API key behind a request (never its secret)."""
+
+    id: int
+    name: str
+    key_hash: str
+    scopes: tuple[str, ...]
+
+
+class KeyLookup:
+    """Checks presented API keys against the database, one query for concurrent requests.
+
+    Every request's key is read from the database after the request arrived: a lookup that is
+    already running never answers a request that came in after it started; that request
+    waits for the next one. So a revoked key fails on its very next request, exactly as with
+    one query per request, while a burst of N requests costs one query and one thread hop
+    instead of N.
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vigil-auth")
+        self._waiting: dict[str, list[asyncio.Future[Principal | None]]] = {}
+        self._drainer: asyncio.Task[None] | None = None
+        self.queries = 0
+
+    async def authenticate(self, presented: str) -> Principal | None:
+        """The live key matching `presented`, or None (unknown or revoked)."""
+        digest = hash_key(presented)
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Principal | None] = loop.create_future()
+        self._waiting.setdefault(digest, []).append(future)
+        if self._drainer is None or self._drainer.done():
+            self._drainer = loop.create_task(self._drain())
+        principal = await future
+        # NOTE: the row was found by its digest; the final decision is made in constant time.
+        if principal is None or not hmac.compare_digest(principal.key_hash, digest):
+            return None
+        return principal
+
+    async def _drain(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self._waiting:
+            batch, self._waiting = self._waiting, {}
+            try:
+                found = await loop.run_in_executor(self._executor, self._query, list(batch))
+            except Exception as exc:  # every waiting request sees the database error
+                for futures in batch.values():
+                    for future in futures:
+                        if not future.done():
+                            future.set_exception(exc)
+                continue
+            for digest, futures in batch.items():
+                principal = found.get(digest)
+                for future in futures:
+                    if not future.done():
+                        future.set_result(principal)
+
+    def _query(self, digests: list[str]) -> dict[str, Principal]:
+        self.queries += 1
+        query = select(ApiKey.id, ApiKey.name, ApiKey.key_hash, ApiKey.scopes).where(
+            ApiKey.key_hash.in_(digests), ApiKey.revoked_at.is_(None)
+        )
+        with self._engine.connect() as connection:
+            rows = connection.execute(query).all()
+        wanted = set(digests)
+        return {
+            key_hash: Principal(key_id, name, key_hash, tuple(scopes))
+            for key_id, name, key_hash, scopes in rows
+            if key_hash in wanted
+        }
+
+    def close(self) -> None:
+        if self._drainer is not None:
+            self._drainer.cancel()
+        self._executor.shutdown(wait=False, cancel_futures=True)
 
 
 @dataclass
@@ -26,6 +109,7 @@ class Runtime:
     registry: ModelRegistry
     batcher: MicroBatcher
     score_log: ScoreLog
+    keys: KeyLookup
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     @classmethod
@@ -43,6 +127,7 @@ class Runtime:
                 n_samples=settings.score_samples,
             ),
             score_log=ScoreLog(sessions),
+            keys=KeyLookup(engine),
         )
 
     async def start(self) -> None:
@@ -56,6 +141,10 @@ class Runtime:
             await asyncio.to_thread(self.registry.refresh)
         except Exception as exc:  # the database may come later; /readyz reports it
             log.warning("start-up database access failed: %s", exc.__class__.__name__)
+        # NOTE: everything alive now (modules, the app, torch) lives as long as the process;
+        # freezing it keeps the collector from walking it again on every full collection.
+        gc.collect()
+        gc.freeze()
         loop = asyncio.get_running_loop()
         self.tasks.append(loop.create_task(self.registry.poll(self.settings.model_poll_seconds)))
         self.tasks.append(
@@ -69,6 +158,7 @@ class Runtime:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await self.batcher.close()
+        self.keys.close()
         try:
             await asyncio.to_thread(self.score_log.flush)
         except Exception as exc:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import hmac
 import secrets
 from collections.abc import Iterable, Sequence
 from datetime import datetime
@@ -55,19 +54,6 @@ def create_key(
     session.add(record)
     session.flush()
     return record, plain
-
-
-def authenticate(*, session: Session, presented: str) -> ApiKey | None:
-    """The live key matching `presented`, or None. Revocation takes effect on the next request."""
-    digest = hash_key(presented)
-    record = session.scalar(select(ApiKey).where(ApiKey.key_hash == digest))
-    # NOTE: the lookup is by digest of a 256-bit random token, so its timing reveals nothing
-    # useful; the constant-time comparison guards the final decision all the same.
-    if record is None or not hmac.compare_digest(record.key_hash, digest):
-        return None
-    if record.revoked_at is not None:
-        return None
-    return record
 
 
 def revoke_key(*, session: Session, key_id: int, at: datetime | None = None) -> ApiKey:

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from sqlalchemy import select
@@ -37,6 +39,8 @@ log = logging.getLogger(__name__)
 
 UNLABELLED = -1
 VAL_FRACTION = 0.2
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -236,7 +240,68 @@ def train_version(
     progress: Callable[[Progress], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> Outcome:
-    """Fit (warm-started from the active model), then decide whether to activate."""
+    """Fit (warm-started from the active model), then decide whether to activate.
+
+    Runs at `settings.train_nice` steps lower CPU priority, so that scoring in other
+    processes on the same machine keeps its latency while a model trains.
+    """
+    return at_lower_priority(
+        settings.train_nice,
+        lambda: _train_version(
+            dataset=dataset,
+            series=series,
+            settings=settings,
+            active=active,
+            seed=seed,
+            progress=progress,
+            should_stop=should_stop,
+        ),
+    )
+
+
+def at_lower_priority(nice: int, work: Callable[[], T]) -> T:
+    """Run `work` in a thread of its own whose nice value is `nice` higher than the caller's.
+
+    NOTE: Linux keeps a nice value per thread, and threads inherit it from the thread that
+    starts them (torch's intra-op threads too). The priority ends with the thread, so the
+    caller (a worker's main loop, or a test) keeps its own. Where priorities cannot be
+    changed, `work` runs at the caller's priority.
+    """
+    if nice <= 0 or not hasattr(os, "setpriority"):
+        return work()
+    outcome: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            thread_id = threading.get_native_id()
+            current = os.getpriority(os.PRIO_PROCESS, thread_id)
+            os.setpriority(os.PRIO_PROCESS, thread_id, min(19, current + nice))
+        except OSError as exc:
+            log.warning("could not lower the training priority: %s", exc)
+        try:
+            outcome["result"] = work()
+        except BaseException as exc:  # re-raised in the caller's thread
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=target, name="vigil-train", daemon=True)
+    thread.start()
+    thread.join()
+    if "error" in outcome:
+        raise outcome["error"]
+    result: T = outcome["result"]
+    return result
+
+
+def _train_version(
+    *,
+    dataset: Dataset,
+    series: Series,
+    settings: Settings,
+    active: TrainedModel | None,
+    seed: int,
+    progress: Callable[[Progress], None] | None,
+    should_stop: Callable[[], bool] | None,
+) -> Outcome:
     config = TrainConfig(
         epochs=settings.train_epochs,
         batch_size=settings.train_batch_size,

@@ -71,7 +71,7 @@ def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def _truncate_all(url: str) -> None:
+def truncate_all(url: str) -> None:
     engine = make_engine(url, role="tests")
     tables = ", ".join(f'"{t.name}"' for t in Base.metadata.sorted_tables)
     with engine.begin() as connection:
@@ -90,7 +90,7 @@ def database_url(
         yield f"sqlite:///{path}"
         return
     url = request.getfixturevalue("postgres_url")
-    _truncate_all(url)
+    truncate_all(url)
     yield url
 
 

@@ -2,23 +2,25 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import asyncio
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Annotated
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
-from app.db.models import ApiKey
 from app.errors import Forbidden, Unauthorized
 from app.ratelimit import check_rate
-from app.runtime import Runtime
-from app.security import authenticate, has_scope
+from app.runtime import Principal, Runtime
+from app.security import has_scope
 
 bearer = HTTPBearer(auto_error=False, description="An API key: `Authorization: Bearer vgl_…`")
 
 
-def get_runtime(request: Request) -> Runtime:
+async def get_runtime(request: Request) -> Runtime:
+    # NOTE: async, like every dependency on the scoring path: FastAPI runs a plain `def`
+    # dependency in its thread pool, a thread hop per request for nothing.
     runtime: Runtime = request.app.state.runtime
     return runtime
 
@@ -34,23 +36,24 @@ def get_db(runtime: RuntimeDep) -> Iterator[Session]:
 SessionDep = Annotated[Session, Depends(get_db)]
 
 
-def require(scope: str) -> Callable[..., ApiKey]:
-    def dependency(
+def require(scope: str) -> Callable[..., Awaitable[Principal]]:
+    async def dependency(
         request: Request,
         runtime: RuntimeDep,
         credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
-    ) -> ApiKey:
+    ) -> Principal:
         if credentials is None or credentials.scheme.lower() != "bearer":
             raise Unauthorized("missing API key: send `Authorization: Bearer <key>`")
-        with runtime.sessions() as session:
-            key = authenticate(session=session, presented=credentials.credentials)
-            if key is None:
-                raise Unauthorized("invalid or revoked API key")
-            if not has_scope(key.scopes, scope):
-                raise Forbidden(f"this API key lacks the {scope!r} scope")
-            limit = runtime.settings.rate_limit_per_minute
-            if limit:
-                check_rate(session=session, principal=key.key_hash, limit=limit)
+        # One database lookup per request (batched with concurrent ones), never a cache:
+        # a revoked key stops working on its next request, in every API process.
+        key = await runtime.keys.authenticate(credentials.credentials)
+        if key is None:
+            raise Unauthorized("invalid or revoked API key")
+        if not has_scope(key.scopes, scope):
+            raise Forbidden(f"this API key lacks the {scope!r} scope")
+        limit = runtime.settings.rate_limit_per_minute
+        if limit:
+            await asyncio.to_thread(_count_request, runtime, key.key_hash, limit)
         request.state.api_key_id = key.id
         return key
 
@@ -58,9 +61,14 @@ def require(scope: str) -> Callable[..., ApiKey]:
     return dependency
 
 
-Reader = Annotated[ApiKey, Depends(require("read"))]
-Ingester = Annotated[ApiKey, Depends(require("ingest"))]
-Scorer = Annotated[ApiKey, Depends(require("score"))]
-Labeller = Annotated[ApiKey, Depends(require("label"))]
-Trainer = Annotated[ApiKey, Depends(require("train"))]
-Admin = Annotated[ApiKey, Depends(require("admin"))]
+def _count_request(runtime: Runtime, principal: str, limit: int) -> None:
+    with runtime.sessions() as session:
+        check_rate(session=session, principal=principal, limit=limit)
+
+
+Reader = Annotated[Principal, Depends(require("read"))]
+Ingester = Annotated[Principal, Depends(require("ingest"))]
+Scorer = Annotated[Principal, Depends(require("score"))]
+Labeller = Annotated[Principal, Depends(require("label"))]
+Trainer = Annotated[Principal, Depends(require("train"))]
+Admin = Annotated[Principal, Depends(require("admin"))]

@@ -16,7 +16,7 @@ from app.config import Settings
 from app.db.session import make_engine, make_sessionmaker
 from app.main import create_app
 from app.security import create_key
-from tests.conftest import POSTGRES_ADMIN_URL
+from tests.conftest import POSTGRES_ADMIN_URL, truncate_all
 from tests.utils.stream import windows_of
 from tests.utils.trained import trained_series
 
@@ -38,6 +38,9 @@ def test_a_restored_dump_scores_the_same(postgres_url: str, tmp_path: Path) -> N
     for tool in ("pg_dump", "pg_restore"):
         if shutil.which(tool) is None:
             pytest.skip(f"{tool} is not installed")
+    # NOTE: the session's Postgres database is shared; start empty, so that the worker below
+    # trains this test's job and not one another test left queued.
+    truncate_all(postgres_url)
     settings = Settings(database_url=postgres_url, train_epochs=8, min_train_windows=4)
     sessions = make_sessionmaker(make_engine(settings.database_url, role="tests"))
     series_id, stream = trained_series(sessions, settings, name=f"backup-{uuid.uuid4().hex[:6]}")

@@ -218,3 +218,24 @@ def test_a_worse_version_is_kept_as_a_candidate_and_says_why(
     assert job.status == JOB_SUCCEEDED and job.model_version == 2
     assert job.metrics is not None
     assert job.metrics["activated"] is False and job.metrics["note"] == "kept as candidate: worse"
+
+
+def test_training_runs_at_a_lower_priority_and_the_caller_keeps_its_own() -> None:
+    import os
+    import threading
+
+    from app.training import at_lower_priority
+
+    caller = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    inside = at_lower_priority(
+        5, lambda: os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    )
+    assert inside == min(19, caller + 5)
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == caller
+    assert at_lower_priority(0, lambda: 42) == 42
+
+    def fails() -> None:
+        raise ValueError("raised in the training thread")
+
+    with pytest.raises(ValueError, match="training thread"):
+        at_lower_priority(5, fails)

@@ -13,10 +13,11 @@ from starlette.responses import Response
 
 from app.api.deps import RuntimeDep, Scorer
 from app.errors import InvalidInput, UnsupportedMediaType, VigilError
-from app.metrics import ADJUSTED_SCORE, ANOMALIES_FLAGGED, WINDOWS_SCORED
+from app.metrics import ADJUSTED_SCORE, ANOMALIES_FLAGGED, WINDOWS_SCORED, observe_many
 from app.runtime import Runtime
 from app.schemas.scores import ScoreRangeRequest, ScoreResponse, ScoreWindowsRequest
 from app.scoring import ActiveModel, SeriesInfo
+from app.services.points import gc_paused
 from app.services.windows import load_range_windows, parse_instant
 from models import ScoreBatch
 
@@ -77,12 +78,20 @@ async def score(request: Request, runtime: RuntimeDep, _: Scorer) -> Response:
             f"content type {content_type!r} is not supported; send application/json or "
             "application/octet-stream"
         )
-    payload = _parse_json(body)
-    series_id = _series_id(payload.get("series_id"))
-    info = await _series(runtime, series_id)
-    if "windows" in payload:
-        windows = _windows_from_json(payload["windows"], info, runtime.settings.max_score_windows)
-        return await _score(runtime, info, windows, None, steps)
+    limit = runtime.settings.max_score_windows
+    posted: np.ndarray | None = None
+    with gc_paused():  # 256 windows decode to 200,000 floats in 33,000 lists: see gc_paused
+        payload = _parse_json(body)
+        series_id = _series_id(payload.get("series_id"))
+        cached = runtime.registry.cached_series(series_id)
+        if cached is not None and "windows" in payload:
+            # Converted and freed while the collector is paused, so it never walks the lists.
+            posted = _windows_from_json(payload.pop("windows"), cached, limit)
+    info = cached or await _series(runtime, series_id)
+    if posted is None and "windows" in payload:
+        posted = _windows_from_json(payload.pop("windows"), info, limit)
+    if posted is not None:
+        return await _score(runtime, info, posted, None, steps)
     if "start" in payload or "end" in payload:
         start = parse_instant(payload.get("start"), field="start")
         end = parse_instant(payload.get("end"), field="end")
@@ -124,8 +133,8 @@ async def _score(
     active = await _active(runtime, info)
     batch = await runtime.batcher.score((info.id, active.version), active.model, windows)
     # The raw score depends on L, so the threshold comes from the calibration at that L.
-    threshold = active.model.threshold(
-        info.threshold_quantile, n_samples=runtime.settings.score_samples
+    threshold = runtime.registry.threshold(
+        active, info.threshold_quantile, n_samples=runtime.settings.score_samples
     )
     flagged = batch.adjusted_score > threshold
     ids = runtime.score_log.append(
@@ -134,9 +143,7 @@ async def _score(
     WINDOWS_SCORED.labels(info.name).inc(len(windows))
     if flagged.any():
         ANOMALIES_FLAGGED.labels(info.name).inc(int(flagged.sum()))
-    histogram = ADJUSTED_SCORE.labels(info.name)
-    for value in batch.adjusted_score.tolist():
-        histogram.observe(value)
+    observe_many(ADJUSTED_SCORE.labels(info.name), batch.adjusted_score)
     body = {
         "series_id": info.id,
         "model_version": active.version,

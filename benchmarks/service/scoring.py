@@ -1,0 +1,176 @@
+"""Issue 4, targets 1 and 2: /v1/score against the model's own speed, JSON against binary.
+
+`python -m benchmarks.service.scoring [--quick] [--db sqlite,postgres]` starts the real
+`vigil serve` on a throw-away database (defaults, log level WARNING), trains a series of the
+default model (recurrent, windows of 128 steps x 6 channels), and in one run measures:
+
+- the limit: `TrainedModel.score` in a fresh process, batches of 256 (the micro-batcher's
+  `VIGIL_BATCH_MAX_SIZE`), at `VIGIL_SCORE_THREADS` torch threads, before and after the
+  service runs (the limit used is the median of all its repetitions);
+- one window per request at concurrency 1 and 32, and 256 windows per request at
+  concurrency 1 and 2, each in JSON and in binary, from the load client in its own process;
+- the API process's CPU time per request, and what the Prometheus updates of one request cost.
+
+Writes `benchmarks/out/service_scoring.json`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from benchmarks.service import metrics_cost
+from benchmarks.service.common import (
+    Load,
+    Server,
+    active_artifact,
+    cpu_seconds,
+    database,
+    log,
+    median,
+    postgres_available,
+    provenance,
+    run_limit,
+    run_load,
+    score_requests,
+    serve,
+    trained_series,
+    write_result,
+)
+
+TARGETS = {
+    "c1_p50_ms": 5.0,
+    "c1_p99_ms": 15.0,
+    "c32_share_of_limit": 0.40,
+    "c32_p99_ms": 100.0,
+    "w256_share_of_limit": 0.60,
+}
+
+
+def measure_case(
+    server: Server, series_id: int, *, wire: str, windows: int, concurrency: int, seconds: float
+) -> dict[str, Any]:
+    variants = 8 if windows == 1 else 2
+    requests = score_requests(server, series_id, windows=windows, wire=wire, variants=variants)
+    pids = server.api_pids()
+    cpu0 = sum(cpu_seconds(p) for p in pids)
+    result = run_load(
+        server,
+        requests,
+        Load(
+            concurrency, seconds, warmup=1.0 if windows == 1 else 2.0, windows_per_request=windows
+        ),
+    )
+    cpu = sum(cpu_seconds(p) for p in pids) - cpu0
+    # CPU is counted over warm-up and measurement; spread over the requests of both.
+    total = result["requests"] * (1 + (1.0 if windows == 1 else 2.0) / seconds)
+    result["server_cpu_ms_per_request"] = round(cpu / total * 1000, 3) if total else None
+    result.update(wire=wire)
+    log(
+        f"  {wire:6} {windows:3} win/req c={concurrency:2}: {result['windows_per_s']:8.1f} win/s "
+        f"p50 {result['p50_ms']:7.2f} ms p99 {result['p99_ms']:7.2f} ms"
+    )
+    return result
+
+
+def run_db(db: str, *, seconds: float, limit_seconds: float, settings: dict[str, str]) -> Any:
+    threads = int(settings.get("score_threads", "1"))
+    with database(db) as url, serve(url, **settings) as server:
+        series_id = trained_series(server, url)
+        artifact = active_artifact(url, series_id)
+        log(f"{db}: limit (in-process model, {threads} thread(s))")
+        before = run_limit(artifact, threads=threads, batches=[1, 32, 256], seconds=limit_seconds)
+        cases: list[dict[str, Any]] = []
+        for windows, concurrencies in ((1, (1, 32)), (256, (1, 2))):
+            for concurrency in concurrencies:
+                for wire in ("json", "binary"):
+                    cases.append(
+                        measure_case(
+                            server,
+                            series_id,
+                            wire=wire,
+                            windows=windows,
+                            concurrency=concurrency,
+                            seconds=seconds if windows == 1 else seconds * 1.5,
+                        )
+                    )
+        after = run_limit(artifact, threads=threads, batches=[1, 32, 256], seconds=limit_seconds)
+    runs = [
+        rate
+        for limit in (before, after)
+        for row in limit["results"]
+        if row["batch"] == 256
+        for rate in row["windows_per_s_runs"]
+    ]
+    limit_256 = median(runs)
+    for case in cases:
+        case["share_of_limit"] = round(case["windows_per_s"] / limit_256, 3)
+    return {
+        "limit": {"windows_per_s_batch_256": round(limit_256, 1), "before": before, "after": after},
+        "cases": cases,
+        "verdict": verdict(cases),
+    }
+
+
+def find(cases: list[dict[str, Any]], wire: str, windows: int, concurrency: int) -> Any:
+    return next(
+        c
+        for c in cases
+        if c["wire"] == wire
+        and c["windows_per_request"] == windows
+        and c["concurrency"] == concurrency
+    )
+
+
+def verdict(cases: list[dict[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for wire in ("json", "binary"):
+        c1 = find(cases, wire, 1, 1)
+        c32 = find(cases, wire, 1, 32)
+        w256 = max((find(cases, wire, 256, c) for c in (1, 2)), key=lambda c: c["windows_per_s"])
+        measured = {
+            "c1_p50_ms": c1["p50_ms"],
+            "c1_p99_ms": c1["p99_ms"],
+            "c32_share_of_limit": c32["share_of_limit"],
+            "c32_p99_ms": c32["p99_ms"],
+            "w256_share_of_limit": w256["share_of_limit"],
+        }
+        out[wire] = {
+            name: {
+                "measured": value,
+                "target": TARGETS[name],
+                "met": value >= TARGETS[name] if "share" in name else value <= TARGETS[name],
+            }
+            for name, value in measured.items()
+        }
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="4 s per case instead of 10")
+    parser.add_argument("--db", default="sqlite,postgres")
+    parser.add_argument("--set", action="append", default=[], help="VIGIL setting: name=value")
+    parser.add_argument("--name", default="scoring", help="output file suffix")
+    args = parser.parse_args(argv)
+    seconds = 4.0 if args.quick else 10.0
+    settings = dict(item.split("=", 1) for item in args.set)
+    command = "python -m benchmarks.service.scoring " + " ".join(argv or sys.argv[1:])
+    result: dict[str, Any] = {**provenance(command), "settings": settings, "targets": TARGETS}
+    for db in args.db.split(","):
+        if db == "postgres" and (reason := postgres_available()):
+            log(f"skipping postgres: {reason}")
+            continue
+        result[db] = run_db(db, seconds=seconds, limit_seconds=seconds / 2, settings=settings)
+    result["metrics_cost"] = {
+        "one_window": metrics_cost.measure(1),
+        "256_windows": metrics_cost.measure(256),
+    }
+    path = write_result(args.name, result)
+    log(f"wrote {path}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
