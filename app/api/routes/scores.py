@@ -15,6 +15,7 @@ from app.api.deps import RuntimeDep, Scorer
 from app.errors import InvalidInput, UnsupportedMediaType, VigilError
 from app.metrics import ADJUSTED_SCORE, ANOMALIES_FLAGGED, WINDOWS_SCORED, observe_many
 from app.runtime import Runtime
+from app.schemas.common import MAX_DB_ID
 from app.schemas.scores import ScoreRangeRequest, ScoreResponse, ScoreWindowsRequest
 from app.scoring import ActiveModel, SeriesInfo
 from app.services.points import gc_paused
@@ -213,9 +214,11 @@ def _parse_json(body: bytes) -> dict[str, Any]:
     return payload
 
 
-def _series_id(value: Any) -> int:
+def _series_id(value: Any, field: str = "series_id") -> int:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise InvalidInput("is required and must be an integer", field="series_id")
+        raise InvalidInput("is required and must be an integer", field=field)
+    if not 1 <= value <= MAX_DB_ID:
+        raise InvalidInput(f"must be a series id from 1 to {MAX_DB_ID}", field=field)
     return value
 
 
@@ -279,10 +282,11 @@ def _explain_bad_windows(value: list[Any], info: SeriesInfo) -> None:
 
 def _parse_binary(request: Request, body: bytes, runtime: Runtime) -> tuple[int, np.ndarray]:
     raw_id = request.headers.get("x-vigil-series-id", "")
-    if not raw_id.isdigit():
+    if not raw_id.isascii() or not raw_id.isdigit() or len(raw_id) > 10:
         raise InvalidInput(
             "header X-Vigil-Series-Id must be the series id", field="X-Vigil-Series-Id"
         )
+    series_id = _series_id(int(raw_id), field="X-Vigil-Series-Id")
     shape_text = request.headers.get("x-vigil-shape", "")
     try:
         shape = tuple(int(part) for part in shape_text.split(","))
@@ -304,4 +308,4 @@ def _parse_binary(request: Request, body: bytes, runtime: Runtime) -> tuple[int,
             field="body",
         )
     windows = np.frombuffer(body, dtype="<f4").reshape(shape)
-    return int(raw_id), windows
+    return series_id, windows
