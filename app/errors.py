@@ -8,14 +8,18 @@ from typing import Any
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.routing import iter_route_contexts
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.responses import Response
+from starlette.routing import compile_path
 
 from models import ModelError
 
 log = logging.getLogger(__name__)
 
 PROBLEM_JSON = "application/problem+json"
+FASTAPI_BODY_ERROR = "There was an error parsing the body"
 
 
 class VigilError(Exception):
@@ -132,7 +136,13 @@ def _describe_validation_errors(exc: RequestValidationError) -> tuple[str, list[
     errors = []
     for err in exc.errors():
         loc = [str(part) for part in err.get("loc", ())]
-        errors.append({"loc": loc, "msg": err.get("msg", "invalid"), "type": err.get("type")})
+        msg = err.get("msg", "invalid")
+        if err.get("type") == "json_invalid":
+            # FastAPI puts the character offset into `loc`; it belongs in the message.
+            reason = (err.get("ctx") or {}).get("error", "malformed")
+            msg = f"is not valid JSON: {reason} at character {loc[1] if len(loc) > 1 else 0}"
+            loc = loc[:1]
+        errors.append({"loc": loc, "msg": msg, "type": err.get("type")})
     summary = "; ".join(f"{'.'.join(e['loc'])}: {e['msg']}" for e in errors[:5])
     if len(errors) > 5:
         summary += f"; and {len(errors) - 5} more"
@@ -157,12 +167,37 @@ def install_error_handlers(app: FastAPI) -> None:
 
     async def validation_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestValidationError)
+        if isinstance(exc.body, bytes | bytearray) and _about_the_body(exc):
+            # FastAPI reads a body as JSON only when its content type says so; otherwise the
+            # route gets raw bytes, which no JSON schema accepts.
+            return problem(
+                415,
+                "Unsupported media type",
+                f"{_content_type_shown(request)} is not supported: send a JSON body with "
+                "Content-Type: application/json",
+                instance=request.url.path,
+            )
         detail, errors = _describe_validation_errors(exc)
         return problem(422, "Invalid input", detail, instance=request.url.path, errors=errors)
 
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, StarletteHTTPException)
+        if exc.detail == FASTAPI_BODY_ERROR and exc.__cause__ is not None:
+            # FastAPI turns whatever goes wrong while it reads a JSON body into this bare 400.
+            unreadable = _unreadable_body(exc.__cause__)
+            if unreadable is None:
+                raise exc.__cause__  # not about the content: e.g. the body limit (413)
+            return problem(
+                422,
+                "Invalid input",
+                f"body: {unreadable}",
+                instance=request.url.path,
+                errors=[{"loc": ["body"], "msg": unreadable, "type": "json_invalid"}],
+            )
         headers = dict(exc.headers) if exc.headers else None
+        if exc.status_code == 405:
+            # Starlette lists the methods of the first route with this path only.
+            headers = {**(headers or {}), "Allow": ", ".join(_allowed_methods(request))}
         return problem(
             exc.status_code,
             _title_for(exc.status_code),
@@ -175,6 +210,43 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ModelError, model_error)
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(StarletteHTTPException, http_error)
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    """Every method that some route serves at the request's path, however it is included."""
+    methods: set[str] = set()
+    path = request.url.path
+    for context in iter_route_contexts(request.app.router.routes):
+        if context.path and context.methods and compile_path(context.path)[0].match(path):
+            methods.update(context.methods)
+    return sorted(methods)
+
+
+def _about_the_body(exc: RequestValidationError) -> bool:
+    return any(tuple(err.get("loc", ()))[:1] == ("body",) for err in exc.errors())
+
+
+def _content_type_shown(request: Request) -> str:
+    content_type = request.headers.get("content-type")
+    if not content_type:
+        return "a body without a content type"
+    shown = content_type if len(content_type) <= 60 else content_type[:57] + "..."
+    return f"content type {shown!r}"
+
+
+def _unreadable_body(cause: BaseException) -> str | None:
+    """Why a JSON body could not be read, or None when the failure is not the content's."""
+    if isinstance(cause, RecursionError):
+        return "is not valid JSON: nested too deeply"
+    if isinstance(cause, UnicodeDecodeError):
+        return f"is not valid JSON: not UTF-8 text (byte {cause.start})"
+    if isinstance(cause, ValueError):
+        if "digits" in str(cause):
+            return "is not valid JSON here: it holds an integer literal of more than 4,300 digits"
+        return f"is not valid JSON: {cause}"
+    if isinstance(cause, ClientDisconnect):
+        return "the client disconnected before sending the whole body"
+    return None
 
 
 def _title_for(status: int) -> str:

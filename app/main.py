@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any, Final
 
 from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
@@ -15,10 +16,12 @@ from starlette.responses import Response
 from app import __version__
 from app.api import api_router
 from app.config import Settings, get_settings
-from app.errors import install_error_handlers, problem
+from app.errors import PROBLEM_JSON, install_error_handlers, problem
 from app.idempotency import IdempotencyMiddleware
 from app.middleware import RequestContextMiddleware
 from app.runtime import Runtime
+from app.schemas.common import AUTH_RESPONSES, BODY_RESPONSES, ProblemDetails
+from app.schemas.scores import SCORE_RESPONSES
 
 log = logging.getLogger(__name__)
 
@@ -26,8 +29,16 @@ DESCRIPTION = """
 Vigil scores windows of multivariate sensor data with a recurrent semi-supervised VAE and
 learns from operators' labels and feedback (`false_positive`, `false_negative`).
 
-Authenticate with `Authorization: Bearer <key>`; every error is an RFC 9457 problem document.
+Authenticate with `Authorization: Bearer <key>`; every error is an RFC 9457 problem document
+(`application/problem+json`, schema `ProblemDetails`).
 """
+
+PROBLEM_SCHEMA_REF: Final = "#/components/schemas/ProblemDetails"
+
+EXTRA_RESPONSES: Final[dict[tuple[str, str], dict[int | str, dict[str, Any]]]] = {
+    ("post", "/v1/score"): SCORE_RESPONSES,
+}
+"""Responses of routes whose decorators do not list them yet (merged into the OpenAPI)."""
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -52,6 +63,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     _install_infrastructure_handlers(app)
     app.include_router(api_router)
+    _install_openapi(app)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -94,3 +106,74 @@ def _install_infrastructure_handlers(app: FastAPI) -> None:
     app.add_exception_handler(PoolTimeout, database_unavailable)
     app.add_exception_handler(DBAPIError, database_error)
     app.add_exception_handler(Exception, unexpected)
+
+
+def _install_openapi(app: FastAPI) -> None:
+    """Make the OpenAPI document tell the truth about errors (see `document_problems`)."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            document_problems(generate())
+        assert app.openapi_schema is not None
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+def document_problems(schema: dict[str, Any]) -> None:
+    """Every error response is `application/problem+json` with the ProblemDetails schema, and
+    optional parameters are not nullable.
+
+    FastAPI documents 422 as `application/json` HTTPValidationError, and knows nothing of the
+    errors that middleware and dependencies give. This adds, where missing: 401, 403, 429 and
+    503 to every authenticated operation; 413, 415 and 422 to every operation with a body;
+    and the responses of EXTRA_RESPONSES. A response that documents its own model (such as
+    /readyz's 503) keeps it.
+    """
+    components = schema.setdefault("components", {}).setdefault("schemas", {})
+    problem_schema = ProblemDetails.model_json_schema(ref_template="#/components/schemas/{model}")
+    components.update(problem_schema.pop("$defs", {}))
+    components["ProblemDetails"] = problem_schema
+    problem_content = {PROBLEM_JSON: {"schema": {"$ref": PROBLEM_SCHEMA_REF}}}
+    for path, item in schema.get("paths", {}).items():
+        for method, operation in item.items():
+            responses: dict[str, Any] = operation.setdefault("responses", {})
+            added: dict[int | str, dict[str, Any]] = {}
+            if operation.get("security"):
+                added.update(AUTH_RESPONSES)
+            if "requestBody" in operation:
+                added.update(BODY_RESPONSES)
+            added.update(EXTRA_RESPONSES.get((method, path), {}))
+            for code, response in added.items():
+                responses.setdefault(str(code), dict(response))
+            for code, response in responses.items():
+                if code.isdigit() and int(code) >= 400 and _is_generic(response):
+                    response["content"] = problem_content
+            operation["responses"] = dict(sorted(responses.items()))
+            for parameter in operation.get("parameters", []):
+                parameter["schema"] = _without_null(parameter.get("schema", {}))
+    used = str(schema.get("paths"))
+    for name in ("HTTPValidationError", "ValidationError"):
+        if f"#/components/schemas/{name}" not in used:
+            components.pop(name, None)
+
+
+def _without_null(schema: dict[str, Any]) -> dict[str, Any]:
+    """An optional parameter is absent rather than null: HTTP has no way to send a null."""
+    branches = schema.get("anyOf")
+    if not isinstance(branches, list) or {"type": "null"} not in branches:
+        return schema
+    rest = [branch for branch in branches if branch != {"type": "null"}]
+    out = {key: value for key, value in schema.items() if key != "anyOf"}
+    if len(rest) == 1:
+        return {**rest[0], **out}
+    return {**out, "anyOf": rest}
+
+
+def _is_generic(response: dict[str, Any]) -> bool:
+    """True when a response documents no model of its own, or FastAPI's validation error."""
+    content = response.get("content")
+    if not content:
+        return True
+    return "HTTPValidationError" in str(content)

@@ -13,7 +13,15 @@ from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Final, Literal
 
 from fastapi import Path
-from pydantic import AfterValidator, Field, PlainValidator, StringConstraints, WithJsonSchema
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainValidator,
+    StringConstraints,
+    WithJsonSchema,
+)
 
 from app.db.models import BUILTIN_CLASSES_KINDS
 from models import FALSE_NEGATIVE, FALSE_POSITIVE
@@ -25,11 +33,85 @@ Slug = Annotated[str, StringConstraints(pattern=SLUG_PATTERN)]
 
 ClassKind = Literal["normal", "anomaly"]
 
-AUTH_RESPONSES: Final[dict[int | str, dict[str, Any]]] = {
-    401: {"description": "Missing, invalid or revoked API key (problem+json)"},
-    403: {"description": "The API key lacks the scope this route needs (problem+json)"},
+
+class ProblemError(BaseModel):
+    """One thing wrong with the request, and where."""
+
+    loc: list[str] = Field(
+        description='Where: `["body", "windows", "3"]`, `["query", "limit"]`, `["series_id"]`.'
+    )
+    msg: str = Field(description="What is wrong there.")
+    type: str | None = Field(default=None, description="A machine-readable kind of error.")
+
+
+class ProblemDetails(BaseModel):
+    """An RFC 9457 problem document: every error Vigil returns has this shape."""
+
+    model_config = ConfigDict(title="ProblemDetails")
+
+    type: str = Field(default="about:blank", description="A URI naming the kind of problem.")
+    title: str = Field(description="A short summary of the kind of problem.")
+    status: int = Field(ge=400, le=599, description="The HTTP status code.")
+    detail: str = Field(description="What went wrong with this request, naming the field.")
+    instance: str | None = Field(default=None, description="The path of the request.")
+    errors: list[ProblemError] | None = Field(
+        default=None, description="Each invalid field, when there are any to name."
+    )
+
+
+RETRY_AFTER_HEADER: Final[dict[str, Any]] = {
+    "Retry-After": {
+        "description": "Seconds to wait before retrying.",
+        "required": True,
+        "schema": {"type": "integer", "minimum": 0},
+    }
 }
-"""OpenAPI responses every authenticated route can give."""
+
+AUTH_RESPONSES: Final[dict[int | str, dict[str, Any]]] = {
+    401: {
+        "description": "Missing, malformed, unknown or revoked API key",
+        "headers": {
+            "WWW-Authenticate": {
+                "description": "`Bearer`: send `Authorization: Bearer <key>`.",
+                "required": True,
+                "schema": {"type": "string"},
+            }
+        },
+    },
+    403: {"description": "The API key lacks the scope this operation needs"},
+    429: {
+        "description": "Over the per-key limit (`VIGIL_RATE_LIMIT_PER_MINUTE`, off by default)",
+        "headers": RETRY_AFTER_HEADER,
+    },
+    503: {"description": "The database is unavailable", "headers": RETRY_AFTER_HEADER},
+}
+"""OpenAPI responses every authenticated operation can give (each a problem document)."""
+
+BODY_RESPONSES: Final[dict[int | str, dict[str, Any]]] = {
+    413: {
+        "description": "The body is over `VIGIL_MAX_BODY_BYTES` (refused before it is read whole)"
+    },
+    415: {"description": "The body's content type is not one the operation reads"},
+    422: {"description": "Invalid input: `detail` names the field, `errors` lists each one"},
+}
+"""OpenAPI responses every operation with a request body can give (each a problem document)."""
+
+IDEMPOTENCY_KEY_PARAMETER: Final[dict[str, Any]] = {
+    "name": "Idempotency-Key",
+    "in": "header",
+    "required": False,
+    "description": (
+        "Makes a retry safe (IETF httpapi idempotency-key draft): a repeat returns the first "
+        "response with `Idempotent-Replayed: true` for 24 h; the same key with a different "
+        "request gives 422, and a repeat while the first is in flight gives 409."
+    ),
+    "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+}
+
+IDEMPOTENCY_RESPONSES: Final[dict[int | str, dict[str, Any]]] = {
+    400: {"description": "The Idempotency-Key header is empty or longer than 255 characters"},
+    409: {"description": "A request with this Idempotency-Key is still in flight"},
+}
 
 MAX_DB_ID: Final = 2**31 - 1
 """Primary keys are 32-bit: larger ids cannot exist, and Postgres would refuse to compare them."""
@@ -37,20 +119,32 @@ MAX_DB_ID: Final = 2**31 - 1
 DbId = Annotated[int, Field(ge=1, le=MAX_DB_ID)]
 SeriesIdPath = Annotated[int, Path(ge=1, le=MAX_DB_ID, description="The series' id.")]
 LabelIdPath = Annotated[int, Path(ge=1, le=MAX_DB_ID, description="The label's id.")]
+JobIdPath = Annotated[int, Path(ge=1, le=MAX_DB_ID, description="The training job's id.")]
+VersionPath = Annotated[int, Path(ge=1, le=MAX_DB_ID, description="The model version number.")]
 
 _CONTROL = frozenset(chr(c) for c in [*range(0x20), 0x7F])
 _LINE_BREAKS_AND_TABS = frozenset("\t\n\r")
 
 
+def _encodable(value: str) -> None:
+    # NOTE: JSON escapes such as "\ud800" decode to lone surrogates, which no database can store.
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("must be valid Unicode text (it holds a lone surrogate)") from None
+
+
 def _no_control_characters(value: str) -> str:
     if _CONTROL.intersection(value):
         raise ValueError("must not contain control characters")
+    _encodable(value)
     return value
 
 
 def _text_characters(value: str) -> str:
     if (_CONTROL - _LINE_BREAKS_AND_TABS).intersection(value):
         raise ValueError("must not contain control characters other than tabs and line breaks")
+    _encodable(value)
     return value
 
 
@@ -102,6 +196,9 @@ def seconds_to_us(value: float) -> int:
     if isinstance(value, float) and not math.isfinite(value):
         raise TimestampError("must be a finite number of epoch seconds")
     if not 0 <= value < MAX_EPOCH_SECONDS:
+        if isinstance(value, int) and not -(10**30) < value < 10**30:
+            digits = round(value.bit_length() * math.log10(2))
+            raise TimestampError(f"a number of about {digits} digits: epoch seconds {RANGE_TEXT}")
         raise TimestampError(f"{value!r} epoch seconds {RANGE_TEXT}")
     if isinstance(value, int):
         return value * 1_000_000

@@ -29,7 +29,7 @@ Note = Annotated[Text, StringConstraints(max_length=10_000)]
 class RangeLabelCreate(BaseModel):
     """Label the time range [start, end] (both inclusive) of a series with one of its classes."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     series_id: DbId = Field(strict=True, description="The series to label.")
     start: TimestampUs = Field(description="First labelled instant (inclusive).")
@@ -48,7 +48,7 @@ class RangeLabelCreate(BaseModel):
 class ScoreLabelCreate(BaseModel):
     """Feedback on a scored window: `false_positive`, `false_negative` or a class of the series."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     score_id: uuid.UUID = Field(description="The `score_id` of a result of POST /v1/score.")
     label: LabelName = Field(examples=["false_positive"])

@@ -7,6 +7,8 @@ the contract in OpenAPI and are used to validate the small fields.
 
 from __future__ import annotations
 
+from typing import Any, Final
+
 from pydantic import BaseModel, Field
 
 
@@ -49,3 +51,19 @@ class ScoreResponse(BaseModel):
     model_version: int
     threshold: float = Field(description="Alarm threshold of the series' quantile.")
     results: list[ScoreResult]
+
+
+SCORE_RESPONSES: Final[dict[int | str, dict[str, Any]]] = {
+    400: {"description": "The body is not valid JSON"},
+    404: {"description": "The series does not exist"},
+    409: {"description": "The series has no trained model yet"},
+    413: {"description": "The body is over `VIGIL_MAX_BODY_BYTES`"},
+    415: {"description": "The body is neither application/json nor application/octet-stream"},
+    422: {
+        "description": (
+            "Invalid input: windows of the wrong shape, non-finite values, too many windows, "
+            "a bad time range, or bad X-Vigil-* headers"
+        )
+    },
+}
+"""Errors of POST /v1/score, for its OpenAPI `responses=` (problem documents)."""

@@ -49,7 +49,7 @@ def check_classes(classes: dict[str, ClassKind]) -> None:
 
 
 class SeriesCreate(BaseModel):
-    model_config = ConfigDict(strict=True, extra="forbid")
+    model_config = ConfigDict(strict=True, extra="forbid", allow_inf_nan=False)
 
     name: Slug = Field(
         description="Unique name: letters, digits, `-`, `_` and `.`, 1 to 100 characters.",
@@ -112,7 +112,7 @@ class SeriesCreate(BaseModel):
 class SeriesUpdate(BaseModel):
     """A partial update. Classes are added, never changed or removed: trained models use them."""
 
-    model_config = ConfigDict(strict=True, extra="forbid")
+    model_config = ConfigDict(strict=True, extra="forbid", allow_inf_nan=False)
 
     classes: dict[Slug, ClassKind | None] | None = Field(
         default=None,

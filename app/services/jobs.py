@@ -7,7 +7,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.db.models import JOB_QUEUED, JOB_RUNNING, Job, Series
-from app.errors import NotFound
+from app.errors import NotFound, SeriesNotFound
 
 
 def open_job(*, session: Session, series_id: int) -> Job | None:
@@ -36,6 +36,16 @@ def enqueue_training(*, session: Session, series: Series, reason: str) -> tuple[
         return raced, False
     series.labels_since_train = 0
     return job, True
+
+
+def queue_manual_training(*, session: Session, series_id: int) -> tuple[Job, bool]:
+    """Queue a job asked for through the API (committed); True when a new one was created."""
+    series = session.get(Series, series_id)
+    if series is None:
+        raise SeriesNotFound(series_id)
+    job, created = enqueue_training(session=session, series=series, reason="manual")
+    session.commit()
+    return job, created
 
 
 def get_job(*, session: Session, job_id: int) -> Job:

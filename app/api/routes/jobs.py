@@ -5,12 +5,18 @@ from __future__ import annotations
 from fastapi import APIRouter, Response, status
 
 from app.api.deps import Reader, SessionDep, Trainer
-from app.db.models import Job, Series
-from app.errors import SeriesNotFound
+from app.db.models import Job
+from app.schemas.common import (
+    AUTH_RESPONSES,
+    IDEMPOTENCY_KEY_PARAMETER,
+    IDEMPOTENCY_RESPONSES,
+    JobIdPath,
+    SeriesIdPath,
+)
 from app.schemas.jobs import JobOut
-from app.services.jobs import enqueue_training, get_job
+from app.services.jobs import get_job, queue_manual_training
 
-router = APIRouter(prefix="/v1", tags=["jobs"])
+router = APIRouter(prefix="/v1", tags=["jobs"], responses=AUTH_RESPONSES)
 
 
 def job_out(job: Job) -> JobOut:
@@ -37,22 +43,29 @@ def job_out(job: Job) -> JobOut:
     summary="Queue a retrain of the series' model",
     description=(
         "Queues a training job and returns 202 with its `Location`. If a job for the series is "
-        "already queued or running, that job is returned with 200 instead."
+        "already queued or running, that job is returned with 200 instead. Send an "
+        "`Idempotency-Key` to make a retry safe."
     ),
-    responses={200: {"model": JobOut, "description": "A job was already queued or running"}},
+    openapi_extra={"parameters": [IDEMPOTENCY_KEY_PARAMETER]},
+    responses={
+        200: {"model": JobOut, "description": "A job was already queued or running"},
+        404: {"description": "The series does not exist"},
+        **IDEMPOTENCY_RESPONSES,
+        422: {"description": "Invalid series id, or an Idempotency-Key reused for another request"},
+    },
 )
-def train(series_id: int, session: SessionDep, _: Trainer, response: Response) -> JobOut:
-    series = session.get(Series, series_id)
-    if series is None:
-        raise SeriesNotFound(series_id)
-    job, created = enqueue_training(session=session, series=series, reason="manual")
-    session.commit()
+def train(series_id: SeriesIdPath, session: SessionDep, _: Trainer, response: Response) -> JobOut:
+    job, created = queue_manual_training(session=session, series_id=series_id)
     response.headers["Location"] = f"/v1/jobs/{job.id}"
     if not created:
         response.status_code = status.HTTP_200_OK
     return job_out(job)
 
 
-@router.get("/jobs/{job_id}", summary="A training job's status, progress and result")
-def read_job(job_id: int, session: SessionDep, _: Reader) -> JobOut:
+@router.get(
+    "/jobs/{job_id}",
+    summary="A training job's status, progress and result",
+    responses={404: {"description": "The job does not exist"}},
+)
+def read_job(job_id: JobIdPath, session: SessionDep, _: Reader) -> JobOut:
     return job_out(get_job(session=session, job_id=job_id))

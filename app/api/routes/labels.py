@@ -7,7 +7,14 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Response, status
 
 from app.api.deps import Labeller, Reader, RuntimeDep, SessionDep
-from app.schemas.common import AUTH_RESPONSES, MAX_DB_ID, SLUG_PATTERN, LabelIdPath
+from app.schemas.common import (
+    AUTH_RESPONSES,
+    IDEMPOTENCY_KEY_PARAMETER,
+    IDEMPOTENCY_RESPONSES,
+    MAX_DB_ID,
+    SLUG_PATTERN,
+    LabelIdPath,
+)
 from app.schemas.labels import LabelCreate, LabelOut
 from app.services.labels import create_label, delete_label, get_label, list_labels
 
@@ -23,11 +30,18 @@ router = APIRouter(prefix="/v1", tags=["labels"], responses=AUTH_RESPONSES)
         'with a class of the series, or `{"score_id", "label"}` labels the window of a '
         "score: `false_positive` (an alarm that was wrong), `false_negative` (a missed "
         "fault) or any class of the series. After `VIGIL_RETRAIN_AFTER_LABELS` new labels "
-        "on a series a retrain is queued."
+        "on a series a retrain is queued. Send an `Idempotency-Key` to make a retry safe."
     ),
+    openapi_extra={"parameters": [IDEMPOTENCY_KEY_PARAMETER]},
     responses={
         404: {"description": "The series or the score does not exist (or the score expired)"},
-        422: {"description": "Invalid input, e.g. a label that is not a class of the series"},
+        **IDEMPOTENCY_RESPONSES,
+        422: {
+            "description": (
+                "Invalid input, e.g. a label that is not a class of the series, or an "
+                "Idempotency-Key reused for another request"
+            )
+        },
     },
 )
 def create(
@@ -47,7 +61,11 @@ def create(
     return LabelOut.of(created.label)
 
 
-@router.get("/labels", summary="List labels, oldest first")
+@router.get(
+    "/labels",
+    summary="List labels, oldest first",
+    responses={404: {"description": "The series named by `series_id` does not exist"}},
+)
 def list_all(
     session: SessionDep,
     _: Reader,
