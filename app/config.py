@@ -19,10 +19,10 @@ class Settings(BaseSettings):
     environment: Literal["development", "production"] = "development"
     """`production` refuses placeholder secrets and requires an explicit database URL."""
 
-    database_url: str = "sqlite:///./vigil.db"
+    database_url: str = Field(default="sqlite:///./vigil.db", repr=False)
     """SQLAlchemy URL. Postgres: `postgresql+psycopg://user:pass@host:5432/vigil`."""
 
-    bootstrap_admin_key: str | None = None
+    bootstrap_admin_key: str | None = Field(default=None, repr=False)
     """If set and no API key exists yet, an admin key with this value is created at start."""
 
     host: str = "127.0.0.1"
@@ -136,6 +136,8 @@ class Settings(BaseSettings):
                 "VIGIL_BOOTSTRAP_ADMIN_KEY is a placeholder or shorter than 24 characters; "
                 "set a random secret in production"
             )
+        if "database_url" not in self.model_fields_set:
+            raise ValueError("VIGIL_DATABASE_URL must be set explicitly in production")
         if "changeme" in self.database_url or "change-me" in self.database_url:
             raise ValueError("VIGIL_DATABASE_URL still holds a placeholder password")
         return self

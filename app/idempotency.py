@@ -8,7 +8,8 @@ httpapi idempotency-key draft:
 - a repeat while the first is still in flight gets 409.
 
 Keys are scoped to the caller's API key. Responses that did not complete the operation
-(5xx, 401, 403, 429) are forgotten, so the client may retry with the same key.
+(5xx, 401, 403, 429) are forgotten, so the client may retry with the same key, and so are
+responses to requests whose key was never accepted.
 """
 
 from __future__ import annotations
@@ -89,7 +90,11 @@ class IdempotencyMiddleware:
         try:
             await self.app(scope, _replay(body), capture)
         finally:
-            remembered = status < 500 and status not in NOT_REMEMBERED
+            # NOTE: FastAPI parses a body before the key is checked, so a stranger's malformed
+            # request can end in 422 without ever authenticating: remember only the responses
+            # of callers whose key was accepted (the auth dependency marks the request state).
+            authenticated = scope.get("state", {}).get("api_key_id") is not None
+            remembered = authenticated and status < 500 and status not in NOT_REMEMBERED
             await asyncio.to_thread(
                 self._finish,
                 principal,

@@ -48,8 +48,11 @@ def create_key(
 ) -> tuple[ApiKey, str]:
     """Store a new key and return it with its plain text, which is never stored."""
     plain = key or generate_key()
+    # A generated key's first characters identify it in listings; an operator-chosen key
+    # (the bootstrap key) may be short, so none of it is kept in clear.
+    prefix = plain[:12] if plain.startswith(KEY_PREFIX) and key is None else "(chosen)"
     record = ApiKey(
-        name=name, key_hash=hash_key(plain), prefix=plain[:12], scopes=normalise_scopes(scopes)
+        name=name, key_hash=hash_key(plain), prefix=prefix, scopes=normalise_scopes(scopes)
     )
     session.add(record)
     session.flush()

@@ -213,7 +213,7 @@ def test_nan_in_a_binary_body_is_rejected(
 @pytest.mark.parametrize(
     ("body", "status", "needle"),
     [
-        (b"{not json", 400, "not valid JSON"),
+        (b"{not json", 422, "not valid JSON"),
         (b"[1, 2]", 422, "JSON object"),
         (b'{"windows": []}', 422, "series_id"),
         (b'{"series_id": "x", "windows": []}', 422, "series_id"),

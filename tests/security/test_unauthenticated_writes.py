@@ -1,10 +1,9 @@
 """A request without a valid key writes nothing, not even an idempotency record.
 
 Found by the long fuzz run (benchmarks/fuzz/run.py): FastAPI parses a JSON body before the
-key is checked, so a malformed body gets 422 before 401, and app/idempotency.py remembers
-that 422 under the Idempotency-Key for 24 h. Anyone, without a key, can fill the
-idempotency_keys table. The strict xfail turns into a failure once that is fixed (remember
-a response only when the request was authenticated), to be removed then.
+key is checked, so a malformed body gets 422 before 401, and app/idempotency.py used to
+remember that 422 under the Idempotency-Key for 24 h: anyone, without a key, could fill the
+idempotency_keys table. It now remembers only responses to authenticated requests.
 """
 
 from __future__ import annotations
@@ -20,7 +19,6 @@ sqlite_only = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 
 
 @sqlite_only
-@pytest.mark.xfail(strict=True, reason="app/idempotency.py remembers pre-authentication 422s")
 def test_unauthenticated_requests_leave_no_idempotency_record(
     client: TestClient, sessions: sessionmaker[Session]
 ) -> None:

@@ -12,7 +12,7 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from app.api.deps import RuntimeDep, Scorer
-from app.errors import InvalidInput, UnsupportedMediaType, VigilError
+from app.errors import InvalidInput, UnsupportedMediaType
 from app.metrics import ADJUSTED_SCORE, ANOMALIES_FLAGGED, WINDOWS_SCORED, observe_many
 from app.runtime import Runtime
 from app.schemas.common import MAX_DB_ID
@@ -74,7 +74,7 @@ async def score(request: Request, runtime: RuntimeDep, _: Scorer) -> Response:
         info = await _series(runtime, series_id)
         _check_shape(windows, info)
         return await _score(runtime, info, windows, None, steps)
-    if content_type not in ("application/json", ""):
+    if content_type != "application/json":
         raise UnsupportedMediaType(
             f"content type {content_type!r} is not supported; send application/json or "
             "application/octet-stream"
@@ -208,7 +208,7 @@ def _parse_json(body: bytes) -> dict[str, Any]:
     try:
         payload = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
-        raise VigilError(f"the body is not valid JSON: {exc}") from None
+        raise InvalidInput(f"the body is not valid JSON: {exc}") from None
     if not isinstance(payload, dict):
         raise InvalidInput("the body must be a JSON object")
     return payload
