@@ -139,6 +139,8 @@ def test_feedback_loop(
             time.sleep(0.1)
             after = score_all()
         assert after["model_version"] == 2
+        assert set(before["results"][0]["class_probabilities"]) == set()
+        assert set(after["results"][0]["class_probabilities"]) == {"false_positive"}
         adjusted_after = np.array([r["adjusted_score"] for r in after["results"]])
         p_fp = np.array([r["p_false_positive"] for r in after["results"]])
         # Every marked window now scores lower, and π recognises the episode.

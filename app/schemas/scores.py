@@ -35,7 +35,10 @@ class ScoreResult(BaseModel):
     p_false_negative: float = Field(description="π's probability of the false_negative class.")
     adjusted_score: float = Field(description="score × (1 − p_fp) / (1 − p_fn).")
     is_anomaly: bool = Field(description="adjusted_score > threshold.")
-    class_probabilities: dict[str, float]
+    class_probabilities: dict[str, float] = Field(
+        description="π's probability per class, for the classes the model had labels of "
+        "(empty for a model trained without labels)."
+    )
     channel_contributions: dict[str, float] = Field(
         description="Each channel's share of the raw score: which sensor looks wrong."
     )

@@ -163,14 +163,17 @@ def _results(
     spans: list[tuple[int, int]] | None,
     steps: bool,
 ) -> list[dict[str, Any]]:
-    classes = [c.name for c in active.model.classes]
+    # Only classes the model saw labels for: an untrained row of pi says nothing.
+    model = active.model
+    known = [i for i, count in enumerate(model.label_counts) if count > 0]
+    classes = [model.classes[i].name for i in known]
     channels = info.channels
     raw = batch.raw_score.tolist()
     calibrated = batch.score.tolist()
     p_fp = batch.p_false_positive.tolist()
     p_fn = batch.p_false_negative.tolist()
     adjusted = batch.adjusted_score.tolist()
-    probabilities = batch.class_probabilities.tolist()
+    probabilities = batch.class_probabilities[:, known].tolist()
     contributions = batch.channel_contributions.tolist()
     step_values = batch.step_contributions.tolist() if steps else None
     results = []
