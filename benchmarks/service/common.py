@@ -14,7 +14,6 @@ import pickle
 import platform
 import secrets
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -30,6 +29,8 @@ import httpx
 import numpy as np
 import orjson
 import psycopg
+
+from tests.utils.proc import stop
 
 REPO = Path(__file__).resolve().parents[2]
 OUT_DIR = REPO / "benchmarks" / "out"
@@ -265,7 +266,7 @@ def serve(url: str, **settings: str) -> Iterator[Server]:
         _wait_until_up(server)
         yield server
     finally:
-        stop_process(process)
+        stop(process, timeout=60)
         log_file.close()
         with contextlib.suppress(OSError):
             os.unlink(log_file.name)
@@ -283,16 +284,6 @@ def _wait_until_up(server: Server, timeout: float = 90.0) -> None:
             pass
         time.sleep(0.2)
     raise RuntimeError(f"vigil serve did not come up:\n{server.log_path.read_text()[-3000:]}")
-
-
-def stop_process(process: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(10)
 
 
 def children(pid: int) -> list[int]:

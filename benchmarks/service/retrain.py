@@ -42,10 +42,10 @@ from benchmarks.service.common import (
     run_load,
     score_requests,
     serve,
-    stop_process,
     trained_series,
     write_result,
 )
+from tests.utils.proc import stop
 
 TRAINING = {"train_epochs": "100000", "train_patience": "100000"}
 CONCURRENCY = 8
@@ -72,7 +72,7 @@ def separate_worker(url: str) -> Iterator[subprocess.Popen[bytes]]:
     try:
         yield process
     finally:
-        stop_process(process)
+        stop(process, timeout=60)
 
 
 def start_training(server: Server, series_id: int, timeout: float = 120.0) -> int:

@@ -25,7 +25,6 @@ import json
 import os
 import random
 import secrets
-import signal
 import statistics
 import subprocess
 import sys
@@ -41,6 +40,8 @@ from typing import Any
 import httpx
 import numpy as np
 import psycopg
+
+from tests.utils.proc import stop
 
 REPO = Path(__file__).resolve().parents[2]
 OUT_DIR = REPO / "benchmarks" / "out"
@@ -170,17 +171,6 @@ def start_server(url: str, key: str, *, separate_worker: bool, log_dir: Path) ->
             pass
         time.sleep(0.2)
     raise RuntimeError(f"vigil serve did not come up:\n{log.read_text()[-3000:]}")
-
-
-def stop(process: subprocess.Popen[bytes], timeout: float = 60) -> int | None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(10)
-    return process.returncode
 
 
 # -- the client's view -----------------------------------------------------------------------
@@ -533,8 +523,8 @@ def main() -> int:
         elapsed = time.monotonic() - t0
         samples.append((elapsed, sum(rss_bytes(p) for p in server.api_pids()), 0))
     finally:
-        api_exit = stop(server.api)
-        worker_exit = stop(server.worker) if server.worker is not None else None
+        api_exit = stop(server.api, timeout=60)
+        worker_exit = stop(server.worker, timeout=60) if server.worker is not None else None
     counts = db_counts(name)
     if not args.keep_database:
         drop_database(name)

@@ -80,14 +80,16 @@ def wait_until_up(
     raise RuntimeError(f"vigil serve did not come up:\n{log.read_text()}")
 
 
-def stop(process: subprocess.Popen[bytes], timeout: float = 30) -> None:
+def stop(process: subprocess.Popen[bytes], timeout: float = 30) -> int | None:
+    """SIGTERM, then SIGKILL after `timeout`; returns the exit status."""
     if process.poll() is None:
         process.send_signal(signal.SIGTERM)
         try:
             process.wait(timeout)
         except subprocess.TimeoutExpired:
             process.kill()
-            process.wait(5)
+            process.wait(10)
+    return process.returncode
 
 
 class Cluster:
