@@ -139,9 +139,9 @@ def worker() -> None:
 
     settings = _settings()
     configure(settings.log_level, settings.log_format)
+    runner = Worker(settings)  # before the metrics server, so its first scrape is complete
     if settings.worker_metrics_port:
         start_http_server(settings.worker_metrics_port)
-    runner = Worker(settings)
     signal.signal(signal.SIGTERM, lambda *_: runner.stop_event.set())
     signal.signal(signal.SIGINT, lambda *_: runner.stop_event.set())
     runner.run_forever()

@@ -77,13 +77,13 @@ class Worker:
         self.name = name or f"{socket.gethostname()}:{os.getpid()}:{id(self) & 0xFFFF:x}"
         self.stop_event = threading.Event()
         self._last_housekeeping = 0.0
+        # Export every job outcome from the start, so increase() sees the first failure.
+        for status in (JOB_SUCCEEDED, JOB_FAILED):
+            JOBS.labels(status)
 
     # -- the loop ----------------------------------------------------------------------------
     def run_forever(self) -> None:
         log.info("worker %s started", self.name, extra={"worker": self.name})
-        # Export every job outcome from the start, so increase() sees the first failure.
-        for status in (JOB_SUCCEEDED, JOB_FAILED):
-            JOBS.labels(status)
         while not self.stop_event.is_set():
             try:
                 ran = self.run_once()
