@@ -5,14 +5,13 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, computed_field
 
 
 class JobOut(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
     id: int
-    job_id: int = Field(description="Same as `id`.")
     series_id: int
     status: Literal["queued", "running", "succeeded", "failed"]
     reason: str = Field(description="`manual` (API), or `labels` (queued after new labels).")
@@ -24,6 +23,11 @@ class JobOut(BaseModel):
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+
+    @computed_field(description="Same as `id`.")  # type: ignore[prop-decorator]
+    @property
+    def job_id(self) -> int:
+        return self.id
 
 
 class ModelVersionOut(BaseModel):

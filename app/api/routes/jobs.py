@@ -5,7 +5,6 @@ from __future__ import annotations
 from fastapi import APIRouter, Response, status
 
 from app.api.deps import Reader, SessionDep, Trainer
-from app.db.models import Job
 from app.schemas.common import (
     AUTH_RESPONSES,
     IDEMPOTENCY_KEY_PARAMETER,
@@ -17,24 +16,6 @@ from app.schemas.jobs import JobOut
 from app.services.jobs import get_job, queue_manual_training
 
 router = APIRouter(prefix="/v1", tags=["jobs"], responses=AUTH_RESPONSES)
-
-
-def job_out(job: Job) -> JobOut:
-    return JobOut(
-        id=job.id,
-        job_id=job.id,
-        series_id=job.series_id,
-        status=job.status,  # type: ignore[arg-type]
-        reason=job.reason,
-        progress=job.progress,
-        error=job.error,
-        model_version=job.model_version,
-        metrics=job.metrics,
-        attempts=job.attempts,
-        created_at=job.created_at,
-        started_at=job.started_at,
-        finished_at=job.finished_at,
-    )
 
 
 @router.post(
@@ -59,7 +40,7 @@ def train(series_id: SeriesIdPath, session: SessionDep, _: Trainer, response: Re
     response.headers["Location"] = f"/v1/jobs/{job.id}"
     if not created:
         response.status_code = status.HTTP_200_OK
-    return job_out(job)
+    return JobOut.model_validate(job)
 
 
 @router.get(
@@ -68,4 +49,4 @@ def train(series_id: SeriesIdPath, session: SessionDep, _: Trainer, response: Re
     responses={404: {"description": "The job does not exist"}},
 )
 def read_job(job_id: JobIdPath, session: SessionDep, _: Reader) -> JobOut:
-    return job_out(get_job(session=session, job_id=job_id))
+    return JobOut.model_validate(get_job(session=session, job_id=job_id))
