@@ -11,7 +11,6 @@ import hashlib
 import logging
 import threading
 import uuid
-import weakref
 from collections import OrderedDict
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -84,8 +83,6 @@ class ModelRegistry:
         self._series: dict[int, SeriesInfo] = {}
         self._active: dict[int, int] = {}
         self._models: OrderedDict[tuple[int, int], TrainedModel] = OrderedDict()
-        self._thresholds: weakref.WeakKeyDictionary[TrainedModel, dict[tuple[float, int], float]]
-        self._thresholds = weakref.WeakKeyDictionary()
 
     # -- cached lookups (cheap, no I/O) -------------------------------------------------------
     def cached_series(self, series_id: int) -> SeriesInfo | None:
@@ -101,16 +98,6 @@ class ModelRegistry:
                 return None
             self._models.move_to_end((series_id, version))
         return ActiveModel(series_id, version, model)
-
-    def threshold(self, active: ActiveModel, quantile: float, *, n_samples: int) -> float:
-        """The model's alarm threshold at this quantile and L, computed once per model."""
-        with self._lock:
-            known = self._thresholds.setdefault(active.model, {})
-        threshold = known.get((quantile, n_samples))
-        if threshold is None:
-            threshold = active.model.threshold(quantile, n_samples=n_samples)
-            known[(quantile, n_samples)] = threshold
-        return threshold
 
     # -- loads (database I/O; call from a thread) ---------------------------------------------
     def load_series(self, series_id: int) -> SeriesInfo:

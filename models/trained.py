@@ -91,6 +91,7 @@ class TrainedModel:
         self.train_config = train_config
         self.metrics = metrics
         self.metadata: dict[str, str] = dict(metadata or {})
+        self._thresholds: dict[tuple[float, int], float] = {}  # (quantile, L) -> threshold
 
     # -- shape ---------------------------------------------------------------
 
@@ -166,7 +167,7 @@ class TrainedModel:
             p_fp = guard_false_positive(probs[:, fp], score, calibration.fp_ceiling)
         p_fn = np.minimum(probs[:, fn], P_FN_MAX) if fn is not None else np.zeros(N)
         adjusted = adjust(score, p_fp, p_fn)
-        threshold = threshold_at(calibration, quantile)
+        threshold = self.threshold(quantile, n_samples=n_samples)
         return ScoreBatch(
             raw_score=out.raw_score,
             score=score,
@@ -189,8 +190,12 @@ class TrainedModel:
             raise UnsupportedOperation("this is an ES model: it has no anomaly scores to threshold")
         _check_samples(n_samples)
         quantile = self.threshold_quantile if quantile is None else quantile
-        check_quantile(quantile)
-        return threshold_at(nearest_calibration(self.calibrations, n_samples), quantile)
+        known = self._thresholds.get((quantile, n_samples))
+        if known is None:  # a quantile of up to 10,001 scores: computed once, then looked up
+            check_quantile(quantile)
+            calibration = nearest_calibration(self.calibrations, n_samples)
+            known = self._thresholds[(quantile, n_samples)] = threshold_at(calibration, quantile)
+        return known
 
     def predict_proba(self, windows: np.ndarray, *, per_step: bool = False) -> np.ndarray:
         """Class probabilities pi: window level (N, K) (mean over steps), or (N, T, K)."""

@@ -134,8 +134,8 @@ async def _score(
     active = await _active(runtime, info)
     batch = await runtime.batcher.score((info.id, active.version), active.model, windows)
     # The raw score depends on L, so the threshold comes from the calibration at that L.
-    threshold = runtime.registry.threshold(
-        active, info.threshold_quantile, n_samples=runtime.settings.score_samples
+    threshold = active.model.threshold(
+        info.threshold_quantile, n_samples=runtime.settings.score_samples
     )
     flagged = batch.adjusted_score > threshold
     ids = runtime.score_log.append(
