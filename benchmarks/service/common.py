@@ -14,7 +14,6 @@ import pickle
 import platform
 import secrets
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -30,7 +29,7 @@ import numpy as np
 import orjson
 import psycopg
 
-from tests.utils.proc import stop
+from tests.utils.proc import free_port, stop, wait_until_up
 
 REPO = Path(__file__).resolve().parents[2]
 OUT_DIR = REPO / "benchmarks" / "out"
@@ -110,13 +109,6 @@ def median(values: list[float]) -> float:
 
 
 # -- databases --------------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def migrate(url: str) -> None:
     subprocess.run(
         [PYTHON, "-m", "app", "migrate"],
@@ -263,27 +255,13 @@ def serve(url: str, **settings: str) -> Iterator[Server]:
         f"http://127.0.0.1:{port}", port, key, process, env, Path(log_file.name), settings
     )
     try:
-        _wait_until_up(server)
+        wait_until_up(server.base, server.process, server.log_path, 90, path="/readyz")
         yield server
     finally:
         stop(process, timeout=60)
         log_file.close()
         with contextlib.suppress(OSError):
             os.unlink(log_file.name)
-
-
-def _wait_until_up(server: Server, timeout: float = 90.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if server.process.poll() is not None:
-            raise RuntimeError(f"vigil serve exited:\n{server.log_path.read_text()[-3000:]}")
-        try:
-            if httpx.get(f"{server.base}/readyz", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise RuntimeError(f"vigil serve did not come up:\n{server.log_path.read_text()[-3000:]}")
 
 
 def children(pid: int) -> list[int]:

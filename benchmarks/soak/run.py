@@ -41,7 +41,7 @@ import httpx
 import numpy as np
 import psycopg
 
-from tests.utils.proc import stop
+from tests.utils.proc import stop, wait_until_up
 
 REPO = Path(__file__).resolve().parents[2]
 OUT_DIR = REPO / "benchmarks" / "out"
@@ -160,17 +160,8 @@ def start_server(url: str, key: str, *, separate_worker: bool, log_dir: Path) ->
             cwd=log_dir,
         )
     base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        if api.poll() is not None:
-            raise RuntimeError(f"vigil serve exited:\n{log.read_text()[-3000:]}")
-        try:
-            if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
-                return Server(base, api, worker, log)
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise RuntimeError(f"vigil serve did not come up:\n{log.read_text()[-3000:]}")
+    wait_until_up(base, api, log, 90, path="/readyz")
+    return Server(base, api, worker, log)
 
 
 # -- the client's view -----------------------------------------------------------------------

@@ -65,19 +65,25 @@ def serve(database_url: str, **extra: str) -> Iterator[tuple[str, subprocess.Pop
 
 
 def wait_until_up(
-    base: str, process: subprocess.Popen[bytes], log: Path, timeout: float = 60
+    base: str,
+    process: subprocess.Popen[bytes],
+    log: Path,
+    timeout: float = 60,
+    path: str = "/healthz",
 ) -> None:
+    """Poll `path` until it answers 200; raise with the log's tail if the server dies or hangs."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"vigil serve exited with {process.returncode}:\n{log.read_text()}")
+            tail = log.read_text()[-3000:]
+            raise RuntimeError(f"vigil serve exited with {process.returncode}:\n{tail}")
         try:
-            if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+            if httpx.get(f"{base}{path}", timeout=2).status_code == 200:
                 return
         except httpx.HTTPError:
             pass
         time.sleep(0.1)
-    raise RuntimeError(f"vigil serve did not come up:\n{log.read_text()}")
+    raise RuntimeError(f"vigil serve did not come up:\n{log.read_text()[-3000:]}")
 
 
 def stop(process: subprocess.Popen[bytes], timeout: float = 30) -> int | None:
