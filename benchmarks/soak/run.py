@@ -41,7 +41,7 @@ import httpx
 import numpy as np
 import psycopg
 
-from tests.utils.proc import stop, wait_until_up
+from tests.utils.proc import free_port, stop, wait_until_up
 
 REPO = Path(__file__).resolve().parents[2]
 OUT_DIR = REPO / "benchmarks" / "out"
@@ -91,15 +91,6 @@ def children(pid: int) -> list[int]:
         if int(fields[1]) == pid:
             found.append(int(stat.parent.name))
     return found
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @dataclass
