@@ -9,6 +9,8 @@ import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import iter_route_contexts
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from starlette.responses import Response
@@ -149,21 +151,53 @@ def _describe_validation_errors(exc: RequestValidationError) -> tuple[str, list[
     return summary or "invalid request", errors
 
 
-def install_error_handlers(app: FastAPI) -> None:
-    async def vigil_error(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, VigilError)
+def error_response(exc: Exception, *, method: str, path: str) -> Response:
+    """The problem document for an exception raised while serving `method path`.
+
+    The one mapping from exceptions to responses, for FastAPI's handlers and for the routes
+    served outside FastAPI (see `app.api.score_endpoint`): domain errors as they say, the model
+    package's input errors as 422, a lost database as 503 + Retry-After, anything else as a
+    logged 500 that tells the client nothing of the internals.
+    """
+    if isinstance(exc, VigilError):
         return problem(
             exc.status_code,
             exc.title,
             exc.detail,
-            instance=request.url.path,
+            instance=path,
             errors=exc.errors,
             headers=exc.headers,
         )
-
-    async def model_error(request: Request, exc: Exception) -> Response:
+    if isinstance(exc, ModelError):
         # The model package's messages are written to be passed on unchanged.
-        return problem(422, "Invalid input", str(exc), instance=request.url.path)
+        return problem(422, "Invalid input", str(exc), instance=path)
+    if _database_unavailable(exc):
+        log.warning("database unavailable during %s: %s", path, exc.__class__.__name__)
+        return problem(
+            503,
+            "Service unavailable",
+            "the database is unavailable; retry shortly",
+            instance=path,
+            headers={"Retry-After": "5"},
+        )
+    log.error("unhandled error during %s %s", method, path, exc_info=exc)
+    return problem(
+        500,
+        "Internal server error",
+        "an unexpected error occurred; it has been logged",
+        instance=path,
+    )
+
+
+def _database_unavailable(exc: Exception) -> bool:
+    if isinstance(exc, OperationalError | PoolTimeout):
+        return True
+    return isinstance(exc, DBAPIError) and exc.connection_invalidated
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    async def by_error_response(request: Request, exc: Exception) -> Response:
+        return error_response(exc, method=request.method, path=request.url.path)
 
     async def validation_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestValidationError)
@@ -206,10 +240,12 @@ def install_error_handlers(app: FastAPI) -> None:
             headers=headers,
         )
 
-    app.add_exception_handler(VigilError, vigil_error)
-    app.add_exception_handler(ModelError, model_error)
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(StarletteHTTPException, http_error)
+    # Database errors and the catch-all: OperationalError (connection refused, server gone),
+    # the pool's timeout, and any DBAPIError that invalidated its connection are outages.
+    for error in (VigilError, ModelError, OperationalError, PoolTimeout, DBAPIError, Exception):
+        app.add_exception_handler(error, by_error_response)
 
 
 def _allowed_methods(request: Request) -> list[str]:

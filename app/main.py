@@ -2,28 +2,27 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any, Final
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
-from sqlalchemy.exc import DBAPIError, OperationalError
-from sqlalchemy.exc import TimeoutError as PoolTimeout
-from starlette.responses import Response
+from fastapi.routing import iter_route_contexts
+from starlette.routing import BaseRoute
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app import __version__
 from app.api import api_router
+from app.api.routes.scores import BINARY_HEADERS
+from app.api.score_endpoint import ScoreEndpoint
 from app.config import Settings, get_settings
-from app.errors import PROBLEM_JSON, install_error_handlers, problem
+from app.errors import PROBLEM_JSON, install_error_handlers
 from app.idempotency import IdempotencyMiddleware
 from app.middleware import RequestContextMiddleware
 from app.runtime import Runtime
 from app.schemas.common import AUTH_RESPONSES, BODY_RESPONSES, ProblemDetails
 from app.schemas.scores import SCORE_RESPONSES
-
-log = logging.getLogger(__name__)
 
 DESCRIPTION = """
 Vigil scores windows of multivariate sensor data with a recurrent semi-supervised VAE and
@@ -41,7 +40,23 @@ EXTRA_RESPONSES: Final[dict[tuple[str, str], dict[int | str, dict[str, Any]]]] =
 """Responses of routes whose decorators do not list them yet (merged into the OpenAPI)."""
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+class Vigil(FastAPI):
+    """FastAPI, with POST /v1/score dispatched to `ScoreEndpoint` before the framework's stack.
+
+    Everything else, including the lifespan and /v1/score's other methods, goes through FastAPI.
+    """
+
+    score_stack: ASGIApp | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.score_stack is not None and ScoreEndpoint.handles(scope):
+            scope["app"] = self
+            await self.score_stack(scope, receive, send)
+            return
+        await super().__call__(scope, receive, send)
+
+
+def create_app(settings: Settings | None = None) -> Vigil:
     settings = settings or get_settings()
 
     @asynccontextmanager
@@ -54,58 +69,39 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             await runtime.stop()
 
-    app = FastAPI(
+    app = Vigil(
         title="Vigil",
         version=__version__,
         description=DESCRIPTION,
         lifespan=lifespan,
     )
     install_error_handlers(app)
-    _install_infrastructure_handlers(app)
     app.include_router(api_router)
     _install_openapi(app)
+    cors: dict[str, Any] = {
+        "allow_origins": settings.cors_origins,
+        "allow_methods": ["GET", "POST", "PATCH", "DELETE"],
+        "allow_headers": ["Authorization", "Content-Type", "Idempotency-Key", *BINARY_HEADERS],
+    }
     if settings.cors_origins:
-        app.add_middleware(
-            CORSMiddleware,
-            allow_origins=settings.cors_origins,
-            allow_methods=["GET", "POST", "PATCH", "DELETE"],
-            allow_headers=["Authorization", "Content-Type", "Idempotency-Key"],
-        )
+        app.add_middleware(CORSMiddleware, **cors)
     app.add_middleware(IdempotencyMiddleware, sessions=lambda: app.state.runtime.sessions)
     app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_body_bytes)
+
+    # The same request context (and CORS) around the scoring endpoint; see score_endpoint.
+    score: ASGIApp = ScoreEndpoint(lambda: app.state.runtime, _route(app, "POST", "/v1/score"))
+    if settings.cors_origins:
+        score = CORSMiddleware(score, **cors)
+    app.score_stack = RequestContextMiddleware(score, max_body_bytes=settings.max_body_bytes)
     return app
 
 
-def _install_infrastructure_handlers(app: FastAPI) -> None:
-    async def database_unavailable(request: Request, exc: Exception) -> Response:
-        log.warning("database unavailable during %s: %s", request.url.path, exc.__class__.__name__)
-        return problem(
-            503,
-            "Service unavailable",
-            "the database is unavailable; retry shortly",
-            instance=request.url.path,
-            headers={"Retry-After": "5"},
-        )
-
-    async def database_error(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, DBAPIError)
-        if exc.connection_invalidated:
-            return await database_unavailable(request, exc)
-        return await unexpected(request, exc)
-
-    async def unexpected(request: Request, exc: Exception) -> Response:
-        log.exception("unhandled error during %s %s", request.method, request.url.path)
-        return problem(
-            500,
-            "Internal server error",
-            "an unexpected error occurred; it has been logged",
-            instance=request.url.path,
-        )
-
-    app.add_exception_handler(OperationalError, database_unavailable)
-    app.add_exception_handler(PoolTimeout, database_unavailable)
-    app.add_exception_handler(DBAPIError, database_error)
-    app.add_exception_handler(Exception, unexpected)
+def _route(app: FastAPI, method: str, path: str) -> BaseRoute:
+    """The route FastAPI would pick for `method path` (what it puts in `scope["route"]`)."""
+    for context in iter_route_contexts(app.router.routes):
+        if context.path == path and method in (context.methods or ()):
+            return context.original_route
+    raise LookupError(f"no route for {method} {path}")
 
 
 def _install_openapi(app: FastAPI) -> None:

@@ -16,8 +16,8 @@ request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar(
 )
 
 
-class _BodyTooLarge(Exception):
-    pass
+class BodyTooLarge(Exception):
+    """Raised by `receive` once a body passes the limit; the middleware answers 413."""
 
 
 class RequestContextMiddleware:
@@ -55,7 +55,7 @@ class RequestContextMiddleware:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_body_bytes:
-                    raise _BodyTooLarge
+                    raise BodyTooLarge
             return message
 
         try:
@@ -65,7 +65,7 @@ class RequestContextMiddleware:
             else:
                 try:
                     await self.app(scope, receive_wrapper, send_wrapper)
-                except _BodyTooLarge:
+                except BodyTooLarge:
                     if response_started:
                         raise
                     await self._too_large(scope, send_wrapper)

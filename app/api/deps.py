@@ -8,6 +8,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security.utils import get_authorization_scheme_param
 from sqlalchemy.orm import Session
 
 from app.errors import Forbidden, Unauthorized
@@ -42,23 +43,37 @@ def require(scope: str) -> Callable[..., Awaitable[Principal]]:
         runtime: RuntimeDep,
         credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
     ) -> Principal:
-        if credentials is None or credentials.scheme.lower() != "bearer":
-            raise Unauthorized("missing API key: send `Authorization: Bearer <key>`")
-        # One database lookup per request (batched with concurrent ones), never a cache:
-        # a revoked key stops working on its next request, in every API process.
-        key = await runtime.keys.authenticate(credentials.credentials)
-        if key is None:
-            raise Unauthorized("invalid or revoked API key")
-        if not has_scope(key.scopes, scope):
-            raise Forbidden(f"this API key lacks the {scope!r} scope")
-        limit = runtime.settings.rate_limit_per_minute
-        if limit:
-            await asyncio.to_thread(_count_request, runtime, key.key_hash, limit)
+        key = await authorize(runtime, credentials.credentials if credentials else None, scope)
         request.state.api_key_id = key.id
         return key
 
     dependency.__name__ = f"require_{scope}"
     return dependency
+
+
+def bearer_token(authorization: str | None) -> str | None:
+    """The key of an `Authorization: Bearer <key>` header, or None, exactly as `bearer` reads it."""
+    scheme, token = get_authorization_scheme_param(authorization)
+    if not (authorization and scheme and token) or scheme.lower() != "bearer":
+        return None
+    return token
+
+
+async def authorize(runtime: Runtime, token: str | None, scope: str) -> Principal:
+    """The live key behind `token` if it has `scope` (and, when limited, is within its rate)."""
+    if token is None:
+        raise Unauthorized("missing API key: send `Authorization: Bearer <key>`")
+    # One database lookup per request (batched with concurrent ones), never a cache:
+    # a revoked key stops working on its next request, in every API process.
+    key = await runtime.keys.authenticate(token)
+    if key is None:
+        raise Unauthorized("invalid or revoked API key")
+    if not has_scope(key.scopes, scope):
+        raise Forbidden(f"this API key lacks the {scope!r} scope")
+    limit = runtime.settings.rate_limit_per_minute
+    if limit:
+        await asyncio.to_thread(_count_request, runtime, key.key_hash, limit)
+    return key
 
 
 def _count_request(runtime: Runtime, principal: str, limit: int) -> None:

@@ -220,11 +220,11 @@ APP_DIR = Path(os.environ["VIGIL_BENCH_APP_DIR"]) if "VIGIL_BENCH_APP_DIR" in os
 
 
 @contextlib.contextmanager
-def serve(url: str, **settings: str) -> Iterator[Server]:
+def serve(url: str, *, app_dir: Path | None = APP_DIR, **settings: str) -> Iterator[Server]:
     """`vigil serve` on a free port with an admin key; VIGIL_* overrides as keyword args
     (lower-case names without the prefix). Defaults otherwise, except the log level, which is
     WARNING unless given: the benchmarks measure the service, not a terminal.
-    With VIGIL_BENCH_APP_DIR set, the code served is that directory's."""
+    The code served is `app_dir`'s (by default VIGIL_BENCH_APP_DIR's, else this checkout's)."""
     port = free_port()
     key = "vgl_bench_" + secrets.token_urlsafe(24)
     env = _clean_env()
@@ -239,15 +239,15 @@ def serve(url: str, **settings: str) -> Iterator[Server]:
         }
     )
     env.update({f"VIGIL_{k.upper()}": v for k, v in settings.items()})
-    if APP_DIR is not None:
-        env["PYTHONPATH"] = str(APP_DIR)
+    if app_dir is not None:
+        env["PYTHONPATH"] = str(app_dir)
     log_file = tempfile.NamedTemporaryFile(  # noqa: SIM115
         prefix="vigil-bench-serve-", suffix=".log", delete=False
     )
     process = subprocess.Popen(
         [PYTHON, "-m", "app", "serve"],
         env=env,
-        cwd=APP_DIR or REPO,
+        cwd=app_dir or REPO,
         stdout=log_file,
         stderr=subprocess.STDOUT,
     )

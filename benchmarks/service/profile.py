@@ -2,8 +2,9 @@
 load client sends one-window requests at concurrency 1, and the samples are sorted into
 the stages of a request.
 
-`python -m benchmarks.service.profile [--db sqlite|postgres] [--seconds 10] [--wire json]`
-writes `benchmarks/out/service_profile_<db>_<wire>.json` (stage shares, the heaviest frames)
+`python -m benchmarks.service.profile [--db sqlite|postgres] [--seconds 10] [--wire json]
+[--concurrency 1] [--gil]` writes `benchmarks/out/service_profile_<db>_<wire>_c<N>[_gil].json`
+(stage shares, the heaviest frames)
 and the raw collapsed stacks beside it (`.txt`, for flame-graph tools).
 
 py-spy samples threads that are on CPU (it leaves idle ones out), from outside the process:
@@ -111,7 +112,9 @@ def summarise(raw: str) -> dict[str, Any]:
     }
 
 
-def profile(db: str, wire: str, seconds: float, extra: dict[str, str]) -> dict[str, Any]:
+def profile(
+    db: str, wire: str, seconds: float, extra: dict[str, str], *, concurrency: int, gil: bool
+) -> dict[str, Any]:
     py_spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
     with database(db) as url, serve(url, **extra) as server:
         series_id = trained_series(server, url)
@@ -123,7 +126,7 @@ def profile(db: str, wire: str, seconds: float, extra: dict[str, str]) -> dict[s
             holder: dict[str, Any] = {}
 
             def drive() -> None:
-                holder["load"] = run_load(server, requests, Load(1, seconds, warmup=0.5))
+                holder["load"] = run_load(server, requests, Load(concurrency, seconds, warmup=0.5))
 
             thread = threading.Thread(target=drive)
             thread.start()
@@ -142,6 +145,7 @@ def profile(db: str, wire: str, seconds: float, extra: dict[str, str]) -> dict[s
                     "-o",
                     str(raw_path),
                     "--threads",
+                    *(["--gil"] if gil else []),
                 ],
                 check=True,
                 capture_output=True,
@@ -149,7 +153,9 @@ def profile(db: str, wire: str, seconds: float, extra: dict[str, str]) -> dict[s
             thread.join()
             raw = raw_path.read_text()
     OUT_DIR.mkdir(parents=True, exist_ok=True)
-    (OUT_DIR / f"service_profile_{db}_{wire}.txt").write_text(raw)
+    (OUT_DIR / f"service_profile_{db}_{wire}_c{concurrency}{'_gil' if gil else ''}.txt").write_text(
+        raw
+    )
     return {"load_while_sampled": holder["load"], **summarise(raw)}
 
 
@@ -158,14 +164,35 @@ def main() -> None:
     parser.add_argument("--db", default="sqlite", choices=["sqlite", "postgres"])
     parser.add_argument("--wire", default="json", choices=["json", "binary"])
     parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--concurrency", type=int, default=1)
+    parser.add_argument(
+        "--gil", action="store_true", help="sample only the thread holding the GIL (py-spy --gil)"
+    )
     parser.add_argument("--set", action="append", default=[], help="VIGIL setting: name=value")
     args = parser.parse_args()
     extra = dict(item.split("=", 1) for item in args.set)
     command = "python -m benchmarks.service.profile " + " ".join(sys.argv[1:])
-    result = {**provenance(command), "db": args.db, "wire": args.wire, "settings": extra}
+    result = {
+        **provenance(command),
+        "db": args.db,
+        "wire": args.wire,
+        "concurrency": args.concurrency,
+        "gil_only": args.gil,
+        "settings": extra,
+    }
     log(f"profiling /v1/score ({args.db}, {args.wire}) for {args.seconds:.0f} s")
-    result.update(profile(args.db, args.wire, args.seconds, extra))
-    path = write_result(f"profile_{args.db}_{args.wire}", result)
+    result.update(
+        profile(
+            args.db,
+            args.wire,
+            args.seconds,
+            extra,
+            concurrency=args.concurrency,
+            gil=args.gil,
+        )
+    )
+    suffix = f"_c{args.concurrency}" + ("_gil" if args.gil else "")
+    path = write_result(f"profile_{args.db}_{args.wire}{suffix}", result)
     for row in result["stages"]:
         print(f"{row['share']:6.1%}  {row['stage']}")
     log(f"wrote {path}")

@@ -8,6 +8,7 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -318,3 +319,90 @@ def test_the_threshold_follows_the_number_of_samples(
     assert thresholds[1] == pytest.approx(model.threshold(0.99, n_samples=1))
     assert thresholds[16] == pytest.approx(model.threshold(0.99, n_samples=16))
     assert thresholds[1] != thresholds[16]
+
+
+def test_the_direct_endpoint_answers_exactly_like_the_framework_route(
+    client: TestClient,
+    make_headers: Callable[..., Headers],
+    trained: tuple[int, np.ndarray],
+) -> None:
+    """POST /v1/score is served ahead of FastAPI's routing (app.api.score_endpoint); FastAPI's
+    route for it must give the same answers, errors included, so either can serve it."""
+    series_id, windows = trained
+    scorer, reader = make_headers("score"), make_headers("read")
+    binary = {"Content-Type": "application/octet-stream", "X-Vigil-Series-Id": str(series_id)}
+    cases: list[tuple[str, dict[str, object]]] = [
+        ("json", {"json": {"series_id": series_id, "windows": windows[:3].tolist()}}),
+        (
+            "steps",
+            {
+                "json": {"series_id": series_id, "windows": windows[:2].tolist()},
+                "params": {"detail": "steps"},
+            },
+        ),
+        (
+            "binary",
+            {
+                "content": windows[:4].astype("<f4").tobytes(),
+                "headers": {**binary, "X-Vigil-Shape": "4,16,3"},
+            },
+        ),
+        (
+            "range",
+            {
+                "json": {
+                    "series_id": series_id,
+                    "start": "2026-01-01T00:00:00Z",
+                    "end": "2026-01-01T00:00:39Z",
+                }
+            },
+        ),
+        ("no key", {"json": {"series_id": series_id}, "headers": {"Authorization": ""}}),
+        ("bad key", {"json": {}, "headers": {"Authorization": "Bearer vgl_nope"}}),
+        ("basic auth", {"json": {}, "headers": {"Authorization": "Basic dXNlcjpwdw=="}}),
+        ("wrong scope", {"json": {}, "headers": reader}),
+        ("wrong shape", {"json": {"series_id": series_id, "windows": [[[1.0, 2.0]]]}}),
+        ("unknown series", {"json": {"series_id": 999_999, "windows": [[[1.0]]]}}),
+        ("bad json", {"content": b"{", "headers": {"Content-Type": "application/json"}}),
+        ("text", {"content": b"1,2,3", "headers": {"Content-Type": "text/csv"}}),
+        ("no shape", {"content": b"\0" * 12, "headers": binary}),
+        ("empty", {"content": b"", "headers": {"Content-Type": "application/json"}}),
+    ]
+    app = client.app
+    direct_stack = app.score_stack  # type: ignore[attr-defined]
+    direct_calls = 0
+
+    async def counted(scope, receive, send):  # type: ignore[no-untyped-def]
+        nonlocal direct_calls
+        direct_calls += 1
+        await direct_stack(scope, receive, send)
+
+    def post(direct: bool, request: dict[str, object]) -> tuple[int, dict[str, str], object]:
+        app.score_stack = counted if direct else None  # type: ignore[attr-defined]
+        try:
+            headers = {**scorer, **request.get("headers", {})}  # type: ignore[dict-item]
+            sent = {k: v for k, v in request.items() if k != "headers"}
+            response = client.post("/v1/score", headers=headers, **sent)  # type: ignore[arg-type]
+        finally:
+            app.score_stack = direct_stack  # type: ignore[attr-defined]
+        kept = ("content-type", "www-authenticate", "retry-after")
+        shown = {k: v for k, v in response.headers.items() if k in kept}
+        body = response.json()
+        for result in body.get("results", []) if isinstance(body, dict) else []:
+            result.pop("score_id")  # a new score record each time
+        return response.status_code, shown, body
+
+    for name, request in cases:
+        assert post(True, request) == post(False, request), name
+    assert direct_calls == len(cases)
+
+    # The direct endpoint is counted under the route's template, like every other route.
+    def served() -> float:
+        families = text_string_to_metric_families(client.get("/metrics").text)
+        family = next(f for f in families if f.name == "vigil_http_requests")
+        wanted = {"method": "POST", "route": "/v1/score", "status": "200"}
+        return sum(s.value for s in family.samples if wanted.items() <= s.labels.items())
+
+    before = served()
+    post(True, cases[0][1])
+    assert served() == before + 1

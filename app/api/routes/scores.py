@@ -25,6 +25,8 @@ from models import ScoreBatch
 router = APIRouter(prefix="/v1", tags=["scores"])
 
 BINARY_TYPES = ("application/octet-stream",)
+BINARY_HEADERS = ("X-Vigil-Series-Id", "X-Vigil-Shape")
+"""The headers that describe a binary body."""
 
 _REQUEST_BODY: dict[str, Any] = {
     "required": True,
@@ -66,11 +68,37 @@ _REQUEST_BODY: dict[str, Any] = {
     responses={409: {"description": "The series has no trained model yet"}},
 )
 async def score(request: Request, runtime: RuntimeDep, _: Scorer) -> Response:
+    # NOTE: `app.api.score_endpoint` serves POST /v1/score ahead of FastAPI's routing with this
+    # same `score_body`; this route documents the operation, answers its other methods
+    # (405), and serves it wherever the app runs without that endpoint.
     body = await request.body()
-    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    steps = request.query_params.get("detail") == "steps"
+    headers = request.headers
+    content = await score_body(
+        runtime,
+        body=body,
+        content_type=headers.get("content-type", ""),
+        series_id_header=headers.get("x-vigil-series-id", ""),
+        shape_header=headers.get("x-vigil-shape", ""),
+        steps=request.query_params.get("detail") == "steps",
+    )
+    return Response(content, media_type="application/json")
+
+
+async def score_body(
+    runtime: Runtime,
+    *,
+    body: bytes,
+    content_type: str,
+    series_id_header: str,
+    shape_header: str,
+    steps: bool,
+) -> bytes:
+    """The JSON answer to one scoring request, from its body and the headers that describe it."""
+    content_type = content_type.split(";")[0].strip().lower()
     if content_type in BINARY_TYPES:
-        series_id, windows = _parse_binary(request, body, runtime)
+        series_id, windows = _parse_binary(
+            body, series_id_header, shape_header, runtime.settings.max_score_windows
+        )
         info = await _series(runtime, series_id)
         _check_shape(windows, info)
         return await _score(runtime, info, windows, None, steps)
@@ -130,7 +158,7 @@ async def _score(
     windows: np.ndarray,
     spans: list[tuple[int, int]] | None,
     steps: bool,
-) -> Response:
+) -> bytes:
     active = await _active(runtime, info)
     batch = await runtime.batcher.score((info.id, active.version), active.model, windows)
     # The raw score depends on L, so the threshold comes from the calibration at that L.
@@ -151,7 +179,7 @@ async def _score(
         "threshold": threshold,
         "results": _results(info, active, batch, flagged, ids, spans, steps),
     }
-    return Response(orjson.dumps(body), media_type="application/json")
+    return orjson.dumps(body)
 
 
 def _results(
@@ -283,25 +311,26 @@ def _explain_bad_windows(value: list[Any], info: SeriesInfo) -> None:
                     raise InvalidInput("is out of float32 range", field=f"windows.{i}.{j}.{k}")
 
 
-def _parse_binary(request: Request, body: bytes, runtime: Runtime) -> tuple[int, np.ndarray]:
-    raw_id = request.headers.get("x-vigil-series-id", "")
+def _parse_binary(
+    body: bytes, series_id_header: str, shape_header: str, max_windows: int
+) -> tuple[int, np.ndarray]:
+    raw_id = series_id_header
     if not raw_id.isascii() or not raw_id.isdigit() or len(raw_id) > 10:
         raise InvalidInput(
             "header X-Vigil-Series-Id must be the series id", field="X-Vigil-Series-Id"
         )
     series_id = _series_id(int(raw_id), field="X-Vigil-Series-Id")
-    shape_text = request.headers.get("x-vigil-shape", "")
     try:
-        shape = tuple(int(part) for part in shape_text.split(","))
+        shape = tuple(int(part) for part in shape_header.split(","))
     except ValueError:
         shape = ()
     if len(shape) != 3 or min(shape) <= 0:
         raise InvalidInput(
             "header must be `N,T,F` (three positive integers)", field="X-Vigil-Shape"
         )
-    if shape[0] > runtime.settings.max_score_windows:
+    if shape[0] > max_windows:
         raise InvalidInput(
-            f"holds {shape[0]} windows; at most {runtime.settings.max_score_windows} per request",
+            f"holds {shape[0]} windows; at most {max_windows} per request",
             field="X-Vigil-Shape",
         )
     expected = shape[0] * shape[1] * shape[2] * 4
