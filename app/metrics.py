@@ -8,9 +8,11 @@ from the database at scrape time, so that every API process reports the same tru
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from collections.abc import Iterator
+from typing import Any, NamedTuple
 
 import numpy as np
 from prometheus_client import (
@@ -72,6 +74,28 @@ TRAINING_DURATION = Histogram(
 )
 
 
+class SeriesMetrics(NamedTuple):
+    """The scoring metrics of one series, with the series label applied."""
+
+    windows_scored: Any
+    anomalies_flagged: Any
+    adjusted_score: Any
+
+
+@functools.lru_cache(maxsize=4096)
+def series_metrics(series: str) -> SeriesMetrics:
+    """Looked up once per series, not on every request (`labels()` validates and locks)."""
+    return SeriesMetrics(
+        WINDOWS_SCORED.labels(series),
+        ANOMALIES_FLAGGED.labels(series),
+        ADJUSTED_SCORE.labels(series),
+    )
+
+
+FEW = 4
+"""Up to this many values, `observe()` each costs less than numpy's fixed overheads."""
+
+
 def observe_many(histogram: Histogram, values: np.ndarray) -> None:
     """Observe every value of `values` in `histogram` (a child with its labels applied).
 
@@ -81,15 +105,19 @@ def observe_many(histogram: Histogram, values: np.ndarray) -> None:
     bucket values (`_upper_bounds`, `_buckets`, `_sum` of prometheus_client's Histogram),
     and falls back to `observe()` per value should a future version change them.
     """
+    amounts = np.asarray(values, dtype=np.float64).ravel()
     bounds = getattr(histogram, "_upper_bounds", None)
     buckets = getattr(histogram, "_buckets", None)
     total = getattr(histogram, "_sum", None)
-    if bounds is None or buckets is None or total is None or len(bounds) != len(buckets):
-        for value in np.asarray(values, dtype=np.float64).tolist():
+    if (
+        amounts.size <= FEW
+        or bounds is None
+        or buckets is None
+        or total is None
+        or len(bounds) != len(buckets)
+    ):
+        for value in amounts.tolist():
             histogram.observe(value)
-        return
-    amounts = np.asarray(values, dtype=np.float64).ravel()
-    if not amounts.size:
         return
     # observe() counts a value in the first bucket whose upper bound is >= it (NaN: none).
     index = np.searchsorted(np.asarray(bounds, dtype=np.float64), amounts, side="left")

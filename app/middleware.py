@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextvars
+import functools
+import secrets
 import time
-import uuid
+from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -33,7 +35,7 @@ class RequestContextMiddleware:
             return
         started = time.perf_counter()
         headers = dict(scope.get("headers") or ())
-        request_id = _clean_request_id(headers.get(b"x-request-id")) or uuid.uuid4().hex
+        request_id = _clean_request_id(headers.get(b"x-request-id")) or secrets.token_hex(16)
         token = request_id_var.set(request_id)
         status = 500
         response_started = False
@@ -70,10 +72,11 @@ class RequestContextMiddleware:
                         raise
                     await self._too_large(scope, send_wrapper)
         finally:
-            route = _route_template(scope)
-            method = scope.get("method", "GET")
-            REQUESTS.labels(method, route, str(status)).inc()
-            REQUEST_LATENCY.labels(method, route).observe(time.perf_counter() - started)
+            counted, timed = _request_metrics(
+                scope.get("method", "GET"), _route_template(scope), status
+            )
+            counted.inc()
+            timed.observe(time.perf_counter() - started)
             request_id_var.reset(token)
 
     async def _too_large(self, scope: Scope, send: Send) -> None:
@@ -88,6 +91,12 @@ class RequestContextMiddleware:
 
 async def _drain() -> Message:
     return {"type": "http.disconnect"}
+
+
+@functools.lru_cache(maxsize=1024)
+def _request_metrics(method: str, route: str, status: int) -> tuple[Any, Any]:
+    """The children of the request metrics for these labels (route is a template, so few)."""
+    return REQUESTS.labels(method, route, str(status)), REQUEST_LATENCY.labels(method, route)
 
 
 def _route_template(scope: Scope) -> str:

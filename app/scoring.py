@@ -309,10 +309,15 @@ class ScoreLog:
         version: int,
         windows: np.ndarray,
         batch: ScoreBatch,
+        flagged: Sequence[bool],
         spans: Sequence[tuple[int, int]] | None = None,
     ) -> list[uuid.UUID]:
+        """Buffer one request's scored windows; `flagged` is what the client was told."""
         now = utcnow()
         ids = [uuid.uuid4() for _ in range(len(windows))]
+        raw = batch.raw_score.tolist()
+        adjusted = batch.adjusted_score.tolist()
+        blobs = windows.astype("<f4", copy=False)
         rows = [
             {
                 "id": ids[i],
@@ -321,10 +326,10 @@ class ScoreLog:
                 "created_at": now,
                 "start_ts": spans[i][0] if spans else None,
                 "end_ts": spans[i][1] if spans else None,
-                "window": windows[i].astype("<f4", copy=False).tobytes(),
-                "raw_score": float(batch.raw_score[i]),
-                "adjusted_score": float(batch.adjusted_score[i]),
-                "is_anomaly": bool(batch.is_anomaly[i]),
+                "window": blobs[i].tobytes(),
+                "raw_score": raw[i],
+                "adjusted_score": adjusted[i],
+                "is_anomaly": flagged[i],
             }
             for i in range(len(windows))
         ]

@@ -271,6 +271,7 @@ def test_feedback_on_a_score_still_in_the_log_buffer_finds_it(
         version=2,
         windows=np.zeros((n, 8, 3), dtype=np.float32),
         batch=batch,
+        flagged=[True],
         spans=[(T0_US, T0_US + 7_000_000)],
     )
     assert score_log.pending == 1

@@ -406,3 +406,35 @@ def test_the_direct_endpoint_answers_exactly_like_the_framework_route(
     before = served()
     post(True, cases[0][1])
     assert served() == before + 1
+
+
+def test_the_score_log_keeps_the_alarm_the_client_was_given(
+    client: TestClient,
+    admin: Headers,
+    sessions: sessionmaker[Session],
+    trained: tuple[int, np.ndarray],
+) -> None:
+    """With the series' own quantile (not the model's default) deciding, the stored
+    `is_anomaly` that feedback later refers to is the one in the response."""
+    series_id, windows = trained
+    patched = client.patch(
+        f"/v1/series/{series_id}", json={"threshold_quantile": 0.5}, headers=admin
+    )
+    assert patched.status_code == 200, patched.text
+    response = client.post(
+        "/v1/score", json={"series_id": series_id, "windows": windows[:12].tolist()}, headers=admin
+    )
+    assert response.status_code == 200, response.text
+    told = {r["score_id"]: r["is_anomaly"] for r in response.json()["results"]}
+    assert 0 < sum(told.values()) < len(told)  # the median threshold splits the windows
+    stored: dict[str, bool] = {}
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and len(stored) < len(told):
+        time.sleep(0.05)
+        with sessions() as session:
+            stored = {
+                str(r.id): r.is_anomaly
+                for r in session.scalars(select(ScoreRecord))
+                if str(r.id) in told
+            }
+    assert stored == told

@@ -81,9 +81,11 @@ def test_observe_many_matches_observe_one_by_one() -> None:
     one, many = CollectorRegistry(), CollectorRegistry()
     h_one = Histogram("h", "h", ["s"], buckets=buckets, registry=one)
     h_many = Histogram("h", "h", ["s"], buckets=buckets, registry=many)
-    for value in values.tolist():
+    few = np.array([0.3, 9.0])  # the path for a handful of values (one-window requests)
+    for value in [*values.tolist(), *few.tolist()]:
         h_one.labels("a").observe(value)
     observe_many(h_many.labels("a"), values)
+    observe_many(h_many.labels("a"), few)
     observe_many(h_many.labels("a"), np.array([]))
 
     def samples(registry: CollectorRegistry) -> dict[tuple[str, str], float]:
@@ -95,4 +97,4 @@ def test_observe_many_matches_observe_one_by_one() -> None:
         }
 
     assert samples(many) == pytest.approx(samples(one))
-    assert samples(many)[("h_count", "")] == len(values)
+    assert samples(many)[("h_count", "")] == len(values) + len(few)

@@ -13,7 +13,7 @@ from starlette.responses import Response
 
 from app.api.deps import RuntimeDep, Scorer
 from app.errors import InvalidInput, UnsupportedMediaType
-from app.metrics import ADJUSTED_SCORE, ANOMALIES_FLAGGED, WINDOWS_SCORED, observe_many
+from app.metrics import observe_many, series_metrics
 from app.runtime import Runtime
 from app.schemas.common import MAX_DB_ID
 from app.schemas.scores import ScoreRangeRequest, ScoreResponse, ScoreWindowsRequest
@@ -165,19 +165,26 @@ async def _score(
     threshold = active.model.threshold(
         info.threshold_quantile, n_samples=runtime.settings.score_samples
     )
-    flagged = batch.adjusted_score > threshold
+    adjusted = batch.adjusted_score.tolist()
+    flagged = [value > threshold for value in adjusted]
     ids = runtime.score_log.append(
-        series_id=info.id, version=active.version, windows=windows, batch=batch, spans=spans
+        series_id=info.id,
+        version=active.version,
+        windows=windows,
+        batch=batch,
+        flagged=flagged,
+        spans=spans,
     )
-    WINDOWS_SCORED.labels(info.name).inc(len(windows))
-    if flagged.any():
-        ANOMALIES_FLAGGED.labels(info.name).inc(int(flagged.sum()))
-    observe_many(ADJUSTED_SCORE.labels(info.name), batch.adjusted_score)
+    counters = series_metrics(info.name)
+    counters.windows_scored.inc(len(flagged))
+    if any(flagged):
+        counters.anomalies_flagged.inc(sum(flagged))
+    observe_many(counters.adjusted_score, batch.adjusted_score)
     body = {
         "series_id": info.id,
         "model_version": active.version,
         "threshold": threshold,
-        "results": _results(info, active, batch, flagged, ids, spans, steps),
+        "results": _results(info, active, batch, adjusted, flagged, ids, spans, steps),
     }
     return orjson.dumps(body)
 
@@ -186,7 +193,8 @@ def _results(
     info: SeriesInfo,
     active: ActiveModel,
     batch: ScoreBatch,
-    flagged: np.ndarray,
+    adjusted: list[float],
+    flagged: list[bool],
     ids: list[Any],
     spans: list[tuple[int, int]] | None,
     steps: bool,
@@ -200,7 +208,6 @@ def _results(
     calibrated = batch.score.tolist()
     p_fp = batch.p_false_positive.tolist()
     p_fn = batch.p_false_negative.tolist()
-    adjusted = batch.adjusted_score.tolist()
     probabilities = batch.class_probabilities[:, known].tolist()
     contributions = batch.channel_contributions.tolist()
     step_values = batch.step_contributions.tolist() if steps else None
@@ -213,7 +220,7 @@ def _results(
             "p_false_positive": p_fp[i],
             "p_false_negative": p_fn[i],
             "adjusted_score": adjusted[i],
-            "is_anomaly": bool(flagged[i]),
+            "is_anomaly": flagged[i],
             "class_probabilities": dict(zip(classes, probabilities[i], strict=True)),
             "channel_contributions": dict(zip(channels, contributions[i], strict=True)),
         }
@@ -279,8 +286,8 @@ def _check_shape(windows: np.ndarray, info: SeriesInfo) -> None:
             f"({t} time steps × channels {list(info.channels)}); got {tuple(windows.shape)}",
             field="windows",
         )
-    finite = np.isfinite(windows).all(axis=(1, 2))
-    if not finite.all():
+    if not np.isfinite(windows).all():  # one pass; finding the window is for errors only
+        finite = np.isfinite(windows).all(axis=(1, 2))
         bad = int(np.flatnonzero(~finite)[0])
         raise InvalidInput("contains NaN or an infinite value", field=f"windows.{bad}")
 
