@@ -294,6 +294,21 @@ def rss_bytes(pid: int) -> int:
     return 0
 
 
+def machine_cpu() -> tuple[int, int]:
+    """(steal, total) CPU time of the whole machine so far, in clock ticks (/proc/stat).
+
+    Steal is time the hypervisor gave this VM's virtual CPUs to someone else: on a shared
+    host it slows every measurement, so the benchmarks record it beside their figures."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    steal = fields[7] if len(fields) > 7 else 0
+    return steal, sum(fields[:8])
+
+
+def steal_share(before: tuple[int, int], after: tuple[int, int]) -> float:
+    total = after[1] - before[1]
+    return round((after[0] - before[0]) / total, 3) if total > 0 else 0.0
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process (all its threads), from /proc."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()

@@ -32,22 +32,27 @@ def scoring(data: Any) -> list[str]:
             continue
         part = data[db]
         limit = part["limit"]["windows_per_s_batch_256"]
+        runs = part["limit"].get("bracketing_runs", [])
+        spread = f", {min(runs):,.0f}–{max(runs):,.0f} over {len(runs)} runs" if runs else ""
         out += [
-            f"**{db}** — limit (TrainedModel.score, batch 256, 1 thread, median of "
-            f"{2 * len(part['limit']['before']['results'][-1]['windows_per_s_runs'])} "
-            f"repetitions before and after): **{limit:,.0f} windows/s**; batch 1: "
-            f"{part['limit']['before']['results'][0]['call_p50_ms']} ms a call.",
+            f"**{db}** — limit (TrainedModel.score, batch 256, 1 thread, median of the runs "
+            f"between cases{spread}): **{limit:,.0f} windows/s**; batch 1: "
+            f"{part['limit']['before']['results'][0]['call_p50_ms']} ms a call. "
+            "Each case's share is against the limit runs just before and after it; "
+            "cases with rounds show medians.",
             "",
-            "| wire | windows/request | concurrency | windows/s | share of limit | p50 ms "
-            "| p99 ms | API CPU ms/request | client CPU |",
-            "|---|---|---|---|---|---|---|---|---|",
+            "| wire | windows/request | concurrency | rounds | windows/s | share of limit | p50 ms "
+            "| p99 ms | API CPU ms/request | client CPU | CPU steal |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for c in part["cases"]:
+            steal = c.get("cpu_steal_share")
             out.append(
                 f"| {c['wire']} | {c['windows_per_request']} | {c['concurrency']} | "
+                f"{len(c.get('rounds', [])) or 1} | "
                 f"{c['windows_per_s']:,.0f} | {c['share_of_limit']:.0%} | {c['p50_ms']:.2f} | "
                 f"{c['p99_ms']:.2f} | {c['server_cpu_ms_per_request']} | "
-                f"{c['client_cpu_share']:.0%} |"
+                f"{c['client_cpu_share']:.0%} | {'' if steal is None else f'{steal:.0%}'} |"
             )
         out.append("")
     return out

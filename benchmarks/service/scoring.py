@@ -5,11 +5,14 @@
 default model (recurrent, windows of 128 steps x 6 channels), and in one run measures:
 
 - the limit: `TrainedModel.score` in a fresh process, batches of 256 (the micro-batcher's
-  `VIGIL_BATCH_MAX_SIZE`), at `VIGIL_SCORE_THREADS` torch threads, before and after the
-  service runs (the limit used is the median of all its repetitions);
+  `VIGIL_BATCH_MAX_SIZE`), at `VIGIL_SCORE_THREADS` torch threads, measured before every
+  case and after the last (batches 1 and 32 too, before and after the whole run);
 - one window per request at concurrency 1 and 32, and 256 windows per request at
   concurrency 1 and 2, each in JSON and in binary, from the load client in its own process;
-- the API process's CPU time per request, and what the Prometheus updates of one request cost.
+  a case's share of the limit is against the mean of the two limit runs around it, and the
+  one-window concurrency-32 cases run `--rounds` times (medians reported);
+- the API process's CPU time per request, the machine's CPU steal during each case, and
+  what the Prometheus updates of one request cost.
 
 Writes `benchmarks/out/service_scoring.json`.
 """
@@ -28,6 +31,7 @@ from benchmarks.service.common import (
     cpu_seconds,
     database,
     log,
+    machine_cpu,
     median,
     postgres_available,
     provenance,
@@ -35,6 +39,7 @@ from benchmarks.service.common import (
     run_load,
     score_requests,
     serve,
+    steal_share,
     trained_series,
     write_result,
 )
@@ -74,19 +79,33 @@ def measure_case(
     return result
 
 
-def run_db(db: str, *, seconds: float, limit_seconds: float, settings: dict[str, str]) -> Any:
+def run_db(
+    db: str, *, seconds: float, limit_seconds: float, rounds: int, settings: dict[str, str]
+) -> Any:
+    """Every case sits between two measurements of the limit (batch 256), and its share is
+    taken against their mean, so that a change in the machine's speed (other work, CPU
+    steal) moves both sides of the ratio. One window at concurrency 32 runs `rounds` times."""
     threads = int(settings.get("score_threads", "1"))
     with database(db) as url, serve(url, **settings) as server:
         series_id = trained_series(server, url)
         artifact = active_artifact(url, series_id)
         log(f"{db}: limit (in-process model, {threads} thread(s))")
         before = run_limit(artifact, threads=threads, batches=[1, 32, 256], seconds=limit_seconds)
+
+        def limit_now() -> float:
+            result = run_limit(artifact, threads=threads, batches=[256], seconds=limit_seconds / 2)
+            rate: float = result["results"][0]["windows_per_s"]
+            return rate
+
+        limits = [limit_now()]
         cases: list[dict[str, Any]] = []
         for windows, concurrencies in ((1, (1, 32)), (256, (1, 2))):
             for concurrency in concurrencies:
                 for wire in ("json", "binary"):
-                    cases.append(
-                        measure_case(
+                    runs = []
+                    for _ in range(rounds if (windows, concurrency) == (1, 32) else 1):
+                        cpu0 = machine_cpu()
+                        run = measure_case(
                             server,
                             series_id,
                             wire=wire,
@@ -94,23 +113,42 @@ def run_db(db: str, *, seconds: float, limit_seconds: float, settings: dict[str,
                             concurrency=concurrency,
                             seconds=seconds if windows == 1 else seconds * 1.5,
                         )
-                    )
+                        run["cpu_steal_share"] = steal_share(cpu0, machine_cpu())
+                        limits.append(limit_now())
+                        run["limit_around"] = limits[-2:]
+                        run["share_of_limit"] = round(run["windows_per_s"] / median(limits[-2:]), 3)
+                        runs.append(run)
+                    cases.append(combine(runs))
         after = run_limit(artifact, threads=threads, batches=[1, 32, 256], seconds=limit_seconds)
-    runs = [
-        rate
-        for limit in (before, after)
-        for row in limit["results"]
-        if row["batch"] == 256
-        for rate in row["windows_per_s_runs"]
-    ]
-    limit_256 = median(runs)
-    for case in cases:
-        case["share_of_limit"] = round(case["windows_per_s"] / limit_256, 3)
     return {
-        "limit": {"windows_per_s_batch_256": round(limit_256, 1), "before": before, "after": after},
+        "limit": {
+            "windows_per_s_batch_256": round(median(limits), 1),
+            "bracketing_runs": limits,
+            "before": before,
+            "after": after,
+        },
         "cases": cases,
         "verdict": verdict(cases),
     }
+
+
+def combine(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One case from its rounds: the median of each figure, and every round kept."""
+    if len(runs) == 1:
+        return runs[0]
+    out = dict(runs[0])
+    for key in (
+        "windows_per_s",
+        "share_of_limit",
+        "p50_ms",
+        "p99_ms",
+        "server_cpu_ms_per_request",
+        "client_cpu_share",
+        "cpu_steal_share",
+    ):
+        out[key] = median([run[key] for run in runs])
+    out["rounds"] = runs
+    return out
 
 
 def find(cases: list[dict[str, Any]], wire: str, windows: int, concurrency: int) -> Any:
@@ -153,6 +191,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--db", default="sqlite,postgres")
     parser.add_argument("--set", action="append", default=[], help="VIGIL setting: name=value")
     parser.add_argument("--name", default="scoring", help="output file suffix")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="rounds of the one-window, concurrency-32 cases"
+    )
     args = parser.parse_args(argv)
     seconds = 4.0 if args.quick else 10.0
     settings = dict(item.split("=", 1) for item in args.set)
@@ -162,7 +203,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if db == "postgres" and (reason := postgres_available()):
             log(f"skipping postgres: {reason}")
             continue
-        result[db] = run_db(db, seconds=seconds, limit_seconds=seconds / 2, settings=settings)
+        result[db] = run_db(
+            db,
+            seconds=seconds,
+            limit_seconds=seconds / 2,
+            rounds=args.rounds,
+            settings=settings,
+        )
     result["metrics_cost"] = {
         "one_window": metrics_cost.measure(1),
         "256_windows": metrics_cost.measure(256),
