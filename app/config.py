@@ -70,6 +70,11 @@ class Settings(BaseSettings):
     train_nice: int = Field(default=10, ge=0, le=19)
     """How much lower a training job's CPU priority is (Unix nice steps; 0: unchanged)."""
 
+    train_sched_idle: bool = True
+    """Train under Linux's SCHED_IDLE policy: only on CPU time nothing else wants, so that
+    scoring on the same machine takes the CPU back at once. A machine scoring flat out then
+    trains slowly, or not at all until the load drops; false trains at `train_nice` only."""
+
     train_max_windows: int = Field(default=20_000, ge=16)
     """Most recent windows a training job uses at most (bounds memory and time)."""
 

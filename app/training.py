@@ -242,12 +242,13 @@ def train_version(
 ) -> Outcome:
     """Fit (warm-started from the active model), then decide whether to activate.
 
-    Runs at `settings.train_nice` steps lower CPU priority, so that scoring in other
-    processes on the same machine keeps its latency while a model trains.
+    Runs at a lower CPU priority (`settings.train_sched_idle`, `settings.train_nice`), so
+    that scoring in other processes on the same machine keeps its latency while a model trains.
     """
     return at_lower_priority(
         settings.train_nice,
-        lambda: _train_version(
+        idle=settings.train_sched_idle,
+        work=lambda: _train_version(
             dataset=dataset,
             series=series,
             settings=settings,
@@ -259,23 +260,33 @@ def train_version(
     )
 
 
-def at_lower_priority(nice: int, work: Callable[[], T]) -> T:
-    """Run `work` in a thread of its own whose nice value is `nice` higher than the caller's.
+def at_lower_priority(nice: int, work: Callable[[], T], *, idle: bool = False) -> T:
+    """Run `work` in a thread of its own at a lower CPU priority than the caller's.
 
-    NOTE: Linux keeps a nice value per thread, and threads inherit it from the thread that
-    starts them (torch's intra-op threads too). The priority ends with the thread, so the
-    caller (a worker's main loop, or a test) keeps its own. Where priorities cannot be
+    `idle`: Linux's SCHED_IDLE policy, under which the thread runs only on CPU time that
+    nothing else wants, and any normal thread that wakes up (a request arriving) takes the
+    CPU from it at once, where a thread that is merely niced holds it until the scheduler's
+    next decision, several milliseconds later. `nice`: that many Unix nice steps (where
+    SCHED_IDLE is unavailable, or as well: it is what `ps` and `top` show).
+
+    NOTE: Linux keeps the policy and the nice value per thread, and threads inherit both from
+    the thread that starts them (torch's intra-op threads too). They end with the thread, so
+    the caller (a worker's main loop, or a test) keeps its own. Where priorities cannot be
     changed, `work` runs at the caller's priority.
     """
-    if nice <= 0 or not hasattr(os, "setpriority"):
+    use_idle = idle and hasattr(os, "sched_setscheduler") and hasattr(os, "SCHED_IDLE")
+    if (nice <= 0 and not use_idle) or not hasattr(os, "setpriority"):
         return work()
     outcome: dict[str, Any] = {}
 
     def target() -> None:
+        thread_id = threading.get_native_id()
         try:
-            thread_id = threading.get_native_id()
-            current = os.getpriority(os.PRIO_PROCESS, thread_id)
-            os.setpriority(os.PRIO_PROCESS, thread_id, min(19, current + nice))
+            if nice > 0:
+                current = os.getpriority(os.PRIO_PROCESS, thread_id)
+                os.setpriority(os.PRIO_PROCESS, thread_id, min(19, current + nice))
+            if use_idle:
+                os.sched_setscheduler(thread_id, os.SCHED_IDLE, os.sched_param(0))
         except OSError as exc:
             log.warning("could not lower the training priority: %s", exc)
         try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import threading
 from datetime import timedelta
 
@@ -239,3 +240,29 @@ def test_training_runs_at_a_lower_priority_and_the_caller_keeps_its_own() -> Non
 
     with pytest.raises(ValueError, match="training thread"):
         at_lower_priority(5, fails)
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="SCHED_IDLE is Linux only")
+def test_training_can_run_only_on_idle_cpu_time() -> None:
+    import threading
+
+    from app.training import at_lower_priority
+
+    caller = os.sched_getscheduler(threading.get_native_id())
+    inside = at_lower_priority(
+        0, lambda: os.sched_getscheduler(threading.get_native_id()), idle=True
+    )
+    assert inside == os.SCHED_IDLE
+    assert os.sched_getscheduler(threading.get_native_id()) == caller != os.SCHED_IDLE
+    # A thread that torch (or anything) starts from the training thread inherits the policy.
+    started: list[int] = []
+
+    def spawn() -> None:
+        child = threading.Thread(
+            target=lambda: started.append(os.sched_getscheduler(threading.get_native_id()))
+        )
+        child.start()
+        child.join()
+
+    at_lower_priority(0, spawn, idle=True)
+    assert started == [os.SCHED_IDLE]
