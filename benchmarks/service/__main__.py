@@ -26,11 +26,14 @@ def _profile(quick: bool) -> dict[str, Any]:
     from benchmarks.service import profile
 
     results = {}
-    for wire in ("json", "binary"):
+    # One request at a time (where a request's time goes), and concurrency 32 counting only
+    # the thread that holds the GIL (what limits throughput).
+    for wire, concurrency in (("json", 1), ("binary", 1), ("json", 32), ("binary", 32)):
         argv = ["--db", "sqlite", "--wire", wire, "--seconds", "6" if quick else "10"]
+        argv += ["--concurrency", str(concurrency), *(["--gil"] if concurrency > 1 else [])]
         sys.argv = ["profile", *argv]
         profile.main()
-        results[wire] = argv
+        results[f"{wire}_c{concurrency}"] = argv
     return results
 
 

@@ -169,6 +169,7 @@ def main() -> None:
         "--gil", action="store_true", help="sample only the thread holding the GIL (py-spy --gil)"
     )
     parser.add_argument("--set", action="append", default=[], help="VIGIL setting: name=value")
+    parser.add_argument("--name", help="output name (default: profile_<db>_<wire>_c<N>[_gil])")
     args = parser.parse_args()
     extra = dict(item.split("=", 1) for item in args.set)
     command = "python -m benchmarks.service.profile " + " ".join(sys.argv[1:])
@@ -192,7 +193,7 @@ def main() -> None:
         )
     )
     suffix = f"_c{args.concurrency}" + ("_gil" if args.gil else "")
-    path = write_result(f"profile_{args.db}_{args.wire}{suffix}", result)
+    path = write_result(args.name or f"profile_{args.db}_{args.wire}{suffix}", result)
     for row in result["stages"]:
         print(f"{row['share']:6.1%}  {row['stage']}")
     log(f"wrote {path}")

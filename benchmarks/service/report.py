@@ -148,11 +148,12 @@ def main() -> None:
                 f"{r['second_pass_ms']['p50']} |"
             )
         lines.append("")
-    for name in ("profile_before_sqlite_json", "profile_sqlite_json", "profile_sqlite_binary"):
-        if (data := load(name)) is not None:
-            lines += [header(data), ""]
-            lines += [f"- {row['share_of_busy']:.0%} {row['stage']}" for row in data["busy_stages"]]
-            lines.append("")
+    for path in sorted(OUT_DIR.glob("service_profile*.json")):
+        data = json.loads(path.read_text())
+        what = "GIL-holding samples" if data.get("gil_only") else "busy samples"
+        lines += [header(data), "", f"Share of {what}:", ""]
+        lines += [f"- {row['share_of_busy']:.0%} {row['stage']}" for row in data["busy_stages"]]
+        lines.append("")
     print("\n".join(lines))
 
 
