@@ -80,11 +80,18 @@ def provenance(command: str) -> dict[str, Any]:
         "python": platform.python_version(),
         "cpus": os.cpu_count(),
         "load_average_at_start": os.getloadavg(),
+        "_cpu_at_start": machine_cpu(),  # for the steal over the run (write_result)
     }
 
 
 def write_result(name: str, data: dict[str, Any]) -> Path:
     OUT_DIR.mkdir(parents=True, exist_ok=True)
+    if "_cpu_at_start" in data:
+        data = {
+            **data,
+            "cpu_steal_share_over_run": steal_share(data["_cpu_at_start"], machine_cpu()),
+        }
+        del data["_cpu_at_start"]
     path = OUT_DIR / f"service_{name}.json"
     path.write_text(json.dumps(data, indent=2, default=_json_default) + "\n")
     return path

@@ -18,10 +18,12 @@ def load(name: str) -> Any:
 
 def header(data: Any) -> str:
     load_avg = ", ".join(f"{x:.2f}" for x in data["load_average_at_start"])
+    steal = data.get("cpu_steal_share_over_run")
     return (
         f"`{data['command']}` — {data['date']}, HEAD `{data['git_head']}`"
         f"{' + uncommitted changes' if data['app_uncommitted_changes'] else ''}, "
         f"load average at start {load_avg}"
+        + ("" if steal is None else f", CPU steal over the run {steal:.0%}")
     )
 
 

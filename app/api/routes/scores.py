@@ -55,6 +55,31 @@ _REQUEST_BODY: dict[str, Any] = {
 }
 
 
+_PARAMETERS: list[dict[str, Any]] = [
+    {
+        "name": "detail",
+        "in": "query",
+        "required": False,
+        "schema": {"type": "string", "enum": ["steps"]},
+        "description": "`steps`: also return each window's per-step contributions.",
+    },
+    {
+        "name": "X-Vigil-Series-Id",
+        "in": "header",
+        "required": False,
+        "schema": {"type": "integer", "minimum": 1, "maximum": MAX_DB_ID},
+        "description": "With a binary body (required then): the series whose model scores it.",
+    },
+    {
+        "name": "X-Vigil-Shape",
+        "in": "header",
+        "required": False,
+        "schema": {"type": "string", "pattern": "^[0-9]+,[0-9]+,[0-9]+$"},
+        "description": "With a binary body (required then): `N,T,F`, windows × steps × channels.",
+    },
+]
+
+
 @router.post(
     "/score",
     summary="Score windows with the series' active model",
@@ -65,7 +90,7 @@ _REQUEST_BODY: dict[str, Any] = {
         "point feedback at its `score_id`. 409 while the series has no trained model."
     ),
     response_model=ScoreResponse,
-    openapi_extra={"requestBody": _REQUEST_BODY},
+    openapi_extra={"requestBody": _REQUEST_BODY, "parameters": _PARAMETERS},
     responses={409: {"description": "The series has no trained model yet"}},
 )
 async def score(request: Request, runtime: RuntimeDep, _: Scorer) -> Response:
