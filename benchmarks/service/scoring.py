@@ -134,10 +134,10 @@ def run_db(
                             runs.append(run)
                     if len(runs) < wanted:  # the host never calmed down: keep the least stolen
                         stolen.sort(key=lambda r: r["cpu_steal_share"])
-                        runs += stolen[: wanted - len(runs)]
-                        stolen = stolen[wanted - len(runs) :]
-                    case = combine(runs)
-                    case["runs_discarded_for_steal"] = stolen
+                        missing = wanted - len(runs)
+                        runs += stolen[:missing]
+                        stolen = stolen[missing:]
+                    case = {**combine(runs), "runs_discarded_for_steal": stolen}
                     cases.append(case)
         after = run_limit(artifact, threads=threads, batches=[1, 32, 256], seconds=limit_seconds)
     return {
