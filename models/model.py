@@ -251,6 +251,13 @@ class SemiSupervisedVAE(nn.Module):
             self.out_mu = nn.Linear(self.decoder.out_dim, out)
             self.out_sigma = nn.Linear(self.decoder.out_dim, out)
 
+    @property
+    def latent_shape(self) -> tuple[int, ...]:
+        """The shape of one window's z: (T, D) per step for recurrent, (D,) otherwise."""
+        T, _, _ = _data_shape(self.cfg)
+        D = self.cfg.latent_dim
+        return (T, D) if self.cfg.flavour == "recurrent" else (D,)
+
     def encode(self, x: Tensor) -> Encoded:
         """x (B, T, F) -> the parameters of q(z|x) and the class logits."""
         h = self.encoder(x)  # (B, T, H) recurrent, (B, H) dense/conv

@@ -7,9 +7,10 @@ normalisation, calibration, training metrics and the package version (see to_byt
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -33,15 +34,19 @@ from models.model import SemiSupervisedVAE
 from models.scoring import (
     P_FN_MAX,
     Calibration,
+    InferenceStep,
     ScoreBatch,
     adjust,
     calibrate,
     guard_false_positive,
     infer,
     nearest_calibration,
+    run_inference,
     threshold_at,
 )
 from models.version import __version__
+
+log = logging.getLogger(__name__)
 
 MAX_SAMPLES = 4096  # upper bound on L for score()/evaluate()
 
@@ -92,6 +97,8 @@ class TrainedModel:
         self.metrics = metrics
         self.metadata: dict[str, str] = dict(metadata or {})
         self._thresholds: dict[tuple[float, int], float] = {}  # (quantile, L) -> threshold
+        self._steps: dict[int, tuple[InferenceStep, Callable[..., Any] | None]] = {}  # by L
+        self._noises: dict[tuple[int, int], torch.Tensor] = {}  # (L, seed) -> eps
 
     # -- shape ---------------------------------------------------------------
 
@@ -151,7 +158,8 @@ class TrainedModel:
         quantile = self.threshold_quantile if threshold_quantile is None else threshold_quantile
         check_quantile(quantile)
         x = self._prepare(windows)
-        out = infer(self.net, x, n_samples=n_samples, generator=make_generator(seed))
+        step, call = self._scoring_step(n_samples)
+        out = run_inference(step, x, eps=self._noise(step, seed), call=call)
         assert out.raw_score is not None and out.elements is not None
         N, K = x.shape[0], len(self.classes)
 
@@ -180,6 +188,33 @@ class TrainedModel:
             step_contributions=out.elements.sum(axis=2),  # (N, T)
             threshold=threshold,
         )
+
+    def _scoring_step(self, n_samples: int) -> tuple[InferenceStep, Callable[..., Any] | None]:
+        """score()'s inference step at this L and its traced graph, built on first use (~30 ms).
+
+        If tracing fails the step runs eagerly: same results, only slower beside a busy thread."""
+        known = self._steps.get(n_samples)
+        if known is None:
+            step = InferenceStep(self.net, n_samples=n_samples)
+            try:
+                call: Callable[..., Any] | None = step.traced()
+            except Exception as exc:  # pragma: no cover - a torch limitation, not an input error
+                log.warning("scoring runs eagerly: tracing the model failed (%r)", exc)
+                call = None
+            known = self._steps[n_samples] = (step, call)
+        return known
+
+    def _noise(self, step: InferenceStep, seed: int | None) -> torch.Tensor:
+        """The latent noise for a seed, drawn once per (L, seed): the same draw every time."""
+        if seed is None:
+            return step.draw_noise(make_generator(None))
+        key = (step.n_samples, seed)
+        eps = self._noises.get(key)
+        if eps is None:
+            if len(self._noises) >= 8:  # a handful of seeds in use; never grow without bound
+                self._noises.clear()
+            eps = self._noises[key] = step.draw_noise(make_generator(seed))
+        return eps
 
     def threshold(self, quantile: float | None = None, *, n_samples: int = 1) -> float:
         """The alarm threshold: a quantile of the calibrated scores of held-out normal windows.
