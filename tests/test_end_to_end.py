@@ -143,11 +143,21 @@ def test_feedback_loop(
         assert set(after["results"][0]["class_probabilities"]) == {"false_positive"}
         adjusted_after = np.array([r["adjusted_score"] for r in after["results"]])
         p_fp = np.array([r["p_false_positive"] for r in after["results"]])
-        # Every marked window now scores lower, and π recognises the episode.
+        pi_fp = np.array([r["class_probabilities"]["false_positive"] for r in after["results"]])
+        # Every marked window now scores lower, and π recognises the episode. (π's own
+        # probability: the p_false_positive applied is capped above the worst dismissed
+        # alarm's score, so on the episode's strongest windows it is smaller by design.)
         assert (adjusted_after[marked & flagged] < adjusted[marked & flagged]).all()
-        assert np.median(p_fp[marked]) > np.median(p_fp[normal])
-        # The episode's other occurrences, never marked, alarm less too.
-        assert np.median(adjusted_after[unmarked]) < np.median(adjusted[unmarked])
+        assert np.median(pi_fp[marked]) > np.median(pi_fp[normal])
+        assert (p_fp <= pi_fp + 1e-12).all()
+        # The episode's other occurrences, never marked, alarm less too. Each version scores on
+        # its own calibrated scale (a retrain moves it), so compare against its alarm threshold.
+        flagged_after = np.array([r["is_anomaly"] for r in after["results"]])
+        assert (
+            np.median(adjusted_after[unmarked]) / after["threshold"]
+            < np.median(adjusted[unmarked]) / before["threshold"]
+        )
+        assert flagged_after[unmarked].sum() <= flagged[unmarked].sum()
         # π may not talk the model out of a fault: far above any dismissed alarm, p_fp fades.
         assert np.median(p_fp[fault]) < np.median(p_fp[marked])
         # The faults still stand out: feedback on false alarms does not blind the model.
