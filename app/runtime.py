@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from app.config import Settings
 from app.db.models import ApiKey
 from app.db.session import make_engine, make_sessionmaker, transaction
+from app.scorer import ScorerProcess
 from app.scoring import MicroBatcher, ModelRegistry, ScoreLog
 from app.security import ensure_bootstrap_key, hash_key
 
@@ -128,6 +129,11 @@ class Runtime:
                 max_batch_size=settings.batch_max_size,
                 max_wait=settings.batch_max_wait_ms / 1000.0,
                 n_samples=settings.score_samples,
+                scorer=ScorerProcess(
+                    threads=settings.score_threads, cache_size=settings.model_cache_size
+                )
+                if settings.score_process
+                else None,
             ),
             score_log=ScoreLog(sessions),
             keys=KeyLookup(engine),
@@ -137,6 +143,8 @@ class Runtime:
         import torch
 
         torch.set_num_threads(self.settings.score_threads)
+        if self.batcher.scorer is not None:
+            await self.batcher.scorer.start()
         try:
             with transaction(self.sessions) as session:
                 if ensure_bootstrap_key(session=session, key=self.settings.bootstrap_admin_key):

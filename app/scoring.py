@@ -25,6 +25,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from app.db.base import utcnow
 from app.db.models import MODEL_ACTIVE, ModelVersion, ScoreRecord, Series
 from app.errors import NoTrainedModel, SeriesNotFound, ServiceUnavailable
+from app.metrics import SCORE_BATCH_SIZE
+from app.scorer import ScorerProcess
 from models import ArtifactError, ScoreBatch, TrainedModel
 
 log = logging.getLogger(__name__)
@@ -177,10 +179,18 @@ class MicroBatcher:
     A failed model call fails every request of its batch, each with the same exception.
     """
 
-    def __init__(self, *, max_batch_size: int, max_wait: float, n_samples: int) -> None:
+    def __init__(
+        self,
+        *,
+        max_batch_size: int,
+        max_wait: float,
+        n_samples: int,
+        scorer: ScorerProcess | None = None,
+    ) -> None:
         self.max_batch_size = max_batch_size
         self.max_wait = max_wait
         self.n_samples = n_samples
+        self.scorer = scorer  # None: score on a thread of this process
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vigil-score")
         self._pending: OrderedDict[tuple[int, int], _Pending] = OrderedDict()
         self._wakeup: asyncio.Event | None = None
@@ -218,9 +228,9 @@ class MicroBatcher:
             self._wakeup.clear()
             self._full.clear()
             while self._pending:
-                _key, pending = self._pending.popitem(last=False)
+                key, pending = self._pending.popitem(last=False)
                 for chunk in self._chunks(pending.items):
-                    await self._run(loop, pending.model, chunk)
+                    await self._run(loop, key, pending.model, chunk)
 
     def _chunks(
         self, items: list[tuple[np.ndarray, asyncio.Future[ScoreBatch]]]
@@ -238,6 +248,7 @@ class MicroBatcher:
     async def _run(
         self,
         loop: asyncio.AbstractEventLoop,
+        key: tuple[int, int],
         model: TrainedModel,
         items: list[tuple[np.ndarray, asyncio.Future[ScoreBatch]]],
     ) -> None:
@@ -247,7 +258,11 @@ class MicroBatcher:
         windows = live[0][0] if len(live) == 1 else np.concatenate([w for w, _ in live])
         self.model_calls += 1
         try:
-            batch = await loop.run_in_executor(self._executor, self._call, model, windows)
+            if self.scorer is not None:
+                SCORE_BATCH_SIZE.observe(len(windows))
+                batch = await self.scorer.score(key, model, windows, n_samples=self.n_samples)
+            else:
+                batch = await loop.run_in_executor(self._executor, self._call, model, windows)
         except Exception as exc:  # every caller of the batch gets the failure
             for _, future in live:
                 if not future.done():
@@ -261,8 +276,6 @@ class MicroBatcher:
             start = stop
 
     def _call(self, model: TrainedModel, windows: np.ndarray) -> ScoreBatch:
-        from app.metrics import SCORE_BATCH_SIZE
-
         SCORE_BATCH_SIZE.observe(len(windows))
         return model.score(windows, n_samples=self.n_samples)
 
@@ -270,6 +283,8 @@ class MicroBatcher:
         if self._consumer is not None:
             self._consumer.cancel()
         self._executor.shutdown(wait=True, cancel_futures=False)
+        if self.scorer is not None:
+            await self.scorer.close()
 
 
 def slice_batch(batch: ScoreBatch, start: int, stop: int) -> ScoreBatch:

@@ -111,6 +111,9 @@ def settings(database_url: str) -> Settings:
     return Settings(
         database_url=database_url,
         embedded_worker=False,
+        # Each app would start a scoring child (~2 s of torch import): the tests score on a
+        # thread, except tests/scoring/test_scorer.py, which run the child.
+        score_process=False,
         bootstrap_admin_key=None,
         log_format="text",
         model_poll_seconds=0.2,

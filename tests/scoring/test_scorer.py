@@ -1,0 +1,158 @@
+"""The scoring child process (app/scorer.py): same scores as the model in-process, its own
+model cache, and what happens when it fails or dies."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.config import Settings
+from app.errors import ServiceUnavailable
+from app.main import create_app
+from app.scorer import ScorerProcess
+from models import BUILTIN_CLASSES, ScoreBatch, TrainedModel, TrainingData, fit
+from tests.models.models_testkit import CHANNELS, inject_faults, quick, sine_windows, tiny_config
+from tests.utils.stream import windows_of
+from tests.utils.trained import trained_series
+
+FIELDS = (
+    "raw_score",
+    "score",
+    "p_false_positive",
+    "p_false_negative",
+    "adjusted_score",
+    "is_anomaly",
+    "class_probabilities",
+    "channel_contributions",
+    "step_contributions",
+)
+
+
+@pytest.fixture(scope="module")
+def models() -> list[TrainedModel]:
+    return [
+        fit(
+            TrainingData(sine_windows(32, seed=seed), None),
+            classes=BUILTIN_CLASSES,
+            channels=CHANNELS,
+            model_config=tiny_config(),
+            train_config=quick(epochs=1, seed=seed),
+        )
+        for seed in (0, 1)
+    ]
+
+
+def assert_same(got: ScoreBatch, want: ScoreBatch) -> None:
+    for name in FIELDS:
+        np.testing.assert_array_equal(getattr(got, name), getattr(want, name), err_msg=name)
+    assert got.threshold == want.threshold
+
+
+def run(coroutine_function: Callable[[ScorerProcess], object], **kwargs: int) -> None:
+    async def main() -> None:
+        scorer = ScorerProcess(threads=1, cache_size=kwargs.get("cache_size", 4))
+        try:
+            await coroutine_function(scorer)  # type: ignore[misc]
+        finally:
+            await scorer.close()
+
+    asyncio.run(main())
+
+
+def test_the_child_scores_exactly_as_the_model_does(models: list[TrainedModel]) -> None:
+    """The first batch finds the model missing in the child and sends it; the second finds it
+    cached. Both give, bit for bit, what TrainedModel.score gives in this process."""
+    windows = inject_faults(sine_windows(7, seed=3))
+
+    async def check(scorer: ScorerProcess) -> None:
+        for n_samples in (1, 1, 4):
+            got = await scorer.score((1, 1), models[0], windows, n_samples=n_samples)
+            assert_same(got, models[0].score(windows, n_samples=n_samples))
+        assert scorer.started == 1
+
+    run(check)
+
+
+def test_a_model_the_child_dropped_is_sent_again(models: list[TrainedModel]) -> None:
+    windows = sine_windows(3, seed=4)
+
+    async def check(scorer: ScorerProcess) -> None:
+        for key, model in [((1, 1), models[0]), ((2, 1), models[1])] * 2:
+            got = await scorer.score(key, model, windows, n_samples=1)
+            assert_same(got, model.score(windows))
+        assert scorer.started == 1
+
+    run(check, cache_size=1)
+
+
+def test_a_failing_batch_fails_alone_and_the_child_lives_on(models: list[TrainedModel]) -> None:
+    async def check(scorer: ScorerProcess) -> None:
+        wrong = np.zeros((2, 5, 3), dtype=np.float32)  # the model's windows are 16 steps long
+        with pytest.raises(RuntimeError, match="InvalidInput"):
+            await scorer.score((1, 1), models[0], wrong, n_samples=1)
+        windows = sine_windows(2, seed=5)
+        assert_same(
+            await scorer.score((1, 1), models[0], windows, n_samples=1), models[0].score(windows)
+        )
+        assert scorer.started == 1
+
+    run(check)
+
+
+def test_a_killed_child_fails_its_batch_with_503_and_the_next_batch_starts_another(
+    models: list[TrainedModel],
+) -> None:
+    windows = sine_windows(4, seed=6)
+
+    async def check(scorer: ScorerProcess) -> None:
+        await scorer.score((1, 1), models[0], windows[:1], n_samples=1)  # loaded, warm
+        pid = scorer.pid
+        assert pid is not None
+        os.kill(pid, signal.SIGSTOP)  # it cannot answer the next batch ...
+        pending = asyncio.ensure_future(scorer.score((1, 1), models[0], windows, n_samples=1))
+        await asyncio.sleep(0.2)
+        assert not pending.done()
+        os.kill(pid, signal.SIGKILL)  # ... and dies with it in flight
+        with pytest.raises(ServiceUnavailable, match="scoring process exited"):
+            await pending
+        got = await scorer.score((1, 1), models[0], windows[:2], n_samples=1)
+        assert_same(got, models[0].score(windows[:2]))
+        assert scorer.started == 2 and scorer.pid != pid
+
+    run(check)
+
+
+def test_the_service_scores_the_same_through_the_child_as_on_a_thread(
+    sessions: sessionmaker[Session], settings: Settings, make_headers: Callable[..., dict[str, str]]
+) -> None:
+    """POST /v1/score with the default `score_process=true` answers exactly as in-process
+    scoring does (the score ids aside), and the child goes when the app stops."""
+    series_id, stream = trained_series(sessions, settings)
+    windows = windows_of(stream, window_size=16, stride=8)[:5].tolist()
+    headers = make_headers("score")
+    bodies = []
+    for in_child in (True, False):
+        app = create_app(settings.model_copy(update={"score_process": in_child}))
+        with TestClient(app) as client:
+            response = client.post(
+                "/v1/score", json={"series_id": series_id, "windows": windows}, headers=headers
+            )
+            scorer = app.state.runtime.batcher.scorer
+            pid = scorer.pid if scorer is not None else None
+        assert response.status_code == 200, response.text
+        body = response.json()
+        for result in body["results"]:
+            result.pop("score_id")
+        bodies.append(body)
+        if in_child:
+            assert pid is not None
+            with pytest.raises(ProcessLookupError):
+                os.kill(pid, 0)  # reaped at shutdown
+    assert bodies[0] == bodies[1]
