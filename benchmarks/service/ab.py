@@ -35,7 +35,7 @@ from benchmarks.service.common import (
 
 
 def measure(server: Server, requests: list[bytes], concurrency: int, seconds: float) -> Any:
-    pids = server.api_pids()
+    pids = server.serving_pids()
     cpu0 = sum(cpu_seconds(p) for p in pids)
     result = run_load(server, requests, Load(concurrency, seconds, warmup=1.0))
     cpu = sum(cpu_seconds(p) for p in pids) - cpu0

@@ -210,6 +210,14 @@ class Server:
         serving = spawned[1:] if self.embedded_worker else spawned
         return serving or [self.process.pid]
 
+    def scorer_pids(self) -> list[int]:
+        """The scoring children (`python -m app.scorer`) of the serving processes."""
+        return [c for p in self.api_pids() for c in children(p) if "app.scorer" in cmdline(c)]
+
+    def serving_pids(self) -> list[int]:
+        """The API processes and their scoring children: what a request costs in CPU and memory."""
+        return [*self.api_pids(), *self.scorer_pids()]
+
     def training_worker_pids(self) -> list[int]:
         spawned = self._spawned()
         return spawned[:1] if self.embedded_worker else []

@@ -11,7 +11,8 @@ then, for `VIGIL_MODEL_CACHE_SIZE` = 128 (every model fits) and the default 64:
   hit, with cache 64 cycling through 100 series every request misses and reloads (the worst
   case of an LRU cache);
 - then scores all series at concurrency 8 for a while;
-- and reads the API process's RSS (VmRSS, and the high-water mark VmHWM) at each step.
+- and reads the RSS of the API process and its scoring child, summed (VmRSS, and the
+  high-water mark VmHWM) at each step.
 
 Target: RSS <= 1.5 GiB. Writes `benchmarks/out/service_memory.json`.
 """
@@ -104,21 +105,25 @@ def run(n_series: int, cache_size: int, seconds: float) -> dict[str, Any]:
         others = [create_series(server, f"series-{k}") for k in range(1, n_series)]
         install_models(url, artifact, others)
         series_ids = [first, *others]
-        pid = server.api_pids()[0]
         time.sleep(3)  # the registry's poll sees the new active versions
-        at_start = rss_bytes(pid)
+
+        def rss() -> int:  # the API process and its scoring child
+            return sum(rss_bytes(p) for p in server.serving_pids())
+
+        at_start = rss()
         first_pass = one_pass(server, series_ids)
-        after_first = rss_bytes(pid)
+        after_first = rss()
         second_pass = one_pass(server, series_ids)
-        after_second = rss_bytes(pid)
+        after_second = rss()
         requests = [
             r
             for s in series_ids
             for r in score_requests(server, s, windows=1, wire="json", variants=1)
         ]
         load = run_load(server, requests, Load(8, seconds))
-        after_load = rss_bytes(pid)
-        peak = vm(pid, "VmHWM")
+        after_load = rss()
+        peak = sum(vm(p, "VmHWM") for p in server.serving_pids())
+        scorer_rss = sum(rss_bytes(p) for p in server.scorer_pids())
     out = {
         "series": n_series,
         "model_cache_size": cache_size,
@@ -128,6 +133,7 @@ def run(n_series: int, cache_size: int, seconds: float) -> dict[str, Any]:
         "rss_after_second_pass_mib": round(after_second / 2**20, 1),
         "rss_after_load_mib": round(after_load / 2**20, 1),
         "rss_peak_mib": round(peak / 2**20, 1),
+        "scorer_rss_mib": round(scorer_rss / 2**20, 1),
         "first_pass_ms": {
             "p50": round(median(first_pass), 2),
             "p99": round(float(np.percentile(first_pass, 99)), 2),

@@ -139,14 +139,15 @@ def main() -> None:
             header(data),
             "",
             "| cache size | RSS start MiB | all 100 scored MiB | after c=8 load MiB | peak MiB "
-            "| 1st pass p50 ms | 2nd pass p50 ms |",
-            "|---|---|---|---|---|---|---|",
+            "| of which the scoring child MiB | 1st pass p50 ms | 2nd pass p50 ms |",
+            "|---|---|---|---|---|---|---|---|",
         ]
         for r in data["runs"]:
             lines.append(
                 f"| {r['model_cache_size']} | {r['rss_at_start_mib']} | "
                 f"{r['rss_after_loading_all_mib']} | {r['rss_after_load_mib']} | "
-                f"{r['rss_peak_mib']} | {r['first_pass_ms']['p50']} | "
+                f"{r['rss_peak_mib']} | {r.get('scorer_rss_mib', '-')} | "
+                f"{r['first_pass_ms']['p50']} | "
                 f"{r['second_pass_ms']['p50']} |"
             )
         lines.append("")

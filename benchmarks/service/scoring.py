@@ -66,7 +66,7 @@ def measure_case(
 ) -> dict[str, Any]:
     variants = 8 if windows == 1 else 2
     requests = score_requests(server, series_id, windows=windows, wire=wire, variants=variants)
-    pids = server.api_pids()
+    pids = server.serving_pids()
     cpu0 = sum(cpu_seconds(p) for p in pids)
     result = run_load(
         server,
