@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from models import BUILTIN_CLASSES, P_FN_MAX, TrainedModel, TrainingData, fit
 from models.scoring import adjust, calibrate, fit_calibration, nearest_calibration, threshold_at
@@ -231,35 +232,55 @@ def test_false_positive_feedback_fades_above_the_worst_dismissed_alarm() -> None
     ("flavour", "variant"),
     [("recurrent", "ss"), ("recurrent", "eu"), ("dense", "ss"), ("conv", "ss"), ("conv", "eu")],
 )
-def test_the_traced_scoring_graph_gives_the_eager_results(flavour: str, variant: str) -> None:
+def test_the_traced_scoring_graph_gives_the_eager_results(
+    flavour: str, variant: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """score() runs a TorchScript trace of the inference step (it runs without the GIL); it
     must be used for every flavour, and give what the eager step gives at any batch size and L
-    (the trace was recorded at batch 3 and L = 1; L = 64 splits 37 windows into chunks of 16)."""
+    (the trace was recorded at batch 3; L = 64 splits 37 windows into chunks of 16). A second
+    model of the same architecture gets a copy of the first one's trace with its own weights."""
     from models.scoring import InferenceStep, run_inference
     from models.trained import make_generator
+
+    traces: list[int] = []
+    trace = InferenceStep._trace
+
+    def counted(step: InferenceStep) -> torch.jit.ScriptModule:
+        traces.append(step.n_samples)
+        return trace(step)
+
+    monkeypatch.setattr(InferenceStep, "_trace", counted)
 
     x = sine_windows(40, seed=0)
     labels = np.full((40, T), -1, dtype=np.int64)
     labels[:8] = 0
-    model = fit(
-        TrainingData(x, labels),
-        classes=BUILTIN_CLASSES,
-        channels=CHANNELS,
-        model_config=tiny_config(flavour, variant),
-        train_config=quick(epochs=1),
-    )
-    windows = model._prepare(inject_faults(sine_windows(37, seed=5)))
-    for n in (1, 2, 37):
-        for L in (1, 3, 64):
-            step, call = model._scoring_step(L)
-            assert call is not None, "tracing failed: scoring would hold the GIL per operation"
-            eps = step.draw_noise(make_generator(7))
-            traced = run_inference(step, windows[:n], eps=eps, call=call)
-            eager = run_inference(InferenceStep(model.net, n_samples=L), windows[:n], eps=eps)
-            for name in ("raw_score", "elements", "step_probabilities"):
-                got, want = getattr(traced, name), getattr(eager, name)
-                if variant == "eu" and name == "step_probabilities":
-                    assert got is None and want is None
-                    continue
-                assert got.shape == want.shape
-                np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-9, err_msg=name)
+    trained = [
+        fit(
+            TrainingData(x, labels),
+            classes=BUILTIN_CLASSES,
+            channels=CHANNELS,
+            model_config=tiny_config(flavour, variant),
+            train_config=quick(epochs=1, seed=seed),
+        )
+        for seed in (0, 1)
+    ]
+    windows = trained[0]._prepare(inject_faults(sine_windows(37, seed=5)))
+    raw: list[np.ndarray] = []
+    for model in trained:
+        for n in (1, 2, 37):
+            for L in (1, 3, 64):
+                step, call = model._scoring_step(L)
+                assert call is not None, "tracing failed: scoring would hold the GIL per operation"
+                eps = step.draw_noise(make_generator(7))
+                traced = run_inference(step, windows[:n], eps=eps, call=call)
+                eager = run_inference(InferenceStep(model.net, n_samples=L), windows[:n], eps=eps)
+                for name in ("raw_score", "elements", "step_probabilities"):
+                    got, want = getattr(traced, name), getattr(eager, name)
+                    if variant == "eu" and name == "step_probabilities":
+                        assert got is None and want is None
+                        continue
+                    assert got.shape == want.shape
+                    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-9, err_msg=name)
+        raw.append(model.score(windows).raw_score)
+    assert not np.allclose(raw[0], raw[1])  # each model scored with its own weights
+    assert sorted(traces) == sorted(set(traces))  # at most one trace per L, for both models
