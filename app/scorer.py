@@ -275,8 +275,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--cache-size", type=int, default=64)
     args = parser.parse_args(argv)
-    # Ctrl-C in a terminal reaches the whole process group; the parent decides when we stop.
+    # Signals sent to the whole group (Ctrl-C, systemd stopping the unit) reach this child
+    # too, while the parent still finishes the requests it accepted. The child stops when its
+    # input ends instead: the parent closes it at shutdown, or dies.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     import torch
 
     torch.set_num_threads(args.threads)

@@ -7,9 +7,11 @@ the stages of a request.
 (stage shares, the heaviest frames)
 and the raw collapsed stacks beside it (`.txt`, for flame-graph tools).
 
-py-spy samples threads that are on CPU (it leaves idle ones out), from outside the process:
-the service runs unmodified. Its sampling pauses the process briefly, so the latency measured
-meanwhile is a little worse than without it; the stage shares are what this is for.
+py-spy samples threads that are on CPU (it leaves idle ones out), from outside the process,
+the API process and its scoring child: the service runs unmodified. With `--gil` each
+process's GIL holder is sampled (the child has a GIL of its own). Its sampling pauses the
+processes briefly, so the latency measured meanwhile is a little worse than without it; the
+stage shares are what this is for.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ STAGES: list[tuple[str, tuple[str, ...]]] = [
     ("metrics (prometheus_client)", ("prometheus_client/",)),
     ("model (TrainedModel.score, torch)", ("models/", "torch/")),
     ("score log (append, flush)", ("ScoreLog", "app/scoring.py:3")),
+    ("scoring child: pipe and framing", ("app/scorer.py",)),
     ("auth (key lookup in the database)", ("authenticate", "app/api/deps.py", "security.py")),
     ("database driver, SQLAlchemy", ("sqlalchemy/", "psycopg/", "sqlite3")),
     (
@@ -145,6 +148,7 @@ def profile(
                     "-o",
                     str(raw_path),
                     "--threads",
+                    "--subprocesses",  # the scoring child (app/scorer.py) too
                     *(["--gil"] if gil else []),
                 ],
                 check=True,
