@@ -10,7 +10,8 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from sqlalchemy import Engine, bindparam, select
+from sqlalchemy import Connection, Engine, bindparam, select
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.config import Settings
@@ -54,6 +55,7 @@ class KeyLookup:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vigil-auth")
         self._waiting: dict[str, list[asyncio.Future[Principal | None]]] = {}
         self._drainer: asyncio.Task[None] | None = None
+        self._connection: Connection | None = None  # used only on the lookup thread
         self.queries = 0
 
     async def authenticate(self, presented: str) -> Principal | None:
@@ -89,9 +91,25 @@ class KeyLookup:
                         future.set_result(principal)
 
     def _query(self, digests: list[str]) -> dict[str, Principal]:
+        """On the lookup thread, over a connection kept for it in autocommit: one round trip
+        per lookup, where a pooled connection took three (the pool's liveness ping, the query,
+        the rollback on release), each with SQLAlchemy's bookkeeping around it, on a thread
+        that competes with the event loop for the GIL. Every query still reads what is
+        committed now. A broken connection is replaced once, through the pool (which checks
+        the new one); a second failure is the database's and reaches the request as 503."""
         self.queries += 1
-        with self._engine.connect() as connection:
-            rows = connection.execute(LIVE_KEYS, {"digests": digests}).all()
+        for attempt in (1, 2):
+            if self._connection is None:
+                self._connection = self._engine.connect().execution_options(
+                    isolation_level="AUTOCOMMIT"
+                )
+            try:
+                rows = self._connection.execute(LIVE_KEYS, {"digests": digests}).all()
+                break
+            except DBAPIError as exc:
+                self._drop_connection()
+                if attempt == 2 or not exc.connection_invalidated:
+                    raise
         wanted = set(digests)
         return {
             key_hash: Principal(key_id, name, key_hash, tuple(scopes))
@@ -99,10 +117,18 @@ class KeyLookup:
             if key_hash in wanted
         }
 
+    def _drop_connection(self) -> None:
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            with contextlib.suppress(Exception):
+                connection.close()
+
     def close(self) -> None:
         if self._drainer is not None:
             self._drainer.cancel()
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        # The connection is closed on its own thread, after any lookup still running there.
+        self._executor.submit(self._drop_connection)
+        self._executor.shutdown(wait=False)
 
 
 @dataclass

@@ -98,3 +98,26 @@ def test_observe_many_matches_observe_one_by_one() -> None:
 
     assert samples(many) == pytest.approx(samples(one))
     assert samples(many)[("h_count", "")] == len(values) + len(few)
+
+
+def test_a_broken_lookup_connection_is_replaced_without_failing_a_request(
+    engine: Engine, sessions: sessionmaker[Session]
+) -> None:
+    """The lookup keeps one connection between queries; when it breaks (a database restart,
+    a cut network) the next lookup opens another and answers, instead of failing with 503."""
+    _, plain = _key(sessions, "score")
+
+    async def run() -> tuple[object, object, object]:
+        keys = KeyLookup(engine)
+        assert await keys.authenticate(plain) is not None
+        held = keys._connection
+        assert held is not None
+        held.connection.dbapi_connection.close()  # type: ignore[union-attr]
+        found = await keys.authenticate(plain)
+        now = keys._connection
+        keys.close()
+        return found, held, now
+
+    found, held, now = asyncio.run(run())
+    assert found is not None
+    assert now is not None and now is not held
