@@ -9,9 +9,11 @@ import hmac
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
+import psycopg
 from sqlalchemy import Connection, Engine, bindparam, select
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.config import Settings
@@ -34,6 +36,12 @@ class Principal:
     scopes: tuple[str, ...]
 
 
+_PG_LIVE_KEYS = (
+    "SELECT id, name, key_hash, scopes FROM api_keys "
+    "WHERE key_hash = ANY(%s) AND revoked_at IS NULL"
+)
+"""LIVE_KEYS for the asyncio psycopg connection (scopes is json: psycopg parses it)."""
+
 LIVE_KEYS = select(ApiKey.id, ApiKey.name, ApiKey.key_hash, ApiKey.scopes).where(
     ApiKey.key_hash.in_(bindparam("digests", expanding=True)), ApiKey.revoked_at.is_(None)
 )
@@ -46,8 +54,13 @@ class KeyLookup:
     Every request's key is read from the database after the request arrived: a lookup that is
     already running never answers a request that came in after it started; that request
     waits for the next one. So a revoked key fails on its very next request, exactly as with
-    one query per request, while a burst of N requests costs one query and one thread hop
-    instead of N.
+    one query per request, while a burst of N requests costs one query instead of N.
+
+    On Postgres the query runs on the event loop itself, over an asyncio psycopg connection
+    kept in autocommit: a thread would have to take the GIL back from the busy event loop
+    three times per lookup (to send, to read the reply, to hand it over), each wait up to the
+    interpreter's 5 ms switch interval, and requests wait for their lookup. SQLite has no
+    asynchronous driver; its lookups run on a thread of their own.
     """
 
     def __init__(self, engine: Engine) -> None:
@@ -56,6 +69,8 @@ class KeyLookup:
         self._waiting: dict[str, list[asyncio.Future[Principal | None]]] = {}
         self._drainer: asyncio.Task[None] | None = None
         self._connection: Connection | None = None  # used only on the lookup thread
+        self._postgres = engine.dialect.name == "postgresql"
+        self._aconnection: psycopg.AsyncConnection[tuple[Any, ...]] | None = None
         self.queries = 0
 
     async def authenticate(self, presented: str) -> Principal | None:
@@ -73,11 +88,10 @@ class KeyLookup:
         return principal
 
     async def _drain(self) -> None:
-        loop = asyncio.get_running_loop()
         while self._waiting:
             batch, self._waiting = self._waiting, {}
             try:
-                found = await loop.run_in_executor(self._executor, self._query, list(batch))
+                found = await self._lookup(list(batch))
             except Exception as exc:  # every waiting request sees the database error
                 for futures in batch.values():
                     for future in futures:
@@ -90,7 +104,57 @@ class KeyLookup:
                     if not future.done():
                         future.set_result(principal)
 
-    def _query(self, digests: list[str]) -> dict[str, Principal]:
+    async def _lookup(self, digests: list[str]) -> dict[str, Principal]:
+        """The live keys among these digests, by digest."""
+        if self._postgres:
+            rows = await self._query_postgres(digests)
+        else:
+            loop = asyncio.get_running_loop()
+            rows = await loop.run_in_executor(self._executor, self._query, digests)
+        wanted = set(digests)
+        return {
+            key_hash: Principal(key_id, name, key_hash, tuple(scopes))
+            for key_id, name, key_hash, scopes in rows
+            if key_hash in wanted
+        }
+
+    async def _query_postgres(self, digests: list[str]) -> list[tuple[Any, ...]]:
+        """One round trip on the kept connection. A connection that broke is replaced once; a
+        failure to connect, or a second failure, reaches the request as 503 (OperationalError)."""
+        self.queries += 1
+        for attempt in (1, 2):
+            fresh = self._aconnection is None or self._aconnection.closed
+            try:
+                if fresh:
+                    self._aconnection = await psycopg.AsyncConnection.connect(
+                        self._conninfo(), autocommit=True, connect_timeout=5
+                    )
+                assert self._aconnection is not None
+                cursor = await self._aconnection.execute(_PG_LIVE_KEYS, (digests,))
+                return await cursor.fetchall()
+            except psycopg.OperationalError as exc:
+                await self._close_postgres()
+                if fresh or attempt == 2:
+                    raise OperationalError(_PG_LIVE_KEYS, None, exc) from exc
+            except psycopg.Error as exc:
+                raise DBAPIError(_PG_LIVE_KEYS, None, exc) from exc
+        raise AssertionError("unreachable")
+
+    def _conninfo(self) -> str:
+        url = self._engine.url.set(drivername="postgresql")
+        return (
+            url.render_as_string(hide_password=False)
+            + ("&" if url.query else "?")
+            + "application_name=vigil.api.keys"
+        )
+
+    async def _close_postgres(self) -> None:
+        connection, self._aconnection = self._aconnection, None
+        if connection is not None:
+            with contextlib.suppress(Exception):
+                await connection.close()
+
+    def _query(self, digests: list[str]) -> list[tuple[Any, ...]]:
         """On the lookup thread, over a connection kept for it in autocommit: one round trip
         per lookup, where a pooled connection took three (the pool's liveness ping, the query,
         the rollback on release), each with SQLAlchemy's bookkeeping around it, on a thread
@@ -104,18 +168,14 @@ class KeyLookup:
                     isolation_level="AUTOCOMMIT"
                 )
             try:
-                rows = self._connection.execute(LIVE_KEYS, {"digests": digests}).all()
-                break
+                return [
+                    tuple(row) for row in self._connection.execute(LIVE_KEYS, {"digests": digests})
+                ]
             except DBAPIError as exc:
                 self._drop_connection()
                 if attempt == 2 or not exc.connection_invalidated:
                     raise
-        wanted = set(digests)
-        return {
-            key_hash: Principal(key_id, name, key_hash, tuple(scopes))
-            for key_id, name, key_hash, scopes in rows
-            if key_hash in wanted
-        }
+        raise AssertionError("unreachable")
 
     def _drop_connection(self) -> None:
         connection, self._connection = self._connection, None
@@ -123,9 +183,10 @@ class KeyLookup:
             with contextlib.suppress(Exception):
                 connection.close()
 
-    def close(self) -> None:
+    async def close(self) -> None:
         if self._drainer is not None:
             self._drainer.cancel()
+        await self._close_postgres()
         # The connection is closed on its own thread, after any lookup still running there.
         self._executor.submit(self._drop_connection)
         self._executor.shutdown(wait=False)
@@ -195,7 +256,7 @@ class Runtime:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await self.batcher.close()
-        self.keys.close()
+        await self.keys.close()
         try:
             await asyncio.to_thread(self.score_log.flush)
         except Exception as exc:

@@ -9,11 +9,11 @@ import threading
 import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry, Histogram
-from sqlalchemy import Engine
+from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.metrics import observe_many
-from app.runtime import KeyLookup
+from app.runtime import KeyLookup, Principal
 from app.security import create_key, revoke_key
 
 
@@ -35,7 +35,7 @@ def test_concurrent_lookups_share_one_query(
         found = await asyncio.gather(
             *(keys.authenticate(k) for k in [first, second, "vgl_unknown"] * 6 + [first])
         )
-        keys.close()
+        await keys.close()
         return list(found), keys.queries
 
     found, queries = asyncio.run(run())
@@ -51,12 +51,12 @@ def test_a_key_revoked_while_a_lookup_runs_fails_the_next_request(
     started, release = threading.Event(), threading.Event()
 
     class Slow(KeyLookup):
-        def _query(self, digests: list[str]) -> dict[str, object]:  # type: ignore[override]
-            result = super()._query(digests)
+        async def _lookup(self, digests: list[str]) -> dict[str, Principal]:
+            result = await super()._lookup(digests)
             if self.queries == 1:
                 started.set()
-                release.wait(5)
-            return result  # type: ignore[return-value]
+                await asyncio.to_thread(release.wait, 5)
+            return result
 
     async def run() -> tuple[object, object]:
         keys = Slow(engine)
@@ -67,7 +67,7 @@ def test_a_key_revoked_while_a_lookup_runs_fails_the_next_request(
         later = asyncio.ensure_future(keys.authenticate(plain))  # arrives after the revocation
         release.set()
         result = await earlier, await later
-        keys.close()
+        await keys.close()
         return result
 
     earlier, later = asyncio.run(run())
@@ -110,12 +110,18 @@ def test_a_broken_lookup_connection_is_replaced_without_failing_a_request(
     async def run() -> tuple[object, object, object]:
         keys = KeyLookup(engine)
         assert await keys.authenticate(plain) is not None
-        held = keys._connection
+        held = keys._aconnection if keys._postgres else keys._connection
         assert held is not None
-        held.connection.dbapi_connection.close()  # type: ignore[union-attr]
+        if keys._postgres:  # the server ends the session, as a restart would
+            with engine.connect() as other:
+                other.execute(
+                    text("SELECT pg_terminate_backend(:pid)"), {"pid": held.info.backend_pid}
+                )
+        else:
+            held.connection.dbapi_connection.close()
         found = await keys.authenticate(plain)
-        now = keys._connection
-        keys.close()
+        now = keys._aconnection if keys._postgres else keys._connection
+        await keys.close()
         return found, held, now
 
     found, held, now = asyncio.run(run())
