@@ -70,6 +70,7 @@ IDLE_LEAVES = (
     "Runner.run (asyncio/runners.py",
     "run (uvloop/",
     "sleep",
+    "_read_exactly (app/scorer.py",  # the scoring child waiting for its next batch
 )
 
 
