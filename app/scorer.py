@@ -25,7 +25,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import logging
+import math
 import signal
 import struct
 import sys
@@ -43,18 +45,8 @@ _FRAME = struct.Struct("<IQ")
 REPLY_TIMEOUT = 120.0
 """Seconds a batch may take before the child is deemed hung (1,024 windows at L = 64 take ~10 s)."""
 
-# ScoreBatch's arrays, in the order they travel.
-_FIELDS = (
-    "raw_score",
-    "score",
-    "p_false_positive",
-    "p_false_negative",
-    "adjusted_score",
-    "is_anomaly",
-    "class_probabilities",
-    "channel_contributions",
-    "step_contributions",
-)
+# ScoreBatch's arrays, in the order they travel (its one float, the threshold, in the header).
+_FIELDS = tuple(f.name for f in dataclasses.fields(ScoreBatch) if f.name != "threshold")
 
 
 class ScorerProcess:
@@ -211,7 +203,7 @@ def _unpack(header: dict[str, Any], payload: bytes) -> ScoreBatch:
     at = 0
     for name, (dtype, shape) in zip(_FIELDS, header["arrays"], strict=True):
         kind = np.dtype(dtype)
-        count = int(np.prod(shape))
+        count = math.prod(shape)
         values[name] = np.frombuffer(payload, kind, count, at).reshape(shape)
         at += count * kind.itemsize
     return ScoreBatch(**values, threshold=header["threshold"])

@@ -4,6 +4,7 @@ model cache, and what happens when it fails or dies."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import signal
 from collections.abc import Callable
@@ -22,17 +23,7 @@ from tests.models.models_testkit import CHANNELS, inject_faults, quick, sine_win
 from tests.utils.stream import windows_of
 from tests.utils.trained import trained_series
 
-FIELDS = (
-    "raw_score",
-    "score",
-    "p_false_positive",
-    "p_false_negative",
-    "adjusted_score",
-    "is_anomaly",
-    "class_probabilities",
-    "channel_contributions",
-    "step_contributions",
-)
+FIELDS = [f.name for f in dataclasses.fields(ScoreBatch) if f.name != "threshold"]
 
 
 @pytest.fixture(scope="module")
