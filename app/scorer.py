@@ -97,6 +97,9 @@ class ScorerProcess:
     # -- internals --------------------------------------------------------------------------
 
     async def _ensure(self) -> asyncio.subprocess.Process:
+        process = self._process
+        if process is not None and process.returncode is None:
+            return process  # every batch comes here: no lock while the child lives
         async with self._starting:
             process = self._process
             if process is not None and process.returncode is None:
