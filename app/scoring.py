@@ -395,34 +395,22 @@ class ScoreLog:
                 )
 
 
-_SCORE_COLUMNS = (
-    "id",
-    "series_id",
-    "model_version",
-    "created_at",
-    "start_ts",
-    "end_ts",
-    "window",
-    "raw_score",
-    "adjusted_score",
-    "is_anomaly",
-)
 _PG_COPY_SCORES = (
     'COPY scores (id, series_id, model_version, created_at, start_ts, end_ts, "window", '
     "raw_score, adjusted_score, is_anomaly) FROM STDIN (FORMAT BINARY)"
 )
-_PG_SCORE_TYPES = (
-    "uuid",
-    "int4",
-    "int4",
-    "timestamptz",
-    "int8",
-    "int8",
-    "bytea",
-    "float8",
-    "float8",
-    "bool",
-)
+_PG_SCORE_TYPES = {  # the COPY's columns, in its order, with the table's Postgres types
+    "id": "uuid",
+    "series_id": "int4",
+    "model_version": "int4",
+    "created_at": "timestamptz",
+    "start_ts": "int8",
+    "end_ts": "int8",
+    "window": "bytea",
+    "raw_score": "float8",
+    "adjusted_score": "float8",
+    "is_anomaly": "bool",
+}
 
 
 def _copy_postgres(session: Session, rows: list[dict[str, Any]]) -> None:
@@ -434,9 +422,9 @@ def _copy_postgres(session: Session, rows: list[dict[str, Any]]) -> None:
     raw = session.connection().connection.driver_connection
     assert raw is not None
     with raw.cursor() as cursor, cursor.copy(_PG_COPY_SCORES) as copy:
-        copy.set_types(list(_PG_SCORE_TYPES))
+        copy.set_types(list(_PG_SCORE_TYPES.values()))
         for row in rows:
-            copy.write_row([row[column] for column in _SCORE_COLUMNS])
+            copy.write_row([row[column] for column in _PG_SCORE_TYPES])
 
 
 def database_unavailable(exc: SQLAlchemyError) -> ServiceUnavailable:
