@@ -19,8 +19,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from app.config import Settings
 from app.db.models import ApiKey
 from app.db.session import make_engine, make_sessionmaker, transaction
-from app.scorer import ScorerProcess
-from app.scoring import MicroBatcher, ModelRegistry, ScoreLog
+from app.scorelog import ScoreLog
+from app.scorer import REPLY_TIMEOUT, ScorerProcess
+from app.scoring import MicroBatcher, ModelRegistry
 from app.security import ensure_bootstrap_key, hash_key
 
 log = logging.getLogger(__name__)
@@ -199,14 +200,27 @@ class Runtime:
     sessions: sessionmaker[Session]
     registry: ModelRegistry
     batcher: MicroBatcher
-    score_log: ScoreLog
+    score_log: ScoreLog | None  # on the scoring thread; None when the scoring child keeps it
     keys: KeyLookup
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    loop: asyncio.AbstractEventLoop | None = None
 
     @classmethod
     def build(cls, settings: Settings) -> Runtime:
         engine = make_engine(settings.database_url, role="api")
         sessions = make_sessionmaker(engine)
+        scorer = score_log = None
+        if settings.score_process:
+            scorer = ScorerProcess(
+                threads=settings.score_threads,
+                cache_size=settings.model_cache_size,
+                database_url=settings.database_url,
+                flush_seconds=settings.score_log_flush_seconds,
+                log_level=settings.log_level,
+                log_format=settings.log_format,
+            )
+        else:
+            score_log = ScoreLog(sessions)
         return cls(
             settings=settings,
             engine=engine,
@@ -216,15 +230,21 @@ class Runtime:
                 max_batch_size=settings.batch_max_size,
                 max_wait=settings.batch_max_wait_ms / 1000.0,
                 n_samples=settings.score_samples,
-                scorer=ScorerProcess(
-                    threads=settings.score_threads, cache_size=settings.model_cache_size
-                )
-                if settings.score_process
-                else None,
+                scorer=scorer,
+                score_log=score_log,
             ),
-            score_log=ScoreLog(sessions),
+            score_log=score_log,
             keys=KeyLookup(engine),
         )
+
+    def flush_scores(self) -> int:
+        """Write the scored windows this API process holds, from a thread (not the event
+        loop's): feedback on a score made a moment ago must find it."""
+        if self.score_log is not None:
+            return self.score_log.flush()
+        assert self.batcher.scorer is not None and self.loop is not None
+        flushed = asyncio.run_coroutine_threadsafe(self.batcher.scorer.flush(), self.loop)
+        return flushed.result(REPLY_TIMEOUT)
 
     async def start(self) -> None:
         import torch
@@ -243,11 +263,12 @@ class Runtime:
         # freezing it keeps the collector from walking it again on every full collection.
         gc.collect()
         gc.freeze()
-        loop = asyncio.get_running_loop()
+        self.loop = loop = asyncio.get_running_loop()
         self.tasks.append(loop.create_task(self.registry.poll(self.settings.model_poll_seconds)))
-        self.tasks.append(
-            loop.create_task(self.score_log.run(self.settings.score_log_flush_seconds))
-        )
+        if self.score_log is not None:
+            self.tasks.append(
+                loop.create_task(self.score_log.run(self.settings.score_log_flush_seconds))
+            )
 
     async def stop(self) -> None:
         for task in self.tasks:
@@ -255,14 +276,15 @@ class Runtime:
         for task in self.tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        await self.batcher.close()
+        await self.batcher.close()  # a scoring child writes its scores as it exits
         await self.keys.close()
-        try:
-            await asyncio.to_thread(self.score_log.flush)
-        except Exception as exc:
-            log.error(
-                "could not flush %d scored windows at shutdown: %s",
-                self.score_log.pending,
-                exc.__class__.__name__,
-            )
+        if self.score_log is not None:
+            try:
+                await asyncio.to_thread(self.score_log.flush)
+            except Exception as exc:
+                log.error(
+                    "could not flush %d scored windows at shutdown: %s",
+                    self.score_log.pending,
+                    exc.__class__.__name__,
+                )
         self.engine.dispose()

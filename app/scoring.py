@@ -1,6 +1,6 @@
 """The scoring runtime of an API process: which model is active, a bounded cache of loaded
-models, the micro-batcher that merges concurrent requests into one model call, and the
-score log that keeps scored windows for feedback without writing on the request path.
+models, and the micro-batcher that merges concurrent requests into one model call and logs
+their windows beside it (`app/scorelog.py`).
 """
 
 from __future__ import annotations
@@ -12,21 +12,18 @@ import logging
 import threading
 import uuid
 from collections import OrderedDict
-from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
-import psycopg
-from sqlalchemy import insert, select
-from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy import select
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.db.base import utcnow
-from app.db.models import MODEL_ACTIVE, ModelVersion, ScoreRecord, Series
+from app.db.models import MODEL_ACTIVE, ModelVersion, Series
 from app.errors import NoTrainedModel, SeriesNotFound, ServiceUnavailable
 from app.metrics import SCORE_BATCH_SIZE
+from app.scorelog import Record, Scored, ScoreLog, log_scores, spans_array
 from app.scorer import ScorerProcess
 from models import ArtifactError, ScoreBatch, TrainedModel
 
@@ -164,9 +161,16 @@ class ModelRegistry:
 
 
 @dataclass
+class _Item:
+    windows: np.ndarray
+    record: Record | None
+    future: asyncio.Future[Scored]
+
+
+@dataclass
 class _Pending:
     model: TrainedModel
-    items: list[tuple[np.ndarray, asyncio.Future[ScoreBatch]]] = field(default_factory=list)
+    items: list[_Item] = field(default_factory=list)
     windows: int = 0
 
 
@@ -178,6 +182,9 @@ class MicroBatcher:
     With `max_wait` > 0 an idle batcher also holds a batch open that long to collect more.
     A batch never exceeds `max_batch_size` windows unless one request alone is larger.
     A failed model call fails every request of its batch, each with the same exception.
+
+    A request with a `Record` has its windows logged where the model ran: in the scoring
+    child (which keeps a score log of its own), or on the scoring thread in `score_log`.
     """
 
     def __init__(
@@ -187,31 +194,40 @@ class MicroBatcher:
         max_wait: float,
         n_samples: int,
         scorer: ScorerProcess | None = None,
+        score_log: ScoreLog | None = None,
     ) -> None:
         self.max_batch_size = max_batch_size
         self.max_wait = max_wait
         self.n_samples = n_samples
         self.scorer = scorer  # None: score on a thread of this process
+        self.score_log = score_log  # where that thread logs
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vigil-score")
-        self._pending: OrderedDict[tuple[int, int], _Pending] = OrderedDict()
+        self._pending: OrderedDict[tuple[tuple[int, int], bool], _Pending] = OrderedDict()
         self._wakeup: asyncio.Event | None = None
         self._full: asyncio.Event | None = None
         self._consumer: asyncio.Task[None] | None = None
         self.model_calls = 0
 
     async def score(
-        self, key: tuple[int, int], model: TrainedModel, windows: np.ndarray
-    ) -> ScoreBatch:
+        self,
+        key: tuple[int, int],
+        model: TrainedModel,
+        windows: np.ndarray,
+        record: Record | None = None,
+    ) -> Scored:
+        """Score `windows` of (series id, model version) `key`; log them if `record` says how
+        (else the result has no ids and no alarm flags)."""
         loop = asyncio.get_running_loop()
         if self._consumer is None or self._consumer.done():
             self._wakeup, self._full = asyncio.Event(), asyncio.Event()
             self._consumer = loop.create_task(self._consume())
         assert self._wakeup is not None and self._full is not None
-        future: asyncio.Future[ScoreBatch] = loop.create_future()
-        pending = self._pending.get(key)
+        future: asyncio.Future[Scored] = loop.create_future()
+        group = (key, record is not None)  # a batch is logged as a whole, or not at all
+        pending = self._pending.get(group)
         if pending is None or pending.model is not model:
-            pending = self._pending.setdefault(key, _Pending(model))
-        pending.items.append((windows, future))
+            pending = self._pending.setdefault(group, _Pending(model))
+        pending.items.append(_Item(windows, record, future))
         pending.windows += len(windows)
         if pending.windows >= self.max_batch_size:
             self._full.set()
@@ -229,21 +245,19 @@ class MicroBatcher:
             self._wakeup.clear()
             self._full.clear()
             while self._pending:
-                key, pending = self._pending.popitem(last=False)
+                (key, _), pending = self._pending.popitem(last=False)
                 for chunk in self._chunks(pending.items):
                     await self._run(loop, key, pending.model, chunk)
 
-    def _chunks(
-        self, items: list[tuple[np.ndarray, asyncio.Future[ScoreBatch]]]
-    ) -> list[list[tuple[np.ndarray, asyncio.Future[ScoreBatch]]]]:
-        chunks: list[list[tuple[np.ndarray, asyncio.Future[ScoreBatch]]]] = [[]]
+    def _chunks(self, items: list[_Item]) -> list[list[_Item]]:
+        chunks: list[list[_Item]] = [[]]
         size = 0
         for item in items:
-            if chunks[-1] and size + len(item[0]) > self.max_batch_size:
+            if chunks[-1] and size + len(item.windows) > self.max_batch_size:
                 chunks.append([])
                 size = 0
             chunks[-1].append(item)
-            size += len(item[0])
+            size += len(item.windows)
         return chunks
 
     async def _run(
@@ -251,34 +265,66 @@ class MicroBatcher:
         loop: asyncio.AbstractEventLoop,
         key: tuple[int, int],
         model: TrainedModel,
-        items: list[tuple[np.ndarray, asyncio.Future[ScoreBatch]]],
+        items: list[_Item],
     ) -> None:
-        live = [(w, f) for w, f in items if not f.cancelled()]
+        # NOTE: a request cancelled before its batch ran is left out, so it is not logged;
+        # one cancelled while the batch runs is logged (it was scored), though nobody hears.
+        live = [item for item in items if not item.future.cancelled()]
         if not live:
             return
-        windows = live[0][0] if len(live) == 1 else np.concatenate([w for w, _ in live])
+        windows = live[0].windows if len(live) == 1 else np.concatenate([i.windows for i in live])
+        thresholds, spans = _log_arrays(live)
         self.model_calls += 1
         try:
             if self.scorer is not None:
                 SCORE_BATCH_SIZE.observe(len(windows))
-                batch = await self.scorer.score(key, model, windows, n_samples=self.n_samples)
+                batch, ids, flagged = await self.scorer.score(
+                    key,
+                    model,
+                    windows,
+                    n_samples=self.n_samples,
+                    thresholds=thresholds,
+                    spans=spans,
+                )
             else:
-                batch = await loop.run_in_executor(self._executor, self._call, model, windows)
+                batch, ids, flagged = await loop.run_in_executor(
+                    self._executor, self._call, key, model, windows, thresholds, spans
+                )
         except Exception as exc:  # every caller of the batch gets the failure
-            for _, future in live:
-                if not future.done():
-                    future.set_exception(exc)
+            for item in live:
+                if not item.future.done():
+                    item.future.set_exception(exc)
             return
         start = 0
-        for w, future in live:
-            stop = start + len(w)
-            if not future.done():
-                future.set_result(batch if len(live) == 1 else slice_batch(batch, start, stop))
+        alarms = flagged.tolist() if flagged is not None else None
+        for item in live:
+            stop = start + len(item.windows)
+            if not item.future.done():
+                item.future.set_result(
+                    Scored(
+                        batch=batch if len(live) == 1 else slice_batch(batch, start, stop),
+                        ids=ids[start:stop],
+                        flagged=alarms[start:stop] if alarms is not None else [],
+                    )
+                )
             start = stop
 
-    def _call(self, model: TrainedModel, windows: np.ndarray) -> ScoreBatch:
+    def _call(
+        self,
+        key: tuple[int, int],
+        model: TrainedModel,
+        windows: np.ndarray,
+        thresholds: np.ndarray | None,
+        spans: np.ndarray | None,
+    ) -> tuple[ScoreBatch, list[uuid.UUID], np.ndarray | None]:
         SCORE_BATCH_SIZE.observe(len(windows))
-        return model.score(windows, n_samples=self.n_samples)
+        batch = model.score(windows, n_samples=self.n_samples)
+        if thresholds is None:
+            return batch, [], None
+        if self.score_log is None:
+            raise RuntimeError("a request asked for its windows to be logged, but no log is set")
+        ids, flagged = log_scores(self.score_log, key, windows, batch, thresholds, spans)
+        return batch, ids, flagged
 
     async def close(self) -> None:
         if self._consumer is not None:
@@ -286,6 +332,16 @@ class MicroBatcher:
         self._executor.shutdown(wait=True, cancel_futures=False)
         if self.scorer is not None:
             await self.scorer.close()
+
+
+def _log_arrays(items: list[_Item]) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """Per window of a logged batch, its request's threshold and its span; (None, None) for a
+    batch that is not logged (the batcher never mixes the two)."""
+    records = [(len(item.windows), item.record) for item in items if item.record is not None]
+    if not records:
+        return None, None
+    thresholds = np.concatenate([np.full(count, record.threshold) for count, record in records])
+    return thresholds, spans_array(records)
 
 
 def slice_batch(batch: ScoreBatch, start: int, stop: int) -> ScoreBatch:
@@ -301,130 +357,6 @@ def slice_batch(batch: ScoreBatch, start: int, stop: int) -> ScoreBatch:
         step_contributions=batch.step_contributions[start:stop],
         threshold=batch.threshold,
     )
-
-
-class ScoreLog:
-    """Scored windows, buffered in memory and written in bulk off the request path.
-
-    If the database is away the rows wait (up to `max_pending`, oldest dropped first and
-    counted) and go in with the next successful flush.
-    """
-
-    def __init__(self, sessions: sessionmaker[Session], *, max_pending: int = 200_000) -> None:
-        self._sessions = sessions
-        self._max_pending = max_pending
-        self._rows: list[dict[str, Any]] = []
-        self._lock = threading.Lock()
-        self._flush_lock = threading.Lock()
-        self.dropped = 0
-
-    def append(
-        self,
-        *,
-        series_id: int,
-        version: int,
-        windows: np.ndarray,
-        batch: ScoreBatch,
-        flagged: Sequence[bool],
-        spans: Sequence[tuple[int, int]] | None = None,
-    ) -> list[uuid.UUID]:
-        """Buffer one request's scored windows; `flagged` is what the client was told."""
-        now = utcnow()
-        ids = [uuid.uuid4() for _ in range(len(windows))]
-        raw = batch.raw_score.tolist()
-        adjusted = batch.adjusted_score.tolist()
-        blobs = windows.astype("<f4", copy=False)
-        rows = [
-            {
-                "id": ids[i],
-                "series_id": series_id,
-                "model_version": version,
-                "created_at": now,
-                "start_ts": spans[i][0] if spans else None,
-                "end_ts": spans[i][1] if spans else None,
-                "window": blobs[i].tobytes(),
-                "raw_score": raw[i],
-                "adjusted_score": adjusted[i],
-                "is_anomaly": flagged[i],
-            }
-            for i in range(len(windows))
-        ]
-        with self._lock:
-            self._rows.extend(rows)
-            overflow = len(self._rows) - self._max_pending
-            if overflow > 0:
-                del self._rows[:overflow]
-                self.dropped += overflow
-        return ids
-
-    @property
-    def pending(self) -> int:
-        return len(self._rows)
-
-    def flush(self) -> int:
-        """Write what is buffered; returns the number of rows written. Thread-safe."""
-        with self._flush_lock:
-            with self._lock:
-                rows, self._rows = self._rows, []
-            if not rows:
-                return 0
-            try:
-                with self._sessions() as session, session.begin():
-                    if session.get_bind().dialect.name == "postgresql":
-                        _copy_postgres(session, rows)
-                    else:
-                        session.execute(insert(ScoreRecord), rows)
-            except (SQLAlchemyError, psycopg.Error) as exc:
-                with self._lock:
-                    self._rows[:0] = rows
-                if isinstance(exc, psycopg.Error):  # the raw COPY's: one kind for callers
-                    raise DBAPIError(_PG_COPY_SCORES, None, exc) from exc
-                raise
-            return len(rows)
-
-    async def run(self, interval: float) -> None:
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                await asyncio.to_thread(self.flush)
-            except SQLAlchemyError as exc:
-                log.warning(
-                    "score log flush failed, %d rows kept for retry: %s",
-                    self.pending,
-                    exc.__class__.__name__,
-                )
-
-
-_PG_COPY_SCORES = (
-    'COPY scores (id, series_id, model_version, created_at, start_ts, end_ts, "window", '
-    "raw_score, adjusted_score, is_anomaly) FROM STDIN (FORMAT BINARY)"
-)
-_PG_SCORE_TYPES = {  # the COPY's columns, in its order, with the table's Postgres types
-    "id": "uuid",
-    "series_id": "int4",
-    "model_version": "int4",
-    "created_at": "timestamptz",
-    "start_ts": "int8",
-    "end_ts": "int8",
-    "window": "bytea",
-    "raw_score": "float8",
-    "adjusted_score": "float8",
-    "is_anomaly": "bool",
-}
-
-
-def _copy_postgres(session: Session, rows: list[dict[str, Any]]) -> None:
-    """The rows by binary COPY, in the session's transaction: psycopg adapts each row in C,
-    3 us of CPU per row where the ORM's executemany of INSERTs took 17-20 us, on a thread
-    that competes with the event loop for the GIL; binary, so a window travels as its 3 KB
-    of floats rather than hex. The types must match the table's (the tests write and read
-    back every column on Postgres)."""
-    raw = session.connection().connection.driver_connection
-    assert raw is not None
-    with raw.cursor() as cursor, cursor.copy(_PG_COPY_SCORES) as copy:
-        copy.set_types(list(_PG_SCORE_TYPES.values()))
-        for row in rows:
-            copy.write_row([row[column] for column in _PG_SCORE_TYPES])
 
 
 def database_unavailable(exc: SQLAlchemyError) -> ServiceUnavailable:

@@ -45,7 +45,7 @@ STAGES: list[tuple[str, tuple[str, ...]]] = [
     ("idle (waiting for work)", ()),  # see IDLE_LEAVES
     ("metrics (prometheus_client)", ("prometheus_client/",)),
     ("model (TrainedModel.score, torch)", ("models/", "torch/")),
-    ("score log (append, flush)", ("ScoreLog", "app/scoring.py:3")),
+    ("score log (append, flush)", ("ScoreLog", "app/scorelog.py")),
     ("scoring child: pipe and framing", ("app/scorer.py",)),
     ("auth (key lookup in the database)", ("authenticate", "app/api/deps.py", "security.py")),
     ("database driver, SQLAlchemy", ("sqlalchemy/", "psycopg/", "sqlite3")),

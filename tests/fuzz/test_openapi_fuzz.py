@@ -78,7 +78,7 @@ def admin_headers(sessions: sessionmaker[Session]) -> Iterator[dict[str, str]]:
 
 @pytest.fixture
 def watch(fuzzed_app: FastAPI, sessions: sessionmaker[Session]) -> DatabaseWatch:
-    watch = DatabaseWatch(sessions, flush=fuzzed_app.state.runtime.score_log.flush)
+    watch = DatabaseWatch(sessions, flush=fuzzed_app.state.runtime.flush_scores)
     watch.settle()
     return watch
 

@@ -6,10 +6,14 @@ import asyncio
 
 import numpy as np
 import pytest
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
 
+from app.db.models import ScoreRecord
+from app.scorelog import Record, Scored, ScoreLog
 from app.scoring import MicroBatcher
 from models import BUILTIN_CLASSES, InvalidInput, TrainConfig, TrainedModel, TrainingData, fit
-from tests.utils.stream import make_stream, windows_of
+from tests.utils.stream import create_series, make_stream, windows_of
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +39,7 @@ def test_concurrent_requests_share_one_model_call(model: TrainedModel, windows: 
             *(batcher.score((1, 1), model, windows[i : i + 1]) for i in range(16))
         )
         await batcher.close()
-        return [float(r.raw_score[0]) for r in results], batcher.model_calls
+        return [float(r.batch.raw_score[0]) for r in results], batcher.model_calls
 
     raw, calls = asyncio.run(run())
     assert calls == 1
@@ -116,9 +120,44 @@ def test_different_models_are_not_mixed(model: TrainedModel, windows: np.ndarray
             batcher.score((1, 1), model, windows[:1]), batcher.score((2, 1), other, windows[:1])
         )
         await batcher.close()
-        return float(a.raw_score[0]), float(b.raw_score[0]), batcher.model_calls
+        return float(a.batch.raw_score[0]), float(b.batch.raw_score[0]), batcher.model_calls
 
     a, b, calls = asyncio.run(run())
     assert calls == 2
     assert a == pytest.approx(float(model.score(windows[:1]).raw_score[0]), rel=1e-5)
     assert b == pytest.approx(float(other.score(windows[:1]).raw_score[0]), rel=1e-5)
+
+
+def test_logged_requests_are_logged_apart_from_the_others(
+    model: TrainedModel, windows: np.ndarray, sessions: sessionmaker[Session]
+) -> None:
+    """On the scoring thread: each logged request's windows go into the log with its own
+    threshold and spans, and come back with their ids; a request without a record is scored
+    in a batch of its own and logged nowhere."""
+    series_id = create_series(sessions, name="batched")
+    score_log = ScoreLog(sessions)
+    direct = model.score(windows[:4]).adjusted_score
+    threshold = float(np.median(direct[:2]))
+
+    async def run() -> tuple[Scored, Scored, Scored]:
+        batcher = MicroBatcher(max_batch_size=256, max_wait=0.05, n_samples=1, score_log=score_log)
+        key = (series_id, 1)
+        results = await asyncio.gather(
+            batcher.score(key, model, windows[:2], Record(threshold, [(0, 15), (8, 23)])),
+            batcher.score(key, model, windows[2:3], Record(-np.inf)),
+            batcher.score(key, model, windows[3:4]),
+        )
+        await batcher.close()
+        assert batcher.model_calls == 2
+        return results
+
+    first, second, unlogged = asyncio.run(run())
+    assert first.flagged == (direct[:2] > threshold).tolist() and sum(first.flagged) == 1
+    assert second.flagged == [True]
+    assert unlogged.ids == [] and unlogged.flagged == []
+    assert score_log.flush() == 3
+    with sessions() as session:
+        rows = {r.id: r for r in session.scalars(select(ScoreRecord))}
+    assert set(rows) == {*first.ids, *second.ids}
+    got = [(rows[i].start_ts, rows[i].end_ts, rows[i].is_anomaly) for i in first.ids + second.ids]
+    assert got == [(0, 15, first.flagged[0]), (8, 23, first.flagged[1]), (None, None, True)]

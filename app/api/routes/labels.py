@@ -55,7 +55,7 @@ def create(
         session=session,
         spec=body,
         settings=runtime.settings,
-        flush_scores=runtime.score_log.flush,
+        flush_scores=runtime.flush_scores,
     )
     response.headers["Location"] = f"/v1/labels/{created.label.id}"
     return LabelOut.of(created.label)

@@ -18,6 +18,7 @@ from app.metrics import observe_many, series_metrics
 from app.runtime import Runtime
 from app.schemas.common import MAX_DB_ID
 from app.schemas.scores import ScoreRangeRequest, ScoreResponse, ScoreWindowsRequest
+from app.scorelog import Record
 from app.scoring import ActiveModel, SeriesInfo
 from app.services.points import gc_paused
 from app.services.windows import load_range_windows, parse_instant
@@ -186,21 +187,15 @@ async def _score(
     steps: bool,
 ) -> bytes:
     active = await _active(runtime, info)
-    batch = await runtime.batcher.score((info.id, active.version), active.model, windows)
     # The raw score depends on L, so the threshold comes from the calibration at that L.
     threshold = active.model.threshold(
         info.threshold_quantile, n_samples=runtime.settings.score_samples
     )
-    adjusted = batch.adjusted_score.tolist()
-    flagged = [value > threshold for value in adjusted]
-    ids = runtime.score_log.append(
-        series_id=info.id,
-        version=active.version,
-        windows=windows,
-        batch=batch,
-        flagged=flagged,
-        spans=spans,
+    scored = await runtime.batcher.score(
+        (info.id, active.version), active.model, windows, Record(threshold, spans)
     )
+    batch, ids, flagged = scored.batch, scored.ids, scored.flagged
+    adjusted = batch.adjusted_score.tolist()
     counters = series_metrics(info.name)
     counters.windows_scored.inc(len(flagged))
     if any(flagged):
