@@ -51,7 +51,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
     with database(args.db) as url, serve(url) as after:
         series_id = trained_series(after, url)
-        with serve(url, app_dir=Path(args.before), embedded_worker="false") as before:
+        # Both with their embedded worker (idle: no job is queued), as `vigil serve` runs by
+        # default: a worker beside the API puts its metrics in multiprocess mode, which costs
+        # every request more, so a build without one would measure a cheaper configuration.
+        with serve(url, app_dir=Path(args.before)) as before:
             before.key = after.key  # the bootstrap key is made once per database
             servers = {"after": after, "before": before}
             for round_ in range(args.rounds):
