@@ -6,12 +6,15 @@ import time
 from collections.abc import Callable
 
 import numpy as np
+import orjson
 import pytest
+import simdjson
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from app.api.routes import scores as scores_route
 from app.config import Settings
 from app.db.models import ModelVersion, ScoreRecord
 from app.main import create_app
@@ -184,6 +187,102 @@ def test_ragged_and_non_numeric_windows_name_the_position(
     )
     assert response.status_code == 422
     assert response.json()["detail"].startswith("windows.0.3.2: must be a number")
+
+
+def test_steps_whose_lengths_cancel_out_are_still_refused(
+    client: TestClient, admin: Headers, trained: tuple[int, np.ndarray]
+) -> None:
+    """One step a value short and the next a value over: the count of numbers is right, the
+    windows are not. (simdjson's flat copy of an array ignores its nesting.)"""
+    series_id, windows = trained
+    shifted = windows[:2].tolist()
+    shifted[1][4] = shifted[1][4] + [0.5]
+    shifted[1][5] = shifted[1][5][:-1]
+    response = client.post(
+        "/v1/score", json={"series_id": series_id, "windows": shifted}, headers=admin
+    )
+    assert response.status_code == 422
+    assert response.json()["detail"].startswith("windows.1.4: must hold 3 values")
+    flat = windows[:1].reshape(1, 1, -1).tolist()  # one step holding every value
+    response = client.post(
+        "/v1/score", json={"series_id": series_id, "windows": flat}, headers=admin
+    )
+    assert response.status_code == 422
+    assert response.json()["detail"].endswith("got (1, 1, 48)")
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        0.30199998617172241,  # a float32 as Python prints it: 17 digits
+        -0.0,
+        7,  # integers are numbers too
+        -12345678901234,
+        1.5e-45,  # float32's smallest subnormal
+        1.0e20,  # large, yet standardised within float32
+        123456.789e-3,
+        1e-320,  # a float64 subnormal: 0 in float32
+    ],
+)
+def test_json_windows_decode_exactly_as_numpy_rounds_them(
+    client: TestClient, admin: Headers, trained: tuple[int, np.ndarray], value: float
+) -> None:
+    """The windows of a JSON body are the float32 values numpy makes of the JSON numbers:
+    scores through JSON and through the binary body of those float32 values are equal."""
+    series_id, windows = trained
+    batch = windows[:2].copy()
+    batch[1, 3, 2] = np.float32(value)
+    as_list = windows[:2].tolist()
+    as_list[1][3][2] = value
+    body = orjson.dumps({"series_id": series_id, "windows": as_list})
+    assert str(value).encode() in body or repr(value).encode() in body
+    as_json = client.post(
+        "/v1/score", content=body, headers={**admin, "Content-Type": "application/json"}
+    )
+    as_binary = client.post(
+        "/v1/score",
+        content=batch.astype("<f4").tobytes(),
+        headers={
+            **admin,
+            "Content-Type": "application/octet-stream",
+            "X-Vigil-Series-Id": str(series_id),
+            "X-Vigil-Shape": "2,16,3",
+        },
+    )
+    assert as_json.status_code == as_binary.status_code == 200, as_json.text
+    for field in ("raw_score", "channel_contributions"):
+        assert [r[field] for r in as_json.json()["results"]] == [
+            r[field] for r in as_binary.json()["results"]
+        ]
+
+
+def test_a_value_beyond_float32_is_refused_as_infinite(
+    client: TestClient, admin: Headers, trained: tuple[int, np.ndarray]
+) -> None:
+    series_id, windows = trained
+    batch = windows[:2].tolist()
+    batch[1][2][0] = 1e39
+    response = client.post(
+        "/v1/score", json={"series_id": series_id, "windows": batch}, headers=admin
+    )
+    assert response.status_code == 422
+    assert response.json()["detail"] == "windows.1: contains NaN or an infinite value"
+
+
+def test_a_key_given_twice_counts_once_as_before(
+    client: TestClient, admin: Headers, trained: tuple[int, np.ndarray]
+) -> None:
+    """Duplicate keys go the way they always went (orjson's: the last one counts)."""
+    series_id, windows = trained
+    body = b'{"series_id": 987654, "windows": [], "series_id": %d, "windows": %s}' % (
+        series_id,
+        orjson.dumps(windows[:1].tolist()),
+    )
+    response = client.post(
+        "/v1/score", content=body, headers={**admin, "Content-Type": "application/json"}
+    )
+    assert response.status_code == 200, response.text
+    assert response.json()["series_id"] == series_id
 
 
 def test_nan_in_a_binary_body_is_rejected(
@@ -438,3 +537,15 @@ def test_the_score_log_keeps_the_alarm_the_client_was_given(
                 if str(r.id) in told
             }
     assert stored == told
+
+
+def test_regular_json_windows_are_copied_from_the_parsed_document() -> None:
+    """The fast path is the one taken: `windows` stays in simdjson's document and comes out
+    as the same float32 array the lists would give."""
+    windows = np.random.default_rng(3).normal(size=(4, 16, 3)).astype(np.float32)
+    payload = scores_route._parse_json(orjson.dumps({"series_id": 1, "windows": windows.tolist()}))
+    assert payload["series_id"] == 1
+    assert isinstance(payload["windows"], simdjson.Array)
+    got = scores_route._regular_windows(payload["windows"], 16, 3)
+    assert got is not None and got.dtype == np.float32
+    assert np.array_equal(got, windows)
