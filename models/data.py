@@ -14,6 +14,8 @@ from models.config import ClassSpec
 from models.errors import InvalidInput, UnknownClass
 
 _STD_FLOOR = 1e-8  # a channel whose spread is below this (relative to its level) is constant
+STANDARDISED_LIMIT = 1e6
+"""Standardised values are clipped to ± this many standard deviations (see Normalisation)."""
 _APPLY_CHUNK = 4096  # windows standardised at once: bounds the float64 temporary
 
 
@@ -155,9 +157,16 @@ class Normalisation:
         return cls(mean=mean, std=std)
 
     def apply(self, windows: np.ndarray) -> np.ndarray:
-        """(N, T, F) raw -> (N, T, F) float32 standardised (computed in float64, in chunks)."""
+        """(N, T, F) raw -> (N, T, F) float32 standardised (computed in float64, in chunks).
+
+        Values are clipped at STANDARDISED_LIMIT standard deviations: a finite reading far
+        outside float32 once standardised (a sensor fault reporting 3e38) would otherwise
+        become inf, and the window's score NaN, which flags nothing. Clipped, it scores as
+        the extreme it is."""
         out = np.empty(windows.shape, dtype=np.float32)
         for start in range(0, windows.shape[0], _APPLY_CHUNK):
             chunk = windows[start : start + _APPLY_CHUNK].astype(np.float64)
-            out[start : start + _APPLY_CHUNK] = (chunk - self.mean) / self.std
+            standardised = (chunk - self.mean) / self.std
+            np.clip(standardised, -STANDARDISED_LIMIT, STANDARDISED_LIMIT, out=standardised)
+            out[start : start + _APPLY_CHUNK] = standardised
         return out

@@ -92,6 +92,20 @@ def test_anomalies_score_higher_than_normal_windows(trained_ss: TrainedModel) ->
     assert np.median(batch_a.score) > np.median(batch_n.score)
 
 
+@pytest.mark.parametrize("reading", [3.4028234663852886e38, -3e38, 1e30])
+def test_a_reading_far_beyond_the_data_is_an_alarm_not_nan(
+    trained_ss: TrainedModel, reading: float
+) -> None:
+    """A finite float32 that overflows once standardised (a failing sensor's 3e38) scores as
+    the extreme it is: finite, far above the threshold, flagged."""
+    windows = sine_windows(3, seed=22)
+    windows[1, 5, 0] = np.float32(reading)
+    batch = trained_ss.score(windows)
+    assert np.isfinite(batch.raw_score).all() and np.isfinite(batch.adjusted_score).all()
+    assert batch.is_anomaly[1] and batch.score[1] > 1e3 * batch.threshold
+    assert np.isfinite(batch.channel_contributions).all()
+
+
 def test_calibrated_score_is_non_negative_and_monotone_in_raw() -> None:
     raw = np.linspace(-1e4, 1e4, 20_001)
     score = calibrate(raw, center=12.0, scale=3.0)
