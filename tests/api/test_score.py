@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+import httpx2
 import numpy as np
 import orjson
 import pytest
@@ -23,6 +24,22 @@ from tests.utils.stream import create_series, windows_of
 from tests.utils.trained import train_now, trained_series
 
 Headers = dict[str, str]
+
+
+def post_binary(
+    client: TestClient, admin: Headers, series_id: int, windows: np.ndarray
+) -> httpx2.Response:
+    """POST /v1/score with `windows` as the binary body: little-endian float32 and its shape."""
+    return client.post(
+        "/v1/score",
+        content=windows.astype("<f4").tobytes(),
+        headers={
+            **admin,
+            "Content-Type": "application/octet-stream",
+            "X-Vigil-Series-Id": str(series_id),
+            "X-Vigil-Shape": ",".join(map(str, windows.shape)),
+        },
+    )
 
 
 @pytest.fixture
@@ -89,16 +106,7 @@ def test_binary_body_scores_like_json(
     as_json = client.post(
         "/v1/score", json={"series_id": series_id, "windows": batch.tolist()}, headers=admin
     ).json()
-    as_binary = client.post(
-        "/v1/score",
-        content=batch.astype("<f4").tobytes(),
-        headers={
-            **admin,
-            "Content-Type": "application/octet-stream",
-            "X-Vigil-Series-Id": str(series_id),
-            "X-Vigil-Shape": "5,16,3",
-        },
-    )
+    as_binary = post_binary(client, admin, series_id, batch)
     assert as_binary.status_code == 200, as_binary.text
     raw_json = [r["raw_score"] for r in as_json["results"]]
     raw_binary = [r["raw_score"] for r in as_binary.json()["results"]]
@@ -239,16 +247,7 @@ def test_json_windows_decode_exactly_as_numpy_rounds_them(
     as_json = client.post(
         "/v1/score", content=body, headers={**admin, "Content-Type": "application/json"}
     )
-    as_binary = client.post(
-        "/v1/score",
-        content=batch.astype("<f4").tobytes(),
-        headers={
-            **admin,
-            "Content-Type": "application/octet-stream",
-            "X-Vigil-Series-Id": str(series_id),
-            "X-Vigil-Shape": "2,16,3",
-        },
-    )
+    as_binary = post_binary(client, admin, series_id, batch)
     assert as_json.status_code == as_binary.status_code == 200, as_json.text
     for field in ("raw_score", "channel_contributions"):
         assert [r[field] for r in as_json.json()["results"]] == [
@@ -291,16 +290,7 @@ def test_nan_in_a_binary_body_is_rejected(
     series_id, windows = trained
     batch = windows[:3].copy()
     batch[2, 0, 0] = np.nan
-    response = client.post(
-        "/v1/score",
-        content=batch.astype("<f4").tobytes(),
-        headers={
-            **admin,
-            "Content-Type": "application/octet-stream",
-            "X-Vigil-Series-Id": str(series_id),
-            "X-Vigil-Shape": "3,16,3",
-        },
-    )
+    response = post_binary(client, admin, series_id, batch)
     assert response.status_code == 422
     assert response.json()["detail"].startswith("windows.2:")
 
