@@ -275,9 +275,9 @@ class MicroBatcher:
         windows = live[0].windows if len(live) == 1 else np.concatenate([i.windows for i in live])
         thresholds, spans = _log_arrays(live)
         self.model_calls += 1
+        SCORE_BATCH_SIZE.observe(len(windows))
         try:
             if self.scorer is not None:
-                SCORE_BATCH_SIZE.observe(len(windows))
                 batch, ids, flagged = await self.scorer.score(
                     key,
                     model,
@@ -317,7 +317,6 @@ class MicroBatcher:
         thresholds: np.ndarray | None,
         spans: np.ndarray | None,
     ) -> tuple[ScoreBatch, list[uuid.UUID], np.ndarray | None]:
-        SCORE_BATCH_SIZE.observe(len(windows))
         batch = model.score(windows, n_samples=self.n_samples)
         if thresholds is None:
             return batch, [], None

@@ -266,9 +266,9 @@ def _parse_json(body: bytes) -> dict[str, Any]:
     """The body's members, as Python values, except `windows` when it is an array: that stays
     in simdjson's parsed document, from which `_regular_windows` copies the numbers straight
     into numpy. orjson would first make a Python float of each (and the conversion then reads
-    them all again): a quarter of the CPU of a one-window request, and 32 of 36 ms of parsing
-    256 windows. Any body simdjson does not take as it is (invalid JSON, an integer beyond 64
-    bits, a key given twice) is parsed by orjson instead, so answers and errors stay orjson's.
+    them all again): 84 against 44 µs for one window, 21–32 against 8 ms for 256. Any body
+    simdjson does not take as it is (invalid JSON, an integer beyond 64 bits, a key given
+    twice) is parsed by orjson instead, so answers and errors stay orjson's.
     """
     if not body:
         raise InvalidInput("the request body is empty; send a JSON object")
@@ -291,10 +291,8 @@ def _parse_json(body: bytes) -> dict[str, Any]:
 
 
 def _member(value: Any, key: str) -> Any:
-    if key == "windows" and isinstance(value, simdjson.Array):
-        return value
     if isinstance(value, simdjson.Array):
-        return value.as_list()
+        return value if key == "windows" else value.as_list()
     if isinstance(value, simdjson.Object):
         return value.as_dict()
     return value
