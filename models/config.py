@@ -23,6 +23,8 @@ Kind = Literal["normal", "anomaly"]
 FALSE_POSITIVE = "false_positive"
 FALSE_NEGATIVE = "false_negative"
 
+AUTO_EPOCHS = 30  # passes over the training windows that the automatic step budget aims for
+
 
 @dataclass(frozen=True)
 class ClassSpec:
@@ -124,16 +126,27 @@ class ModelConfig:
 
 @dataclass
 class TrainConfig:
-    """Optimisation. Defaults follow the preprint's §2.2-2.3 and appendix A.3."""
+    """Optimisation. Defaults follow the preprint's §2.2-2.3 and appendix A.3, except the budget.
 
-    epochs: int = 50  # upper bound; early stopping usually ends sooner
-    batch_size: int = 64  # windows per batch (half labelled, half unlabelled when both exist)
+    The budget is counted in optimiser steps, not epochs: with a few dozen windows an epoch is
+    one or two steps, and an epoch budget with early stopping ends training before the model has
+    learned anything (issue 13: jobs stopped after 6 steps classified at chance). Without an
+    explicit `steps` or `epochs`, the budget is AUTO_EPOCHS passes over the training windows,
+    clamped to [min_steps, max_steps], and early stopping never ends training before min_steps.
+    """
+
+    steps: int | None = None  # optimiser steps; None: automatic (see budget())
+    epochs: int | None = None  # exact passes instead of steps (tests, reproductions); no floor
+    min_steps: int = 600  # floor of the automatic budget, and of early stopping
+    max_steps: int = 3000  # ceiling of the automatic budget
+    batch_size: int | None = None  # windows per batch; None: scaled to the data (batch_for())
     lr: float = 1e-3  # appendix A.3: 0.001 for the recurrent model
     momentum: float = 0.9  # RMSprop momentum, appendix A
     alpha: float = 1.0  # CE weight; CE sums over a window's labelled steps, so it is O(T log K)
     beta: float = 1.0  # KL weight (1 = the plain ELBO)
     val_fraction: float = 0.2  # used only when fit() gets no explicit validation set
-    patience: int = 5  # epochs without a better validation loss before stopping
+    patience: int = 10  # validation checks without improvement before stopping (after min_steps)
+    eval_every: int | None = None  # steps between validation checks; None: budget / 30, >= 10
     seed: int = 0  # seeds the split, the initialisation, batching and sampling
     threads: int | None = None  # torch.set_num_threads for the fit; None = leave as is
     threshold_quantile: float = 0.99  # alarm threshold: this quantile of held-out normal scores
@@ -144,11 +157,42 @@ class TrainConfig:
     grad_clip: float | None = 100.0  # max global grad norm: the NLL spikes when sigma_x is small
     warm_start_normalisation: Literal["keep", "refit"] = "keep"  # keep: old weights stay valid
 
+    def batch_for(self, n_windows: int) -> int:
+        """The batch size: as given, or the power of two nearest n/8 within [8, 64], so that
+        a small data set still gets several distinct batches per pass and a large one
+        batches of 64 (the preprint's appendix A)."""
+        if self.batch_size is not None:
+            return self.batch_size
+        target = max(n_windows, 1) / 8.0
+        return int(min(64, max(8, 2 ** round(math.log2(max(target, 1.0))))))
+
+    def budget(self, batches_per_epoch: int) -> int:
+        """Optimiser steps to run: `steps`, or `epochs` passes, or AUTO_EPOCHS passes clamped
+        to [min_steps, max_steps]."""
+        if self.steps is not None:
+            return self.steps
+        if self.epochs is not None:
+            return self.epochs * batches_per_epoch
+        return int(min(self.max_steps, max(self.min_steps, AUTO_EPOCHS * batches_per_epoch)))
+
+    def early_stop_floor(self, budget: int) -> int:
+        """Early stopping may end training only after this many steps."""
+        if self.epochs is not None and self.steps is None:
+            return 0  # an explicit epoch budget keeps the classic per-epoch early stopping
+        return min(self.min_steps, budget)
+
     def validate(self) -> None:
         """Raise InvalidInput naming the first setting that cannot drive a training run."""
-        _positive_int("epochs", self.epochs)
-        _positive_int("batch_size", self.batch_size)
-        if self.batch_size < 4:
+        for name in ("steps", "epochs", "batch_size", "eval_every"):
+            if getattr(self, name) is not None:
+                _positive_int(name, getattr(self, name))
+        _positive_int("min_steps", self.min_steps)
+        _positive_int("max_steps", self.max_steps)
+        if self.max_steps < self.min_steps:
+            raise InvalidInput(
+                f"max_steps ({self.max_steps}) must not be below min_steps ({self.min_steps})"
+            )
+        if self.batch_size is not None and self.batch_size < 4:
             raise InvalidInput(f"batch_size must be at least 4; got {self.batch_size}")
         _positive_int("calibration_samples", self.calibration_samples)
         if not isinstance(self.patience, int) or self.patience < 0:
@@ -185,13 +229,16 @@ class TrainingData:
 
 @dataclass(frozen=True)
 class Progress:
-    """Reported once per epoch. ``eta_seconds`` assumes all remaining epochs run."""
+    """Reported after each round of training: an epoch with an explicit epoch budget, else
+    `eval_every` steps. ``eta_seconds`` assumes the whole budget runs."""
 
-    epoch: int  # 1-based, the epoch just finished
-    epochs: int
+    epoch: int  # 1-based, the round just finished
+    epochs: int  # rounds in the budget
     train_loss: float
     val_loss: float | None
     eta_seconds: float | None
+    step: int = 0  # optimiser steps run so far
+    steps: int = 0  # the step budget
 
 
 def check_quantile(quantile: float) -> None:

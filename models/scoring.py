@@ -21,6 +21,14 @@ underflows to 0 far below the median), ~0.69 for a typical training window and ~
 robust standard deviations above typical for clear anomalies. The alarm threshold is a quantile
 of the calibrated scores of held-out normal windows, kept sorted so any quantile can be read later.
 
+Held-out windows are "normal" only because nobody labelled them otherwise: a stream's newest
+windows may hold a fault nobody has seen yet, and a quantile near 1 of a few dozen windows is
+their maximum, so one such fault would lift the threshold above every alarm (issue 13: 40 ->
+1,505). Before the quantile is taken, held-out scores beyond a far-out fence are left out
+(far_out_mask): a no-op on well-behaved data, robust while fewer than half of the held-out
+windows are faults. The scores are taken as served, feedback adjustment included, so that a
+benign episode that operators have dismissed counts as the normal data it is.
+
 Feedback (preprint §5, eq. 6): adjusted = score * (1 - p_fp) / (1 - p_fn), p_fn clamped to
 P_FN_MAX, and p = 0 for a feedback class that never had a labelled training step (an untrained
 head's output must not move scores).
@@ -53,6 +61,8 @@ P_FN_MAX = 0.99  # p_false_negative is clamped to this, so 1 / (1 - p_fn) <= 100
 FP_CEILING_MARGIN = 1.25  # p_fp counts in full up to this multiple of the worst dismissed alarm
 MAX_ROWS_PER_CHUNK = 1024  # windows x samples decoded at once; bounds inference memory
 MAX_STORED_NORMAL_SCORES = 10_001  # beyond this, keep evenly spaced order statistics
+FAR_OUT_IQR = 3.0  # Tukey's "far out": held-out scores above Q3 + 3 IQR are not normal
+FAR_OUT_SD = 6.0  # nor those 6 robust standard deviations above the held-out median
 _MAD_TO_SD = 1.4826  # median absolute deviation -> standard deviation for a Gaussian
 
 
@@ -70,6 +80,7 @@ class Calibration:
     normal_scores: np.ndarray = field(repr=False)  # (M,) sorted calibrated held-out normal scores
     source: str = "validation"  # which windows normal_scores came from
     fp_ceiling: float = math.inf  # highest calibrated score of a false_positive-labelled window
+    n_outliers: int = 0  # held-out windows beyond the far-out fence, left out of normal_scores
 
 
 @dataclass(frozen=True)
@@ -274,21 +285,63 @@ def calibrate(raw: np.ndarray, center: float, scale: float) -> np.ndarray:
 
 
 def fit_calibration(
-    train_raw: np.ndarray, normal_raw: np.ndarray, *, n_samples: int, source: str
+    train_raw: np.ndarray,
+    normal_raw: np.ndarray,
+    *,
+    n_samples: int,
+    source: str,
+    fp_ceiling: float = math.inf,
+    p_false_positive: np.ndarray | None = None,
+    p_false_negative: np.ndarray | None = None,
 ) -> Calibration:
-    """center/scale from the raw scores of normal training windows; thresholds from normal_raw."""
+    """center/scale from the raw scores of normal training windows; the threshold scores from
+    the held-out normal windows' raw scores, far-out ones left out, as they are served: with
+    the feedback adjustment of their p_fp (guarded by fp_ceiling) and p_fn, when given. A
+    threshold taken on unadjusted scores sits above every benign episode that feedback has
+    already quietened, and then misses the faults (issue 12)."""
+    normal_raw = np.asarray(normal_raw, dtype=np.float64)
+    center, scale = center_and_scale(train_raw)
+    scores = calibrate(normal_raw, center, scale)
+    p_fp = np.zeros_like(scores) if p_false_positive is None else p_false_positive
+    p_fn = np.zeros_like(scores) if p_false_negative is None else p_false_negative
+    served = adjust(scores, guard_false_positive(p_fp, scores, fp_ceiling), p_fn)
+    kept = far_out_mask(served)
+    scores = np.sort(served[kept])
+    if scores.size > MAX_STORED_NORMAL_SCORES:
+        scores = np.quantile(scores, np.linspace(0.0, 1.0, MAX_STORED_NORMAL_SCORES))
+    return Calibration(
+        n_samples=n_samples,
+        center=center,
+        scale=scale,
+        normal_scores=scores,
+        source=source,
+        fp_ceiling=fp_ceiling,
+        n_outliers=int(normal_raw.size - kept.sum()),
+    )
+
+
+def center_and_scale(train_raw: np.ndarray) -> tuple[float, float]:
+    """The calibration's center and scale: median and robust spread (1.4826 * MAD), floored."""
     train_raw = np.asarray(train_raw, dtype=np.float64)
     center = float(np.median(train_raw))
     scale = _MAD_TO_SD * float(np.median(np.abs(train_raw - center)))
     if not scale > 1e-12:
         scale = float(np.std(train_raw))
-    scale = max(scale, 1e-6 * max(1.0, abs(center)))
-    scores = np.sort(calibrate(normal_raw, center, scale))
-    if scores.size > MAX_STORED_NORMAL_SCORES:
-        scores = np.quantile(scores, np.linspace(0.0, 1.0, MAX_STORED_NORMAL_SCORES))
-    return Calibration(
-        n_samples=n_samples, center=center, scale=scale, normal_scores=scores, source=source
-    )
+    return center, max(scale, 1e-6 * max(1.0, abs(center)))
+
+
+def far_out_mask(scores: np.ndarray) -> np.ndarray:
+    """(N,) bool: False for the far-out scores, above the lower of two fences: Tukey's
+    Q3 + FAR_OUT_IQR * IQR, and median + FAR_OUT_SD robust standard deviations (1.4826 * MAD),
+    which still holds when up to half of the scores are faults."""
+    if scores.size < 4:
+        return np.ones(scores.shape, dtype=bool)
+    q1, median, q3 = np.quantile(scores, [0.25, 0.5, 0.75])
+    spread = _MAD_TO_SD * float(np.median(np.abs(scores - median)))
+    if not (q3 > q1 and spread > 0):
+        return np.ones(scores.shape, dtype=bool)
+    fence = min(q3 + FAR_OUT_IQR * (q3 - q1), median + FAR_OUT_SD * spread)
+    return np.asarray(scores <= fence)
 
 
 def threshold_at(calibration: Calibration, quantile: float) -> float:

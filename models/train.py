@@ -6,8 +6,14 @@
   permutations as needed, i.e. upsampled when rare and downsampled when plentiful. Without one of
   the two groups, batches come from the other alone. ES trains on labelled windows only; EU on the
   windows allowed into the ELBO only.
-- Early stopping on the validation loss (the same objective, z sampled with a fixed seed), keeping
-  the best weights. Without a validation split all epochs run.
+- The budget is counted in optimiser steps (TrainConfig.budget): an automatic budget of about
+  30 passes, never fewer than min_steps, so that a small data set (one step per epoch) still
+  trains for real; the batch scales with the data (TrainConfig.batch_for).
+- Early stopping on the validation loss (the same objective, z sampled with a fixed seed), checked
+  after every round of steps, never before the floor, keeping the best weights. Without a
+  validation split the whole budget runs.
+- The random split (when fit() gets no validation set) keeps every labelled window in training;
+  validation holds copies of some of them (_split).
 - Reproducible: the split, batch order, initialisation, dropout and z-samples all derive from
   TrainConfig.seed; the global torch RNG is forked, so the caller's RNG state is untouched.
   (Two fits running at once in threads of one process share that global RNG; use processes.)
@@ -50,7 +56,14 @@ from models.data import (
 from models.errors import InvalidInput, ModelError, NotEnoughData, TrainingCancelled
 from models.loss import dataset_objective, vae_loss
 from models.model import SemiSupervisedVAE
-from models.scoring import Calibration, calibrate, fit_calibration, infer
+from models.scoring import (
+    P_FN_MAX,
+    Calibration,
+    calibrate,
+    center_and_scale,
+    fit_calibration,
+    infer,
+)
 from models.trained import TrainedModel, make_generator
 
 MIN_WINDOWS = 4  # fewer cannot give a training split, a validation split and a batch
@@ -90,31 +103,67 @@ class _Split:
     labels: np.ndarray | None  # (N, T) int64
 
 
+def split_indices(
+    labels: np.ndarray | None,
+    n: int,
+    fraction: float,
+    rng: np.random.Generator,
+    *,
+    by_time: bool = False,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(train, validation) window indices for a validation split of `fraction`.
+
+    Unlabelled windows are held out at random, or, `by_time`, the newest `fraction` of them
+    (windows in time order: overlapping windows of one stream must not straddle the split).
+    Labelled windows are scarce and each may be the only example of its class, so every one of
+    them stays in training; validation also holds copies of `fraction` of each class's labelled
+    windows (stratified by a window's majority class, the newest of each class when `by_time`).
+    Their CE on validation is then optimistic: the step floor, not early stopping, is what
+    protects classification (issue 13).
+    """
+    lab = labelled_windows(labels, n)
+    unlabelled = np.flatnonzero(~lab)
+    unl_order = unlabelled if by_time else rng.permutation(unlabelled)
+    n_unl = min(round(fraction * unlabelled.size), max(unlabelled.size - 2, 0))
+    held_out = unl_order[unl_order.size - n_unl :] if by_time else unl_order[:n_unl]
+    copies: list[np.ndarray] = []
+    if labels is not None and lab.any():
+        majority = window_class(labels)
+        for cls in np.unique(majority[lab]):
+            members = np.flatnonzero(majority == cls)
+            k = math.floor(fraction * members.size)
+            copies.append(members[members.size - k :] if by_time else rng.permutation(members)[:k])
+    val_idx = np.sort(np.concatenate([held_out, *copies]).astype(np.int64))
+    keep = np.ones(n, dtype=bool)
+    keep[held_out] = False
+    return np.flatnonzero(keep), val_idx
+
+
 def _split(
     windows: np.ndarray, labels: np.ndarray | None, fraction: float, rng: np.random.Generator
 ) -> tuple[_Split, _Split | None]:
-    """Hold out a validation split, stratified by labelled / unlabelled. Labels are scarce, so the
-    labelled group gives floor(fraction * n) windows, the unlabelled group round(fraction * n)."""
+    """A random validation split (split_indices) when fit() gets no validation set."""
     n = windows.shape[0]
     if fraction <= 0.0:
         return _Split(windows, labels), None
-    lab = labelled_windows(labels, n)
-    unl_idx, lab_idx = rng.permutation(np.flatnonzero(~lab)), rng.permutation(np.flatnonzero(lab))
-    n_unl, n_lab = round(fraction * unl_idx.size), math.floor(fraction * lab_idx.size)
-    if n_unl + n_lab == 0:
-        n_unl, n_lab = (1, 0) if unl_idx.size >= lab_idx.size else (0, 1)
-    while n - n_unl - n_lab < 2:  # keep at least two training windows
-        if n_unl > 0 and n_unl + n_lab > 1:
-            n_unl -= 1
-        else:
-            n_lab -= 1
-    val_idx = np.sort(np.concatenate([unl_idx[:n_unl], lab_idx[:n_lab]]))
-    train_idx = np.sort(np.concatenate([unl_idx[n_unl:], lab_idx[n_lab:]]))
+    train_idx, val_idx = split_indices(labels, n, fraction, rng)
 
     def take(idx: np.ndarray) -> _Split:
         return _Split(windows[idx], labels[idx] if labels is not None else None)
 
     return take(train_idx), (take(val_idx) if val_idx.size else None)
+
+
+def window_class(labels: np.ndarray) -> np.ndarray:
+    """(N, T) per-step labels (-1 = unlabelled) -> (N,) the most frequent labelled class per
+    window, -1 for a window without labels."""
+    n, k = labels.shape[0], int(labels.max(initial=-1)) + 1
+    if k == 0:
+        return np.full(n, -1, dtype=np.int64)  # no labelled step anywhere
+    counts = np.zeros((n, k), dtype=np.int64)
+    rows, cols = np.nonzero(labels >= 0)
+    np.add.at(counts, (rows, labels[rows, cols]), 1)
+    return np.where(counts.any(axis=1), counts.argmax(axis=1), -1)
 
 
 def _batches(
@@ -316,7 +365,8 @@ def fit(
         )  # fmt: skip
         if should_stop is not None and should_stop():
             raise TrainingCancelled(
-                f"training was cancelled after epoch {metrics['epochs_run']} of {tc.epochs}"
+                f"training was cancelled after step {metrics['steps_run']} of "
+                f"{metrics['step_budget']}"
             )
         fp = next((i for i, c in enumerate(class_specs) if c.name == FALSE_POSITIVE), None)
         dismissed = (
@@ -324,13 +374,16 @@ def fit(
             if fp is not None and train.labels is not None
             else np.zeros(n_train, dtype=bool)
         )
+        trained_feedback = {class_specs[i].name: i for i in feedback}
         calibrations = _calibrate(
-            net, tc, x_train, eligible, x_val, val_eligible, rng, x_train[dismissed]
-        )
+            net, tc, x_train, eligible, x_val, val_eligible, rng, x_train[dismissed],
+            trained_feedback,
+        )  # fmt: skip
     metrics["train_seconds"] = round(time.perf_counter() - started, 3)
     if calibrations:
         cal = calibrations[min(calibrations)]
         metrics["calibration_source"] = cal.source
+        metrics["calibration_outliers"] = cal.n_outliers
         metrics["threshold"] = float(np.quantile(cal.normal_scores, tc.threshold_quantile))
 
     return TrainedModel(
@@ -344,6 +397,14 @@ def fit(
         train_config=tc,
         metrics=metrics,
     )
+
+
+def _batch_stream(
+    groups: list[np.ndarray], batch_size: int, rng: np.random.Generator
+) -> Iterator[np.ndarray]:
+    """Batches without end: one epoch's `_batches` after another, each freshly shuffled."""
+    while True:
+        yield from _batches(groups, batch_size, rng)
 
 
 def _train(
@@ -362,23 +423,37 @@ def _train(
     should_stop: Callable[[], bool] | None,
     feedback: list[int],
 ) -> None:
-    """The epoch loop: RMSprop, early stopping on the validation loss, best weights restored."""
+    """The training loop: RMSprop for a budget of optimiser steps, a validation check after
+    every round (an epoch, or `eval_every` steps), early stopping once the floor is passed,
+    and the best weights restored."""
     optimizer = torch.optim.RMSprop(net.parameters(), lr=tc.lr, momentum=tc.momentum)
     xt = torch.from_numpy(x_train)  # (N, T, F)
     lt = torch.from_numpy(labels) if labels is not None else None  # (N, T)
     mt = torch.from_numpy(eligible)  # (N,)
 
-    best_loss, best_state, best_epoch, bad_epochs = math.inf, None, 0, 0
-    train_loss, epoch, epoch_seconds = math.nan, 0, 0.0
-    for epoch in range(1, tc.epochs + 1):
+    batch_size = tc.batch_for(x_train.shape[0])
+    per_epoch = len(_batches(groups, batch_size, np.random.default_rng(0)))
+    budget = tc.budget(per_epoch)
+    floor = tc.early_stop_floor(budget)
+    if tc.epochs is not None and tc.steps is None:
+        round_steps = per_epoch
+    else:
+        round_steps = tc.eval_every or max(10, budget // 30)
+    rounds = math.ceil(budget / round_steps)
+    metrics.update({"batch_size": batch_size, "step_budget": budget})
+    batches = _batch_stream(groups, batch_size, rng)
+
+    best_loss, best_state, best_step, bad_rounds = math.inf, None, 0, 0
+    train_loss, step, seconds = math.nan, 0, 0.0
+    stopped = "budget"
+    for round_ in range(1, rounds + 1):
         if should_stop is not None and should_stop():
-            raise TrainingCancelled(
-                f"training was cancelled after epoch {epoch - 1} of {tc.epochs}"
-            )
+            raise TrainingCancelled(f"training was cancelled after step {step} of {budget}")
         started = time.perf_counter()
         net.train()
         total, count = 0.0, 0
-        for idx in _batches(groups, tc.batch_size, rng):
+        for _ in range(min(round_steps, budget - step)):
+            idx = next(batches)
             it = torch.from_numpy(idx)
             out = net(xt[it])
             terms = vae_loss(
@@ -398,6 +473,7 @@ def _train(
             optimizer.step()
             total += float(terms.total.detach()) * idx.size
             count += idx.size
+            step += 1
         train_loss = total / count
 
         val_loss: float | None = None
@@ -407,39 +483,39 @@ def _train(
                 n_samples=1, generator=make_generator(tc.seed + 1),
             )  # fmt: skip
             val_loss = None if math.isnan(stats["loss"]) else stats["loss"]
-        epoch_seconds += time.perf_counter() - started
+        seconds += time.perf_counter() - started
 
         if not math.isfinite(train_loss) or (val_loss is not None and not math.isfinite(val_loss)):
             if best_state is None:
                 raise ModelError(
-                    f"training diverged (the loss is not finite at epoch {epoch}); "
+                    f"training diverged (the loss is not finite at step {step}); "
                     "try a smaller lr or check the data"
                 )
-            metrics["stopped"] = "diverged"
+            stopped = "diverged"
             break
         if val_loss is not None:
             if val_loss < best_loss:
-                best_loss, best_epoch, bad_epochs = val_loss, epoch, 0
+                best_loss, best_step, bad_rounds = val_loss, step, 0
                 best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
             else:
-                bad_epochs += 1
+                bad_rounds += 1
         if progress is not None:
-            eta = epoch_seconds / epoch * (tc.epochs - epoch)
-            progress(Progress(epoch, tc.epochs, train_loss, val_loss, eta))
-        if val_loss is not None and bad_epochs >= tc.patience:
-            metrics["stopped"] = "early"
+            eta = seconds / step * (budget - step)
+            progress(Progress(round_, rounds, train_loss, val_loss, eta, step, budget))
+        if val_loss is not None and bad_rounds >= tc.patience and step >= floor:
+            stopped = "early"
             break
-    else:
-        metrics["stopped"] = "epochs"
 
     if best_state is not None:
         net.load_state_dict(best_state)
     net.eval()
-    metrics["epochs_run"] = epoch
-    metrics["best_epoch"] = best_epoch if best_state is not None else epoch
+    metrics["stopped"] = stopped
+    metrics["steps_run"] = step
+    metrics["epochs_run"] = round(step / per_epoch, 2) if tc.epochs is None else round_
+    metrics["best_step"] = best_step if best_state is not None else step
     metrics["best_val_loss"] = best_loss if best_state is not None else math.nan
     metrics["final_train_loss"] = train_loss
-    metrics["seconds_per_epoch"] = round(epoch_seconds / max(epoch, 1), 4)
+    metrics["seconds_per_step"] = round(seconds / max(step, 1), 5)
 
 
 def _calibrate(
@@ -451,10 +527,12 @@ def _calibrate(
     val_eligible: np.ndarray | None,
     rng: np.random.Generator,
     dismissed: np.ndarray,
+    feedback_index: dict[str, int],
 ) -> dict[int, Calibration]:
     """One Calibration per L in {1, calibration_samples}: center/scale from normal training
-    windows, threshold scores from held-out normal windows (pooled with training ones if few),
-    and the feedback ceiling from the windows operators marked false_positive (`dismissed`)."""
+    windows, the feedback ceiling from the windows operators marked false_positive
+    (`dismissed`), and the threshold scores from held-out normal windows (pooled with training
+    ones if few), adjusted by the feedback classes in `feedback_index` as scoring will."""
     if not net.has_decoder:
         return {}
     train_idx = np.flatnonzero(eligible)
@@ -463,6 +541,23 @@ def _calibrate(
     normal_val = (
         x_val[val_eligible] if x_val is not None and val_eligible is not None else x_train[:0]
     )
+    if normal_val.shape[0] >= MIN_CALIBRATION_WINDOWS:
+        normal, source = normal_val, "validation"
+    elif normal_val.shape[0] > 0:
+        normal, source = np.concatenate([normal_val, x_train[train_idx]]), "validation+training"
+    else:
+        normal, source = x_train[train_idx], "training"
+    probs = None
+    if feedback_index and net.has_pi:
+        out = infer(net, normal, n_samples=1, generator=make_generator(0), reconstruction=False)
+        assert out.step_probabilities is not None
+        probs = out.step_probabilities.mean(axis=1)  # (M, K) window level, as score() has it
+    p_fp = p_fn = None
+    if probs is not None and FALSE_POSITIVE in feedback_index:
+        p_fp = probs[:, feedback_index[FALSE_POSITIVE]]
+    if probs is not None and FALSE_NEGATIVE in feedback_index:
+        p_fn = np.minimum(probs[:, feedback_index[FALSE_NEGATIVE]], P_FN_MAX)
+
     result: dict[int, Calibration] = {}
     for L in sorted({1, tc.calibration_samples}):
 
@@ -475,15 +570,17 @@ def _calibrate(
             return out.raw_score
 
         train_raw = raw(x_train[train_idx])
-        if normal_val.shape[0] >= MIN_CALIBRATION_WINDOWS:
-            normal_raw, source = raw(normal_val), "validation"
-        elif normal_val.shape[0] > 0:
-            normal_raw, source = np.concatenate([raw(normal_val), train_raw]), "validation+training"
-        else:
-            normal_raw, source = train_raw, "training"
-        calibration = fit_calibration(train_raw, normal_raw, n_samples=L, source=source)
+        ceiling = math.inf
         if dismissed.shape[0]:
-            worst = calibrate(raw(dismissed), calibration.center, calibration.scale).max()
-            calibration = dataclasses.replace(calibration, fp_ceiling=float(worst))
-        result[L] = calibration
+            center, scale = center_and_scale(train_raw)
+            ceiling = float(calibrate(raw(dismissed), center, scale).max())
+        result[L] = fit_calibration(
+            train_raw,
+            raw(normal),
+            n_samples=L,
+            source=source,
+            fp_ceiling=ceiling,
+            p_false_positive=p_fp,
+            p_false_negative=p_fn,
+        )
     return result

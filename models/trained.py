@@ -304,6 +304,7 @@ class TrainedModel:
                     "scale": c.scale,
                     "source": c.source,
                     "fp_ceiling": c.fp_ceiling if math.isfinite(c.fp_ceiling) else None,
+                    "n_outliers": c.n_outliers,
                 }
                 for c in self.calibrations.values()
             ],
@@ -367,6 +368,7 @@ class TrainedModel:
                 scores,
                 str(entry["source"]),
                 math.inf if ceiling is None else float(ceiling),
+                int(entry.get("n_outliers", 0)),
             )
         if net.has_decoder and not calibrations:
             raise ArtifactError("the artifact has no calibration")

@@ -138,6 +138,8 @@ def test_progress_once_per_epoch_and_cancellation() -> None:
     )
     assert [p.epoch for p in reports] == [1, 2, 3]
     assert all(p.epochs == 3 and p.val_loss is not None for p in reports)
+    assert [p.step for p in reports] == [reports[0].step * i for i in (1, 2, 3)]
+    assert all(p.steps == reports[0].step * 3 for p in reports)
     assert all(p.eta_seconds is not None and p.eta_seconds >= 0 for p in reports)
     assert reports[-1].eta_seconds == 0
 
@@ -147,7 +149,8 @@ def test_progress_once_per_epoch_and_cancellation() -> None:
         calls.append(1)
         return len(calls) > 2
 
-    with pytest.raises(TrainingCancelled, match="after epoch 2 of 5"):
+    per_epoch = reports[0].step
+    with pytest.raises(TrainingCancelled, match=f"after step {2 * per_epoch} of {5 * per_epoch}"):
         fit(
             labelled_data(),
             classes=BUILTIN_CLASSES,
@@ -179,7 +182,7 @@ def test_early_stopping_restores_the_best_weights(monkeypatch: pytest.MonkeyPatc
     )
     assert model.metrics["stopped"] == "early"
     assert model.metrics["epochs_run"] == 4  # best at 2, then two epochs without improvement
-    assert model.metrics["best_epoch"] == 2
+    assert model.metrics["best_step"] == 2 * model.metrics["steps_run"] / 4
     assert model.metrics["best_val_loss"] == 4.0
     final = model.net.state_dict()
     assert all(torch.equal(final[k], snapshots[1][k]) for k in final)

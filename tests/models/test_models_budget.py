@@ -1,0 +1,125 @@
+"""The training budget in optimiser steps, the batch that scales with the data, the split that
+keeps every label in training, and the threshold that a few unlabelled faults cannot lift."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+
+import models.train as train_module
+from models import BUILTIN_CLASSES, SemiSupervisedVAE, TrainConfig, TrainingData, fit
+from models.scoring import calibrate, fit_calibration, threshold_at
+from models.train import split_indices, window_class
+from tests.models.models_testkit import CHANNELS, T, sine_windows, tiny_config
+
+
+def test_the_automatic_budget_has_a_floor_and_a_ceiling() -> None:
+    auto = TrainConfig(min_steps=600, max_steps=3000)
+    assert auto.budget(batches_per_epoch=1) == 600  # 32 windows: 30 passes would be 30 steps
+    assert auto.budget(batches_per_epoch=50) == 1500  # 30 passes
+    assert auto.budget(batches_per_epoch=1000) == 3000
+    assert TrainConfig(steps=77).budget(batches_per_epoch=1000) == 77
+    assert TrainConfig(epochs=3).budget(batches_per_epoch=5) == 15
+    assert TrainConfig(epochs=3).early_stop_floor(15) == 0
+    assert auto.early_stop_floor(1500) == 600
+
+
+@pytest.mark.parametrize(("n", "batch"), [(12, 8), (40, 8), (300, 32), (600, 64), (50_000, 64)])
+def test_the_batch_scales_with_the_data(n: int, batch: int) -> None:
+    assert TrainConfig().batch_for(n) == batch
+    assert TrainConfig(batch_size=16).batch_for(n) == 16
+
+
+def test_a_small_data_set_trains_for_the_whole_floor_before_early_stopping(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """12 windows are 2 batches a pass. Validation never improves after the first check, yet
+    training runs until the floor: early stopping may not end it after a handful of steps."""
+    losses = iter(range(1000))
+    real = train_module.dataset_objective  # type: ignore[attr-defined]
+
+    def worsening(net: SemiSupervisedVAE, *args: Any, **kwargs: Any) -> dict[str, float]:
+        stats = real(net, *args, **kwargs)
+        stats["loss"] = float(next(losses))
+        return stats
+
+    monkeypatch.setattr(train_module, "dataset_objective", worsening)
+    model = fit(
+        TrainingData(sine_windows(15, seed=0)),
+        classes=BUILTIN_CLASSES,
+        channels=CHANNELS,
+        model_config=tiny_config(),
+        train_config=TrainConfig(
+            min_steps=60, max_steps=200, eval_every=10, patience=2, calibration_samples=2
+        ),
+    )
+    assert model.metrics["batch_size"] == 8
+    assert model.metrics["step_budget"] == 60  # 30 passes of 2 batches, floored at 60
+    assert model.metrics["steps_run"] == 60
+    assert model.metrics["best_step"] == 10
+
+    longer = fit(
+        TrainingData(sine_windows(15, seed=0)),
+        classes=BUILTIN_CLASSES,
+        channels=CHANNELS,
+        model_config=tiny_config(),
+        train_config=TrainConfig(
+            min_steps=30, max_steps=200, steps=200, eval_every=10, patience=2,
+            calibration_samples=2,
+        ),
+    )  # fmt: skip
+    assert longer.metrics["stopped"] == "early"
+    assert longer.metrics["steps_run"] == 30  # the floor, then at once: patience ran out
+
+
+def test_every_labelled_window_reaches_training() -> None:
+    n = 50
+    labels = np.full((n, T), -1, dtype=np.int64)
+    labels[45:, :] = 2  # the newest five windows: false_positive feedback
+    labels[10, :4] = 1  # one window partly labelled anomaly: its class's only example
+    for by_time in (True, False):
+        train, val = split_indices(labels, n, 0.2, np.random.default_rng(0), by_time=by_time)
+        assert set(range(45, 50)) <= set(train.tolist())
+        assert 10 in train
+        unlabelled_val = [i for i in val if (labels[i] < 0).all()]
+        assert len(unlabelled_val) == 9  # 20 % of the 44 unlabelled windows
+        assert not set(unlabelled_val) & set(train.tolist())
+        assert len([i for i in val if i >= 45]) == 1  # a copy of 20 % of the feedback class
+        if by_time:
+            assert unlabelled_val == list(range(36, 45))  # the newest unlabelled ones
+
+
+def test_window_class_is_the_majority_label() -> None:
+    labels = np.array([[-1, -1, -1], [0, 1, 1], [2, -1, -1]])
+    assert window_class(labels).tolist() == [-1, 1, 2]
+
+
+def test_a_few_unlabelled_faults_do_not_lift_the_threshold() -> None:
+    rng = np.random.default_rng(0)
+    train_raw = rng.normal(100, 5, 500)
+    clean = rng.normal(101, 5, 60)
+    faults = rng.normal(2000, 300, 12)  # a fifth of the held-out windows
+    cal_clean = fit_calibration(train_raw, clean, n_samples=1, source="validation")
+    cal = fit_calibration(
+        train_raw, np.concatenate([clean, faults]), n_samples=1, source="validation"
+    )
+    assert cal.n_outliers == 12
+    assert threshold_at(cal, 0.99) == pytest.approx(threshold_at(cal_clean, 0.99))
+    assert cal_clean.n_outliers == 0
+
+
+def test_the_threshold_is_taken_on_the_scores_as_served() -> None:
+    """Held-out windows that operators' feedback quietens count at their adjusted score."""
+    rng = np.random.default_rng(1)
+    train_raw = rng.normal(100, 5, 500)
+    normal_raw = np.concatenate([rng.normal(101, 5, 40), rng.normal(140, 5, 10)])
+    p_fp = np.concatenate([np.zeros(40), np.full(10, 0.9)])
+    plain = fit_calibration(train_raw, normal_raw, n_samples=1, source="validation")
+    served = fit_calibration(
+        train_raw, normal_raw, n_samples=1, source="validation", p_false_positive=p_fp
+    )
+    assert threshold_at(served, 0.95) < threshold_at(plain, 0.95)
+    top = calibrate(normal_raw[:40], served.center, served.scale).max()
+    assert threshold_at(served, 1.0) == pytest.approx(top)
