@@ -31,13 +31,25 @@ class ScoreResult(BaseModel):
     score_id: str = Field(description="Point feedback at this window with POST /v1/labels.")
     raw_score: float = Field(description="−log of the reconstruction probability, in nats.")
     score: float = Field(description="Calibrated score: ≥ 0, grows with anomalousness.")
-    p_false_positive: float = Field(description="π's probability of the false_positive class.")
-    p_false_negative: float = Field(description="π's probability of the false_negative class.")
+    p_false_positive: float = Field(
+        description="The false_positive probability applied to the score: π's, faded above "
+        "the worst alarm operators dismissed; 0 until the class has labels."
+    )
+    p_false_negative: float = Field(
+        description="The false_negative probability applied: π's, at most 0.99; 0 until the "
+        "class has labels."
+    )
     adjusted_score: float = Field(description="score × (1 − p_fp) / (1 − p_fn).")
     is_anomaly: bool = Field(description="adjusted_score > threshold.")
     class_probabilities: dict[str, float] = Field(
-        description="π's probability per class, for the classes the model had labels of "
-        "(empty for a model trained without labels)."
+        description="A distribution over the series' own classes (normal and anomaly kinds) "
+        "that the model had labels of: π's probabilities, renormalised over them to sum to "
+        "1. Empty for a model trained without such labels."
+    )
+    feedback_probabilities: dict[str, float] = Field(
+        default_factory=dict,
+        description="π's own probabilities of the feedback classes (`false_positive`, "
+        "`false_negative`) that had labels, apart from the distribution above.",
     )
     channel_contributions: dict[str, float] = Field(
         description="Each channel's share of the raw score: which sensor looks wrong."

@@ -539,3 +539,55 @@ def test_regular_json_windows_are_copied_from_the_parsed_document() -> None:
     got = scores_route._regular_windows(payload["windows"], 16, 3)
     assert got is not None and got.dtype == np.float32
     assert np.array_equal(got, windows)
+
+
+def test_class_probabilities_are_a_distribution_over_the_series_classes(
+    client: TestClient,
+    admin: Headers,
+    sessions: sessionmaker[Session],
+    settings: Settings,
+) -> None:
+    """The series' own classes that had labels sum to 1; feedback classes come apart."""
+    series_id, stream = trained_series(sessions, settings)
+    day = client.get(f"/v1/series/{series_id}", headers=admin).json()
+    assert "idle" not in day["classes"]
+    patched = client.patch(
+        f"/v1/series/{series_id}", json={"classes": {"idle": "normal"}}, headers=admin
+    )
+    assert patched.status_code == 200, patched.text
+    spans = {"idle": (0, 100), "anomaly": (120, 180), "false_positive": (200, 260)}
+    for label, (first, last) in spans.items():
+        created = client.post(
+            "/v1/labels",
+            json={
+                "series_id": series_id,
+                "start": float(stream.ts[first]) / 1e6,
+                "end": float(stream.ts[last]) / 1e6,
+                "label": label,
+            },
+            headers=admin,
+        )
+        assert created.status_code == 201, created.text
+    train_now(sessions, settings, series_id)
+    # Whether the promotion gate took version 2 is beside the point here: activate it by hand.
+    activated = client.post(f"/v1/series/{series_id}/models/2/activate", headers=admin)
+    assert activated.status_code == 200, activated.text
+    windows = windows_of(stream, window_size=16, stride=8)
+    body = client.post(
+        "/v1/score", json={"series_id": series_id, "windows": windows[:5].tolist()}, headers=admin
+    ).json()
+    deadline = time.monotonic() + 5
+    while body["model_version"] != 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+        body = client.post(
+            "/v1/score",
+            json={"series_id": series_id, "windows": windows[:5].tolist()},
+            headers=admin,
+        ).json()
+    assert body["model_version"] == 2
+    for result in body["results"]:
+        probabilities = result["class_probabilities"]
+        assert set(probabilities) == {"idle", "anomaly"}
+        assert sum(probabilities.values()) == pytest.approx(1.0)
+        assert set(result["feedback_probabilities"]) == {"false_positive"}
+        assert 0.0 <= result["feedback_probabilities"]["false_positive"] <= 1.0

@@ -17,7 +17,7 @@ from app.api.deps import RuntimeDep, Scorer
 from app.errors import InvalidInput, UnsupportedMediaType
 from app.metrics import observe_many, series_metrics
 from app.runtime import Runtime
-from app.schemas.common import MAX_DB_ID
+from app.schemas.common import FEEDBACK_CLASSES, MAX_DB_ID
 from app.schemas.scores import ScoreRangeRequest, ScoreResponse, ScoreWindowsRequest
 from app.scorelog import Record
 from app.scoring import ActiveModel, SeriesInfo
@@ -221,16 +221,26 @@ def _results(
     spans: list[tuple[int, int]] | None,
     steps: bool,
 ) -> list[dict[str, Any]]:
-    # Only classes the model saw labels for: an untrained row of pi says nothing.
+    # Only classes the model saw labels for: an untrained row of pi says nothing. The series'
+    # own classes form one distribution (renormalised over them); the feedback classes are
+    # not kinds of window but verdicts on alarms, so they are reported apart.
     model = active.model
-    known = [i for i, count in enumerate(model.label_counts) if count > 0]
-    classes = [model.classes[i].name for i in known]
+    trained = [i for i, count in enumerate(model.label_counts) if count > 0]
+    own = [i for i in trained if model.classes[i].name not in FEEDBACK_CLASSES]
+    verdicts = [i for i in trained if model.classes[i].name in FEEDBACK_CLASSES]
+    classes = [model.classes[i].name for i in own]
+    verdict_names = [model.classes[i].name for i in verdicts]
     channels = info.channels
     raw = batch.raw_score.tolist()
     calibrated = batch.score.tolist()
     p_fp = batch.p_false_positive.tolist()
     p_fn = batch.p_false_negative.tolist()
-    probabilities = batch.class_probabilities[:, known].tolist()
+    own_probs = batch.class_probabilities[:, own]
+    totals = own_probs.sum(axis=1, keepdims=True)
+    probabilities = np.divide(
+        own_probs, totals, out=np.zeros_like(own_probs), where=totals > 0
+    ).tolist()
+    verdict_probs = batch.class_probabilities[:, verdicts].tolist()
     contributions = batch.channel_contributions.tolist()
     step_values = batch.step_contributions.tolist() if steps else None
     results = []
@@ -244,6 +254,7 @@ def _results(
             "adjusted_score": adjusted[i],
             "is_anomaly": flagged[i],
             "class_probabilities": dict(zip(classes, probabilities[i], strict=True)),
+            "feedback_probabilities": dict(zip(verdict_names, verdict_probs[i], strict=True)),
             "channel_contributions": dict(zip(channels, contributions[i], strict=True)),
         }
         if step_values is not None:
