@@ -49,20 +49,32 @@ class Settings(BaseSettings):
     cors_origins: list[str] = Field(default_factory=list)
     """Origins allowed by CORS, as a JSON list. Empty means CORS is off."""
 
-    retrain_after_labels: int = Field(default=20, ge=0)
-    """Queue a retrain automatically after this many new labels on a series (0 disables)."""
+    retrain_after_labels: int = Field(default=1, ge=0)
+    """New labels on a series with an active model that arm an automatic retrain (0: never).
+    An armed retrain starts once no label has arrived for `retrain_quiet_seconds`."""
+
+    retrain_quiet_seconds: float = Field(default=30.0, ge=0)
+    """Quiet period before a retrain that labels queued starts: each new label restarts it,
+    so a batch of verdicts trains one version that includes all of them."""
 
     min_train_windows: int = Field(default=8, ge=2)
     """A training job fails with a clear error when a series has fewer windows than this."""
 
-    train_epochs: int = Field(default=30, ge=1)
-    """Maximum epochs per training job (early stopping usually ends sooner)."""
+    train_steps: int | None = Field(default=None, ge=1)
+    """Optimiser steps per training job. Unset: about 30 passes over the training windows,
+    clamped to [`train_min_steps`, `train_max_steps`]."""
 
-    train_batch_size: int = Field(default=64, ge=2)
-    """Windows per training batch."""
+    train_min_steps: int = Field(default=600, ge=1)
+    """Floor of the automatic step budget; early stopping never ends a job sooner."""
 
-    train_patience: int = Field(default=5, ge=1)
-    """Epochs without validation improvement before training stops."""
+    train_max_steps: int = Field(default=3000, ge=1)
+    """Ceiling of the automatic step budget (bounds a job's time on large series)."""
+
+    train_batch_size: int | None = Field(default=None, ge=4)
+    """Windows per training batch. Unset: scaled to the data (8 to 64)."""
+
+    train_patience: int = Field(default=10, ge=1)
+    """Validation checks (about 30 per job) without improvement before training stops."""
 
     train_threads: int = Field(default=1, ge=1)
     """torch threads a training job may use, so that training does not starve scoring."""

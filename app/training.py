@@ -4,8 +4,16 @@ Windows are cut from the series' points in time order (`window_size` long, every
 points). Labels are applied to points first (later labels win where ranges overlap), so a
 label covering part of a window supervises only those time steps. Feedback on a window that
 a client posted (not a stored range) adds that window itself, labelled at every step.
-The newest `val_fraction` of the windows is held out for early stopping, calibration and
-the comparison with the active version.
+
+The split rule (VAL_FRACTION of the windows are held out for early stopping, calibration and
+the comparison with the active version):
+- overlapping windows (stride < window_size) are one stream: the newest unlabelled windows are
+  held out, so that no held-out window shares points with a training one;
+- windows that do not overlap (stride >= window_size) are separate examples (for instance one
+  recording each): they are held out at random, stratified by class;
+- every labelled window and every posted feedback window reaches training. Validation holds
+  copies of a share of each class's labelled windows, never the only ones, so a label an
+  operator gave on the newest alarms trains the next version (models.train.split_indices).
 """
 
 from __future__ import annotations
@@ -34,6 +42,8 @@ from models import (
     TrainingData,
     fit,
 )
+from models.config import FALSE_POSITIVE
+from models.train import split_indices, window_class
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +59,19 @@ class Dataset:
     validation: TrainingData
     classes: list[ClassSpec]
     summary: dict[str, int]
+
+    @property
+    def has_labels(self) -> bool:
+        return self.train.labels is not None or self.validation.labels is not None
+
+    def relabelled(self, target: Sequence[ClassSpec]) -> Dataset:
+        """The same windows with labels re-indexed into another model's classes."""
+        return Dataset(
+            train=relabel(self.train, self.classes, target),
+            validation=relabel(self.validation, self.classes, target),
+            classes=list(target),
+            summary=self.summary,
+        )
 
 
 def load_points(
@@ -118,7 +141,12 @@ def point_labels(ts: np.ndarray, labels: Sequence[Label], index: dict[str, int])
 
 
 def build_dataset(
-    *, session: Session, series: Series, settings: Settings, previous: Sequence[ClassSpec]
+    *,
+    session: Session,
+    series: Series,
+    settings: Settings,
+    previous: Sequence[ClassSpec],
+    seed: int = 0,
 ) -> Dataset:
     channels = len(series.channels)
     window_size = series.window_size
@@ -144,29 +172,35 @@ def build_dataset(
         session=session, labels=labels, index=index, shape=(window_size, channels)
     )
 
-    n_val = max(1, round(len(windows) * VAL_FRACTION)) if len(windows) >= 2 else 0
-    cut = len(windows) - n_val
-    train_windows = np.concatenate([windows[:cut], extra_windows])
-    train_labels = np.concatenate([window_labels[:cut], extra_labels])
+    has_labels = bool((window_labels != UNLABELLED).any())
+    train_idx, val_idx = split_indices(
+        window_labels if has_labels else None,
+        len(windows),
+        VAL_FRACTION,
+        np.random.default_rng(seed),
+        by_time=series.stride < window_size,
+    )
+    train_windows = np.concatenate([windows[train_idx], extra_windows])
+    train_labels = np.concatenate([window_labels[train_idx], extra_labels])
     total = len(windows) + len(extra_windows)
-    if total < settings.min_train_windows or n_val == 0:
+    if total < settings.min_train_windows or val_idx.size == 0:
         raise NotEnoughData(
             f"series {series.name!r} has {total} training windows of {window_size} points "
             f"(needs at least {settings.min_train_windows}); ingest more points"
         )
-    has_labels = bool((train_labels != UNLABELLED).any())
-    val_labels = window_labels[cut:]
+    train_has_labels = bool((train_labels != UNLABELLED).any())
+    val_labels = window_labels[val_idx]
     return Dataset(
-        train=TrainingData(train_windows, train_labels if has_labels else None),
+        train=TrainingData(train_windows, train_labels if train_has_labels else None),
         validation=TrainingData(
-            windows[cut:], val_labels if (val_labels != UNLABELLED).any() else None
+            windows[val_idx], val_labels if (val_labels != UNLABELLED).any() else None
         ),
         classes=classes,
         summary={
             "points": len(ts),
             "windows": total,
             "train_windows": len(train_windows),
-            "validation_windows": n_val,
+            "validation_windows": int(val_idx.size),
             "labelled_windows": int((train_labels != UNLABELLED).any(axis=1).sum()),
             "feedback_windows": len(extra_windows),
         },
@@ -314,7 +348,9 @@ def _train_version(
     should_stop: Callable[[], bool] | None,
 ) -> Outcome:
     config = TrainConfig(
-        epochs=settings.train_epochs,
+        steps=settings.train_steps,
+        min_steps=settings.train_min_steps,
+        max_steps=max(settings.train_max_steps, settings.train_min_steps),
         batch_size=settings.train_batch_size,
         patience=settings.train_patience,
         threads=settings.train_threads,
@@ -332,19 +368,121 @@ def _train_version(
         should_stop=should_stop,
     )
     new_eval = model.evaluate(dataset.validation)
-    metrics = json_metrics(
-        {**model.metrics, **dataset.summary, **{f"val_{k}": v for k, v in new_eval.items()}}
-    )
+    metrics = job_metrics(model=model, dataset=dataset, evaluation=new_eval)
     if active is None:
         return Outcome(model, True, None, metrics)
     old_eval = active.evaluate(relabel(dataset.validation, dataset.classes, active.classes))
     metrics["active_val_loss"] = json_metrics(old_eval)["loss"]
-    activate, note = decide_activation(
-        new_loss=new_eval["loss"],
-        active_loss=old_eval["loss"],
-        tolerance=settings.activation_tolerance,
+    if not dataset.has_labels:
+        activate, note = decide_activation(
+            new_loss=new_eval["loss"],
+            active_loss=old_eval["loss"],
+            tolerance=settings.activation_tolerance,
+        )
+        return Outcome(model, activate, note, metrics)
+    # Labels, feedback above all, are judged by what operators see: alarms on the windows
+    # they dismissed, faults they confirmed, and false alarms on held-out normal windows.
+    n_samples = settings.score_samples
+    new_errors = alarm_errors(model, dataset, series.threshold_quantile, n_samples)
+    old_errors = alarm_errors(
+        active, dataset.relabelled(active.classes), series.threshold_quantile, n_samples
+    )
+    metrics.update({f"{k}": v for k, v in new_errors.items()})
+    metrics.update({f"active_{k}": v for k, v in old_errors.items()})
+    activate, note = decide_feedback_activation(
+        new=new_errors, active=old_errors, new_loss=new_eval["loss"]
     )
     return Outcome(model, activate, note, metrics)
+
+
+def job_metrics(
+    *, model: TrainedModel, dataset: Dataset, evaluation: dict[str, float]
+) -> dict[str, float | int | str | None]:
+    """What a job reports: one name per figure, counts as integers (schemas/jobs.py says what
+    each means)."""
+    trained = model.metrics
+    return json_metrics(
+        {
+            **dataset.summary,
+            "elbo_windows": int(trained["n_elbo_windows"]),
+            "steps": int(trained["steps_run"]),
+            "step_budget": int(trained["step_budget"]),
+            "batch_size": int(trained["batch_size"]),
+            "best_step": int(trained["best_step"]),
+            "stopped": trained["stopped"],
+            "train_seconds": trained["train_seconds"],
+            "val_loss": evaluation["loss"],
+            "val_nll": evaluation["nll"],
+            "val_kl": evaluation["kl"],
+            "val_ce": evaluation["ce"],
+            "val_accuracy": evaluation["accuracy"],
+            "threshold": trained.get("threshold"),
+            "calibration_source": trained.get("calibration_source"),
+            "calibration_outliers": trained.get("calibration_outliers"),
+        }
+    )
+
+
+def alarm_errors(
+    model: TrainedModel, dataset: Dataset, quantile: float, n_samples: int
+) -> dict[str, int]:
+    """The model's mistakes at its own threshold, as operators would count them:
+    marked_alarms, windows labelled false_positive that still alarm; missed_faults, windows
+    with an anomaly-kind label that do not; val_false_alarms, held-out unlabelled windows
+    that alarm."""
+    kinds = {c.name: c.kind for c in model.classes}
+    index = {c.name: i for i, c in enumerate(model.classes)}
+    marked_alarms = missed_faults = val_false_alarms = 0
+    for part in (dataset.train, dataset.validation):
+        if part.labels is None:
+            continue
+        majority = window_class(part.labels)
+        anomaly_kinds = [i for i, c in enumerate(model.classes) if kinds[c.name] == "anomaly"]
+        anomalous = np.asarray(np.isin(part.labels, anomaly_kinds).any(axis=1))
+        dismissed = np.asarray(majority == index.get(FALSE_POSITIVE, -2)) & ~anomalous
+        chosen = dismissed | anomalous
+        if not chosen.any():
+            continue
+        flagged = model.score(
+            part.windows[chosen], n_samples=n_samples, threshold_quantile=quantile
+        ).is_anomaly
+        marked_alarms += int(flagged[dismissed[chosen]].sum())
+        missed_faults += int((~flagged[anomalous[chosen]]).sum())
+    val = dataset.validation
+    unlabelled = (
+        np.ones(len(val.windows), dtype=bool)
+        if val.labels is None
+        else (val.labels == UNLABELLED).all(axis=1)
+    )
+    if unlabelled.any():
+        val_false_alarms = int(
+            model.score(
+                val.windows[unlabelled], n_samples=n_samples, threshold_quantile=quantile
+            ).is_anomaly.sum()
+        )
+    return {
+        "marked_alarms": marked_alarms,
+        "missed_faults": missed_faults,
+        "val_false_alarms": val_false_alarms,
+    }
+
+
+def decide_feedback_activation(
+    *, new: dict[str, int], active: dict[str, int], new_loss: float
+) -> tuple[bool, str | None]:
+    """Activate a version trained on labels unless it makes more of the mistakes operators
+    see (alarm_errors, summed) than the active one, or its validation loss is not finite."""
+    if not math.isfinite(new_loss):
+        return False, f"kept as candidate: its validation loss is {new_loss}"
+    if sum(new.values()) <= sum(active.values()):
+        return True, None
+    return False, (
+        "kept as candidate: it makes more of the mistakes operators see than the active "
+        f"version: {new['marked_alarms']} alarms on windows marked false_positive (active "
+        f"{active['marked_alarms']}), {new['missed_faults']} labelled faults missed (active "
+        f"{active['missed_faults']}), {new['val_false_alarms']} false alarms on held-out "
+        f"normal windows (active {active['val_false_alarms']})"
+    )
 
 
 def decide_activation(

@@ -43,6 +43,7 @@ from app.idempotency import TTL as IDEMPOTENCY_TTL
 from app.metrics import JOBS, TRAINING_DURATION
 from app.ratelimit import purge_windows
 from app.scoring import load_artifact
+from app.services.jobs import arm_retrain
 from app.training import Outcome, build_dataset, train_version
 from models import ModelError, Progress, TrainedModel, TrainingCancelled
 
@@ -113,7 +114,8 @@ class Worker:
                 select(Job.id)
                 .where(
                     or_(
-                        Job.status == JOB_QUEUED,
+                        (Job.status == JOB_QUEUED)
+                        & or_(Job.not_before.is_(None), Job.not_before <= now),
                         (Job.status == JOB_RUNNING) & (Job.lease_expires_at < now),
                     )
                 )
@@ -135,6 +137,13 @@ class Worker:
                 )
                 .returning(Job.id, Job.series_id, Job.attempts)
             ).one_or_none()
+            if row is not None:
+                # Labels from now on count towards the next retrain: this one may miss them.
+                session.execute(
+                    update(Series)
+                    .where(Series.id == row[1])
+                    .values(labels_since_train=0, updated_at=Series.updated_at)
+                )
         if row is None:
             return None
         log.info(
@@ -196,6 +205,7 @@ class Worker:
             return
         finally:
             heartbeat.stop()
+            self._follow_up(claimed.series_id)
         TRAINING_DURATION.observe(time.monotonic() - started)
         JOBS.labels(JOB_SUCCEEDED).inc()
         log.info(
@@ -216,11 +226,12 @@ class Worker:
                 series=series,
                 settings=self.settings,
                 previous=active.classes if active else (),
+                seed=claimed.job_id,
             )
             session.expunge(series)
 
         def progress(update_: Progress) -> None:
-            heartbeat.report(update_.epoch / update_.epochs)
+            heartbeat.report(update_.step / update_.steps if update_.steps else 0.0)
 
         def should_stop() -> bool:
             if heartbeat.lost.is_set():
@@ -300,6 +311,21 @@ class Worker:
             job.lease_owner = None
             job.lease_expires_at = None
         return number
+
+    def _follow_up(self, series_id: int) -> None:
+        """Queue the retrain that labels posted while this job ran have armed."""
+        try:
+            with self.sessions() as session, session.begin():
+                series = session.get(Series, series_id)
+                if series is not None and series.labels_since_train > 0:
+                    arm_retrain(
+                        session=session,
+                        series=series,
+                        settings=self.settings,
+                        count=series.labels_since_train,
+                    )
+        except SQLAlchemyError as exc:  # the next label arms it again
+            log.warning("job follow-up for series %d failed: %s", series_id, exc)
 
     def _fail(self, job_id: int, error: str) -> None:
         with self.sessions() as session, session.begin():

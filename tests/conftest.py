@@ -118,7 +118,8 @@ def settings(database_url: str) -> Settings:
         log_format="text",
         model_poll_seconds=0.2,
         score_log_flush_seconds=0.1,
-        train_epochs=8,
+        train_min_steps=16,
+        train_max_steps=40,
         train_patience=3,
         min_train_windows=4,
     )

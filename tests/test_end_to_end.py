@@ -1,6 +1,11 @@
 """The whole loop through the public API: ingest a stream with injected faults and a
-recurring benign episode, train, score, mark the benign episode's alarms false_positive,
-retrain, and see the feedback take effect while the faults still stand out."""
+recurring benign episode, train, score, mark the benign episode's windows false_positive,
+retrain, and see the feedback take effect while the faults still stand out.
+
+Built to hold on any CPU, not by a lucky seed: the operator marks the highest-scoring windows of
+the first two episodes whether or not they alarmed, every assertion compares groups of windows
+with a margin, and one fault lies in the stream's newest windows, which the first model holds
+out for calibration (a robust threshold must not take it for normal data)."""
 
 from __future__ import annotations
 
@@ -44,9 +49,15 @@ def _overlaps(spans: list[tuple[int, int]], starts: np.ndarray) -> np.ndarray:
 def test_feedback_loop(
     settings: Settings, sessions: sessionmaker[Session], make_headers: Callable[..., Headers]
 ) -> None:
-    # NOTE: a generous activation tolerance: this test is about feedback, not that policy.
+    # NOTE: the service's own training budget, and a generous activation tolerance: this test
+    # is about feedback, not the promotion policy.
     settings = settings.model_copy(
-        update={"train_epochs": 15, "train_patience": 15, "activation_tolerance": 1.0}
+        update={
+            "train_min_steps": 600,
+            "train_max_steps": 3000,
+            "train_patience": 10,
+            "activation_tolerance": 1.0,
+        }
     )
     worker = Worker(settings, sessions=sessions)
     ops = make_headers("ingest", "score", "label", "train", "read")
@@ -105,16 +116,23 @@ def test_feedback_loop(
         assert len(before["results"]) == len(starts)
         fault = _overlaps(FAULTS, starts)
         benign = _overlaps(BENIGN, starts)
-        marked = _overlaps(BENIGN[:2], starts)
-        unmarked = benign & ~marked
+        episodes = _overlaps(BENIGN[:2], starts)
+        unmarked = benign & ~episodes
         normal = ~fault & ~benign
         adjusted = np.array([r["adjusted_score"] for r in before["results"]])
         flagged = np.array([r["is_anomaly"] for r in before["results"]])
-        # The faults outrank normal windows; the benign episode raises false alarms.
+        # The faults outrank normal windows and alarm, although the newest one was in the
+        # first model's held-out windows; the benign episode stands out from normal windows.
         assert _auc(adjusted[fault], adjusted[normal]) > 0.95
-        assert flagged[marked].any(), "the benign episode raised no alarm to give feedback on"
+        assert flagged[fault].mean() > 0.5
+        assert flagged[normal].mean() < 0.05
+        assert _auc(adjusted[benign], adjusted[normal]) > 0.8
+        # The operator marks the episode's strongest windows, alarmed or not.
+        candidates = np.flatnonzero(episodes)
+        marked = np.zeros_like(episodes)
+        marked[candidates[np.argsort(adjusted[candidates])[-6:]]] = True
 
-        for i in np.flatnonzero(marked & flagged):
+        for i in np.flatnonzero(marked):
             label = client.post(
                 "/v1/labels",
                 json={"score_id": before["results"][i]["score_id"], "label": "false_positive"},
@@ -139,26 +157,53 @@ def test_feedback_loop(
             time.sleep(0.1)
             after = score_all()
         assert after["model_version"] == 2
-        assert set(before["results"][0]["class_probabilities"]) == set()
-        assert set(after["results"][0]["class_probabilities"]) == {"false_positive"}
+        assert before["results"][0]["class_probabilities"] == {}
+        assert before["results"][0]["feedback_probabilities"] == {}
+        assert after["results"][0]["class_probabilities"] == {}  # no class of its own labelled
+        assert set(after["results"][0]["feedback_probabilities"]) == {"false_positive"}
         adjusted_after = np.array([r["adjusted_score"] for r in after["results"]])
         p_fp = np.array([r["p_false_positive"] for r in after["results"]])
-        pi_fp = np.array([r["class_probabilities"]["false_positive"] for r in after["results"]])
+        pi_fp = np.array([r["feedback_probabilities"]["false_positive"] for r in after["results"]])
         # Every marked window now scores lower, and π recognises the episode. (π's own
         # probability: the p_false_positive applied is capped above the worst dismissed
         # alarm's score, so on the episode's strongest windows it is smaller by design.)
-        assert (adjusted_after[marked & flagged] < adjusted[marked & flagged]).all()
-        assert np.median(pi_fp[marked]) > np.median(pi_fp[normal])
+        ratio_before = adjusted / before["threshold"]
+        ratio_after = adjusted_after / after["threshold"]
+        assert np.median(ratio_after[marked]) < 0.8 * np.median(ratio_before[marked])
+        assert np.median(pi_fp[marked]) > np.median(pi_fp[normal]) + 0.2
         assert (p_fp <= pi_fp + 1e-12).all()
         # The episode's other occurrences, never marked, alarm less too. Each version scores on
         # its own calibrated scale (a retrain moves it), so compare against its alarm threshold.
         flagged_after = np.array([r["is_anomaly"] for r in after["results"]])
-        assert (
-            np.median(adjusted_after[unmarked]) / after["threshold"]
-            < np.median(adjusted[unmarked]) / before["threshold"]
-        )
+        assert np.median(ratio_after[unmarked]) < np.median(ratio_before[unmarked])
         assert flagged_after[unmarked].sum() <= flagged[unmarked].sum()
         # π may not talk the model out of a fault: far above any dismissed alarm, p_fp fades.
         assert np.median(p_fp[fault]) < np.median(p_fp[marked])
         # The faults still stand out: feedback on false alarms does not blind the model.
         assert _auc(adjusted_after[fault], adjusted_after[normal]) > 0.9
+        print(
+            first_job["metrics"],
+            second_job["metrics"],
+            before["threshold"],
+            after["threshold"],
+        )
+        print(
+            np.round(ratio_before[fault], 2).tolist(),
+            "after",
+            np.round(ratio_after[fault], 2).tolist(),
+            "pfp",
+            np.round(p_fp[fault], 2).tolist(),
+            "pi",
+            np.round(pi_fp[fault], 2).tolist(),
+        )
+        print(
+            np.round(ratio_before[marked], 2),
+            "after",
+            np.round(ratio_after[marked], 2),
+        )
+        print(
+            np.round(ratio_before[unmarked], 2),
+            "after",
+            np.round(ratio_after[unmarked], 2),
+        )
+        assert flagged_after[fault].mean() > 0.5

@@ -69,6 +69,8 @@ class Series(Base):
     """Class name -> kind (`normal` or `anomaly`), built-in classes included."""
     threshold_quantile: Mapped[float] = mapped_column(Float, default=0.99)
     labels_since_train: Mapped[int] = mapped_column(Integer, default=0)
+    training: Mapped[dict[str, Any] | None] = mapped_column(default=None)
+    """Per-series training options (schemas/series.py TrainingOptions); null: the defaults."""
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
@@ -102,6 +104,8 @@ class Label(Base):
     note: Mapped[str | None] = mapped_column(Text, default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     deleted_at: Mapped[datetime | None] = mapped_column(default=None)
+    job_id: Mapped[int | None] = mapped_column(Integer, default=None)
+    """The retrain this label queued or joined, if any."""
 
 
 class ScoreRecord(Base):
@@ -178,6 +182,8 @@ class Job(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(default=None)
     finished_at: Mapped[datetime | None] = mapped_column(default=None)
+    not_before: Mapped[datetime | None] = mapped_column(default=None)
+    """A retrain queued by labels waits until then: each new label moves it on (debounce)."""
 
     series: Mapped[Series] = relationship(lazy="raise")
 

@@ -15,10 +15,33 @@ class JobOut(BaseModel):
     series_id: int
     status: Literal["queued", "running", "succeeded", "failed"]
     reason: str = Field(description="`manual` (API), or `labels` (queued after new labels).")
-    progress: float = Field(description="0 to 1; epochs done over the epoch budget.")
+    not_before: datetime | None = Field(
+        default=None,
+        description="A retrain queued by labels waits for quiet until then (null: due now).",
+    )
+    progress: float = Field(description="0 to 1; optimiser steps done over the step budget.")
     error: str | None
     model_version: int | None = Field(description="The version this job produced.")
-    metrics: dict[str, Any] | None
+    metrics: dict[str, Any] | None = Field(
+        description=(
+            "Set when the job succeeded. Data: `points`, `windows` (stored windows plus posted "
+            "feedback windows), `train_windows`, `validation_windows`, `labelled_windows` "
+            "(training windows with a label), `feedback_windows` (posted windows), "
+            "`elbo_windows` (training windows that teach normal behaviour). Training: "
+            "`steps` (optimiser steps run), `step_budget`, `batch_size`, `best_step` (whose "
+            "weights were kept), `stopped` (`budget`, `early` or `diverged`), "
+            "`train_seconds`. Evaluation on the validation windows, in nats of the raw "
+            "values per window (lower is better; negative for a tight fit): `val_loss` (the "
+            "training objective), `val_nll`, `val_kl`, `val_ce` (null without labels), "
+            "`val_accuracy` (of π on labelled steps; null without labels), `active_val_loss` "
+            "(the active version on the same windows). Calibration: `threshold`, "
+            "`calibration_source`, `calibration_outliers` (held-out windows left out of the "
+            "threshold as far out: likely unlabelled faults). With labels, the promotion "
+            "gate's counts for this version and the active one (`active_` prefix): "
+            "`marked_alarms`, `missed_faults`, `val_false_alarms`. Finally `activated` "
+            "(whether the version became active) and `note` (why not)."
+        )
+    )
     attempts: int
     created_at: datetime
     started_at: datetime | None

@@ -19,7 +19,7 @@ from pydantic import (
 from app.schemas.common import DbId, Line, Text, TimestampUs, us_to_datetime
 
 if TYPE_CHECKING:
-    from app.db.models import Label
+    from app.db.models import Job, Label
 
 LabelName = Annotated[str, StringConstraints(min_length=1, max_length=100)]
 Author = Annotated[Line, StringConstraints(min_length=1, max_length=200)]
@@ -74,6 +74,34 @@ LabelCreate = Annotated[
 """A body with `score_id` is score feedback; any other body is a range label."""
 
 
+class RetrainOut(BaseModel):
+    """The retrain a label queued or joined, as it stands."""
+
+    job_id: int
+    status: str = Field(description="queued, running, succeeded or failed.")
+    not_before: datetime | None = Field(
+        description="A queued retrain waits for quiet until then; each new label moves it on."
+    )
+    model_version: int | None = Field(description="The version it produced.")
+    activated: bool | None = Field(
+        description="Whether that version became active (null until the job ends)."
+    )
+    note: str | None = Field(description="Why the version was kept as a candidate, or the error.")
+
+    @classmethod
+    def of(cls, job: Job) -> RetrainOut:
+        metrics = job.metrics or {}
+        activated = metrics.get("activated")
+        return cls(
+            job_id=job.id,
+            status=job.status,
+            not_before=job.not_before,
+            model_version=job.model_version,
+            activated=activated if isinstance(activated, bool) else None,
+            note=job.error or metrics.get("note"),
+        )
+
+
 class LabelOut(BaseModel):
     id: int
     series_id: int
@@ -86,10 +114,20 @@ class LabelOut(BaseModel):
     note: str | None
     created_at: datetime
     deleted_at: datetime | None = Field(description="Set once the label is deleted (soft).")
+    retrain: RetrainOut | None = Field(
+        default=None,
+        description=(
+            "The automatic retrain this label queued or joined (`VIGIL_RETRAIN_AFTER_LABELS`, "
+            "`VIGIL_RETRAIN_QUIET_SECONDS`), with its outcome once it has one: a version kept "
+            "as a candidate says why here. Null if the label armed none (no active model yet, "
+            "or a retrain was running: the worker queues the next one when it ends)."
+        ),
+    )
 
     @classmethod
-    def of(cls, label: Label) -> LabelOut:
+    def of(cls, label: Label, job: Job | None = None) -> LabelOut:
         return cls(
+            retrain=RetrainOut.of(job) if job is not None else None,
             id=label.id,
             series_id=label.series_id,
             start=None if label.start_ts is None else us_to_datetime(label.start_ts),

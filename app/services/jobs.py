@@ -1,12 +1,17 @@
-"""Training jobs: queueing (one open job per series), and reading them back."""
+"""Training jobs: queueing (one open job per series), retrains armed by labels, and reading
+them back."""
 
 from __future__ import annotations
+
+from datetime import datetime, timedelta
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from app.db.models import JOB_QUEUED, JOB_RUNNING, Job, Series
+from app.config import Settings
+from app.db.base import utcnow
+from app.db.models import JOB_QUEUED, JOB_RUNNING, MODEL_ACTIVE, Job, ModelVersion, Series
 from app.errors import NotFound, SeriesNotFound
 
 
@@ -16,7 +21,9 @@ def open_job(*, session: Session, series_id: int) -> Job | None:
     )
 
 
-def enqueue_training(*, session: Session, series: Series, reason: str) -> tuple[Job, bool]:
+def enqueue_training(
+    *, session: Session, series: Series, reason: str, not_before: datetime | None = None
+) -> tuple[Job, bool]:
     """Queue a training job for `series`, or return the one already queued or running.
 
     The second element says whether a new job was created. A partial unique index allows
@@ -25,7 +32,7 @@ def enqueue_training(*, session: Session, series: Series, reason: str) -> tuple[
     existing = open_job(session=session, series_id=series.id)
     if existing is not None:
         return existing, False
-    job = Job(series_id=series.id, status=JOB_QUEUED, reason=reason)
+    job = Job(series_id=series.id, status=JOB_QUEUED, reason=reason, not_before=not_before)
     try:
         with session.begin_nested():
             session.add(job)
@@ -34,18 +41,65 @@ def enqueue_training(*, session: Session, series: Series, reason: str) -> tuple[
         if raced is None:
             raise
         return raced, False
-    series.labels_since_train = 0
     return job, True
 
 
 def queue_manual_training(*, session: Session, series_id: int) -> tuple[Job, bool]:
-    """Queue a job asked for through the API (committed); True when a new one was created."""
+    """Queue a job asked for through the API (committed); True when a new one was created.
+    A retrain that labels armed and that is still waiting for quiet is due at once."""
     series = session.get(Series, series_id)
     if series is None:
         raise SeriesNotFound(series_id)
     job, created = enqueue_training(session=session, series=series, reason="manual")
+    if job.status == JOB_QUEUED and job.not_before is not None:
+        job.not_before = None
     session.commit()
     return job, created
+
+
+def arm_retrain(*, session: Session, series: Series, settings: Settings, count: int) -> Job | None:
+    """The retrain that `count` labels since the last training start arm, debounced.
+
+    Armed once `settings.retrain_after_labels` labels have arrived on a series that has an
+    active model; it starts `settings.retrain_quiet_seconds` after the latest of them, so a
+    batch of verdicts trains one version that includes them all. A job already queued by
+    labels waits the longer; a running job cannot take new labels: the worker queues a
+    follow-up when it ends (None here)."""
+    threshold = settings.retrain_after_labels
+    if threshold <= 0 or count < threshold or not _has_active_model(session, series.id):
+        return None
+    due = utcnow() + timedelta(seconds=settings.retrain_quiet_seconds)
+    job, created = enqueue_training(session=session, series=series, reason="labels", not_before=due)
+    if created or job.status != JOB_QUEUED:
+        return job if job.status == JOB_QUEUED else None
+    if job.not_before is not None:
+        job.not_before = due
+    return job
+
+
+def _has_active_model(session: Session, series_id: int) -> bool:
+    found = session.scalar(
+        select(ModelVersion.id).where(
+            ModelVersion.series_id == series_id, ModelVersion.status == MODEL_ACTIVE
+        )
+    )
+    return found is not None
+
+
+def list_jobs(
+    *, session: Session, series_id: int | None, status: str | None, limit: int, before: int | None
+) -> list[Job]:
+    """Jobs newest first; `before` (a job id) pages on."""
+    query = select(Job)
+    if series_id is not None:
+        if session.get(Series, series_id) is None:
+            raise SeriesNotFound(series_id)
+        query = query.where(Job.series_id == series_id)
+    if status is not None:
+        query = query.where(Job.status == status)
+    if before is not None:
+        query = query.where(Job.id < before)
+    return list(session.scalars(query.order_by(Job.id.desc()).limit(limit)))
 
 
 def get_job(*, session: Session, job_id: int) -> Job:

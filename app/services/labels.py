@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import select, update
@@ -15,7 +15,7 @@ from app.errors import InvalidInput, NotFound
 from app.metrics import FEEDBACK, LABELS
 from app.schemas.common import FEEDBACK_CLASSES
 from app.schemas.labels import RangeLabelCreate, ScoreLabelCreate
-from app.services.jobs import enqueue_training
+from app.services.jobs import arm_retrain
 from app.services.series import get_series
 
 
@@ -23,7 +23,7 @@ from app.services.series import get_series
 class LabelCreated:
     label: Label
     retrain_job: Job | None
-    """The training job queued (or already open) because this label reached the threshold."""
+    """The retrain this label queued or joined (it waits for quiet: services/jobs.py)."""
 
 
 def create_label(
@@ -57,6 +57,9 @@ def create_label(
     label.note = spec.note
     session.add(label)
     job = _count_towards_retrain(session=session, series=series, settings=settings)
+    if job is not None:
+        session.flush()
+        label.job_id = job.id
     session.commit()
     LABELS.labels(series=series.name, label=label.label).inc()
     if label.label in FEEDBACK_CLASSES:
@@ -103,11 +106,7 @@ def _count_towards_retrain(*, session: Session, series: Series, settings: Settin
         .execution_options(synchronize_session=False)
     ).scalar_one()
     session.expire(series, ["labels_since_train"])
-    threshold = settings.retrain_after_labels
-    if threshold <= 0 or count < threshold:
-        return None
-    job, _created = enqueue_training(session=session, series=series, reason="labels")
-    return job
+    return arm_retrain(session=session, series=series, settings=settings, count=count)
 
 
 def list_labels(
@@ -128,6 +127,14 @@ def list_labels(
     if not include_deleted:
         query = query.where(Label.deleted_at.is_(None))
     return list(session.scalars(query.order_by(Label.id).limit(limit).offset(offset)))
+
+
+def retrain_jobs(*, session: Session, labels: Sequence[Label]) -> dict[int, Job]:
+    """The retrain jobs these labels queued or joined, by id, in one query."""
+    ids = {label.job_id for label in labels if label.job_id is not None}
+    if not ids:
+        return {}
+    return {job.id: job for job in session.scalars(select(Job).where(Job.id.in_(ids)))}
 
 
 def get_label(*, session: Session, label_id: int) -> Label:

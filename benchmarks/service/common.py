@@ -378,7 +378,7 @@ def ingest(server: Server, series_id: int, body: bytes, *, timeout: float = 300)
     return result
 
 
-def train_in_process(url: str, series_id: int, *, epochs: int = 2) -> int:
+def train_in_process(url: str, series_id: int, *, steps: int = 20) -> int:
     """Queue a job through the service's own code and run it here with a short budget.
 
     The scoring cost of a model does not depend on how long it trained, only on its size,
@@ -392,8 +392,8 @@ def train_in_process(url: str, series_id: int, *, epochs: int = 2) -> int:
     settings = Settings(
         database_url=url,
         embedded_worker=False,
-        train_epochs=epochs,
-        train_patience=epochs,
+        train_steps=steps,
+        train_patience=steps,
         min_train_windows=8,
     )
     engine = make_engine(url, role="bench")

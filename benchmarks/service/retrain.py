@@ -47,7 +47,7 @@ from benchmarks.service.common import (
 )
 from tests.utils.proc import stop
 
-TRAINING = {"train_epochs": "100000", "train_patience": "100000"}
+TRAINING = {"train_steps": "10000000", "train_patience": "10000000"}
 CONCURRENCY = 8
 
 

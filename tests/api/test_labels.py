@@ -359,33 +359,16 @@ def test_labels_count_in_metrics(
     ) == (fp_before + 1)
 
 
-def test_enough_new_labels_queue_a_retrain(
-    settings: Settings, make_headers: Callable[..., Headers], sessions: sessionmaker[Session]
+def test_labels_on_a_series_without_a_model_arm_no_retrain(
+    client: TestClient, series: dict[str, Any], admin: Headers, sessions: sessionmaker[Session]
 ) -> None:
-    with TestClient(create_app(settings.model_copy(update={"retrain_after_labels": 3}))) as c:
-        admin = make_headers("admin")
-        series = create_series(c, admin)
-        for expected in (1, 2):
-            c.post("/v1/labels", json=range_label(series["id"]), headers=admin)
-            assert (
-                c.get(f"/v1/series/{series['id']}", headers=admin).json()["labels_since_train"]
-                == expected
-            )
-        with sessions() as session:
-            assert session.scalar(select(func.count()).select_from(Job)) == 0
-        c.post("/v1/labels", json=range_label(series["id"]), headers=admin)
-        with sessions() as session:
-            jobs = list(session.scalars(select(Job)))
-        assert len(jobs) == 1
-        assert jobs[0].series_id == series["id"]
-        assert jobs[0].status == "queued"
-        assert jobs[0].reason == "labels"
-        assert c.get(f"/v1/series/{series['id']}", headers=admin).json()["labels_since_train"] == 0
-        # While that job is open, more labels do not queue another one.
-        for _ in range(4):
-            c.post("/v1/labels", json=range_label(series["id"]), headers=admin)
-        with sessions() as session:
-            assert session.scalar(select(func.count()).select_from(Job)) == 1
+    for expected in (1, 2):
+        created = client.post("/v1/labels", json=range_label(series["id"]), headers=admin)
+        assert created.json()["retrain"] is None
+        count = client.get(f"/v1/series/{series['id']}", headers=admin).json()
+        assert count["labels_since_train"] == expected
+    with sessions() as session:
+        assert session.scalar(select(func.count()).select_from(Job)) == 0
 
 
 def test_no_retrain_is_queued_when_the_policy_is_off(

@@ -41,7 +41,9 @@ def test_a_restored_dump_scores_the_same(postgres_url: str, tmp_path: Path) -> N
     # NOTE: the session's Postgres database is shared; start empty, so that the worker below
     # trains this test's job and not one another test left queued.
     truncate_all(postgres_url)
-    settings = Settings(database_url=postgres_url, train_epochs=8, min_train_windows=4)
+    settings = Settings(
+        database_url=postgres_url, train_min_steps=16, train_max_steps=40, min_train_windows=4
+    )
     sessions = make_sessionmaker(make_engine(settings.database_url, role="tests"))
     series_id, stream = trained_series(sessions, settings, name=f"backup-{uuid.uuid4().hex[:6]}")
     with sessions() as session, session.begin():

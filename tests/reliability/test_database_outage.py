@@ -72,7 +72,9 @@ def test_requests_get_503_during_an_outage_and_everything_recovers(cluster: Clus
         series_id = created.json()["id"]
         lo, hi = halves[0]
         assert _send(client, series_id, stream.ts[lo:hi], stream.values[lo:hi]).status_code == 200
-        settings = Settings(database_url=url, train_epochs=3, min_train_windows=4)
+        settings = Settings(
+            database_url=url, train_min_steps=8, train_max_steps=16, min_train_windows=4
+        )
         train_now(sessions, settings, series_id)
         window = windows_of(stream, window_size=16, stride=8)[:1].tolist()
         deadline = time.monotonic() + 10

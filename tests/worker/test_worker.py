@@ -21,7 +21,7 @@ from app.db.models import (
     Job,
     ModelVersion,
 )
-from app.training import decide_activation
+from app.training import decide_activation, decide_feedback_activation
 from app.worker import LeaseLost, Worker
 from tests.utils.stream import create_series, insert_points, make_stream
 from tests.utils.trained import queue_job, read_job
@@ -191,6 +191,20 @@ def test_the_activation_rule() -> None:
     assert decide_activation(new_loss=-9.9, active_loss=-10.0, tolerance=0.02)[0] is True
     assert decide_activation(new_loss=-9.0, active_loss=-10.0, tolerance=0.02)[0] is False
     assert decide_activation(new_loss=float("nan"), active_loss=1.0, tolerance=1.0)[0] is False
+
+
+def test_the_feedback_gate_counts_what_operators_see() -> None:
+    active = {"marked_alarms": 6, "missed_faults": 0, "val_false_alarms": 1}
+    better = {"marked_alarms": 1, "missed_faults": 0, "val_false_alarms": 1}
+    assert decide_feedback_activation(new=better, active=active, new_loss=-5.0) == (True, None)
+    # A version that quietens the dismissed windows by missing a confirmed fault is no better.
+    blind = {"marked_alarms": 0, "missed_faults": 3, "val_false_alarms": 5}
+    refused, note = decide_feedback_activation(new=blind, active=active, new_loss=-5.0)
+    assert refused is False and note is not None
+    assert "0 alarms on windows marked false_positive (active 6)" in note
+    assert "3 labelled faults missed (active 0)" in note
+    nan = float("nan")
+    assert decide_feedback_activation(new=better, active=active, new_loss=nan)[0] is False
 
 
 def test_a_worse_version_is_kept_as_a_candidate_and_says_why(

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Response, status
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Query, Response, status
 
 from app.api.deps import Reader, SessionDep, Trainer
 from app.schemas.common import (
     AUTH_RESPONSES,
     IDEMPOTENCY_KEY_PARAMETER,
     IDEMPOTENCY_RESPONSES,
+    MAX_DB_ID,
     JobIdPath,
     SeriesIdPath,
 )
 from app.schemas.jobs import JobOut
-from app.services.jobs import get_job, queue_manual_training
+from app.services.jobs import get_job, list_jobs, queue_manual_training
 
 router = APIRouter(prefix="/v1", tags=["jobs"], responses=AUTH_RESPONSES)
 
@@ -41,6 +44,28 @@ def train(series_id: SeriesIdPath, session: SessionDep, _: Trainer, response: Re
     if not created:
         response.status_code = status.HTTP_200_OK
     return JobOut.model_validate(job)
+
+
+@router.get(
+    "/jobs",
+    summary="List training jobs, newest first",
+    description="Page on with `before`: the smallest `id` of the previous page.",
+    responses={404: {"description": "The series named by `series_id` does not exist"}},
+)
+def list_all(
+    session: SessionDep,
+    _: Reader,
+    series_id: Annotated[int | None, Query(ge=1, le=MAX_DB_ID)] = None,
+    status_: Annotated[
+        Literal["queued", "running", "succeeded", "failed"] | None, Query(alias="status")
+    ] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    before: Annotated[int | None, Query(ge=1, le=MAX_DB_ID)] = None,
+) -> list[JobOut]:
+    found = list_jobs(
+        session=session, series_id=series_id, status=status_, limit=limit, before=before
+    )
+    return [JobOut.model_validate(job) for job in found]
 
 
 @router.get(

@@ -16,7 +16,13 @@ from app.schemas.common import (
     LabelIdPath,
 )
 from app.schemas.labels import LabelCreate, LabelOut
-from app.services.labels import create_label, delete_label, get_label, list_labels
+from app.services.labels import (
+    create_label,
+    delete_label,
+    get_label,
+    list_labels,
+    retrain_jobs,
+)
 
 router = APIRouter(prefix="/v1", tags=["labels"], responses=AUTH_RESPONSES)
 
@@ -29,8 +35,11 @@ router = APIRouter(prefix="/v1", tags=["labels"], responses=AUTH_RESPONSES)
         'Either `{"series_id", "start", "end", "label"}` labels the time range [start, end] '
         'with a class of the series, or `{"score_id", "label"}` labels the window of a '
         "score: `false_positive` (an alarm that was wrong), `false_negative` (a missed "
-        "fault) or any class of the series. After `VIGIL_RETRAIN_AFTER_LABELS` new labels "
-        "on a series a retrain is queued. Send an `Idempotency-Key` to make a retry safe."
+        "fault) or any class of the series. On a series with an active model, a label arms "
+        "a retrain (after `VIGIL_RETRAIN_AFTER_LABELS` new labels) that starts once no "
+        "label has arrived for `VIGIL_RETRAIN_QUIET_SECONDS`, so a batch of verdicts trains "
+        "one version with all of them; `retrain` in the answer names that job. Send an "
+        "`Idempotency-Key` to make a retry safe."
     ),
     openapi_extra={"parameters": [IDEMPOTENCY_KEY_PARAMETER]},
     responses={
@@ -58,7 +67,7 @@ def create(
         flush_scores=runtime.flush_scores,
     )
     response.headers["Location"] = f"/v1/labels/{created.label.id}"
-    return LabelOut.of(created.label)
+    return LabelOut.of(created.label, created.retrain_job)
 
 
 @router.get(
@@ -83,7 +92,8 @@ def list_all(
         limit=limit,
         offset=offset,
     )
-    return [LabelOut.of(item) for item in found]
+    jobs = retrain_jobs(session=session, labels=found)
+    return [LabelOut.of(item, jobs.get(item.job_id or 0)) for item in found]
 
 
 @router.get(
@@ -92,7 +102,8 @@ def list_all(
     responses={404: {"description": "The label does not exist"}},
 )
 def read(label_id: LabelIdPath, session: SessionDep, _: Reader) -> LabelOut:
-    return LabelOut.of(get_label(session=session, label_id=label_id))
+    label = get_label(session=session, label_id=label_id)
+    return LabelOut.of(label, retrain_jobs(session=session, labels=[label]).get(label.job_id or 0))
 
 
 @router.delete(

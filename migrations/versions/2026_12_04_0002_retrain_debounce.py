@@ -1,0 +1,32 @@
+"""Debounced retrains and per-series training options: jobs.not_before, labels.job_id and
+series.training.
+
+Revision ID: 0002
+Revises: 0001
+Create Date: 2026-12-04 19:30:00+00:00
+"""
+
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+from alembic import op
+
+revision: str = "0002"
+down_revision: str | None = "0001"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+
+def upgrade() -> None:
+    op.add_column("jobs", sa.Column("not_before", sa.DateTime(timezone=True), nullable=True))
+    op.add_column("labels", sa.Column("job_id", sa.Integer(), nullable=True))
+    op.add_column("series", sa.Column("training", sa.JSON(), nullable=True))
+
+
+def downgrade() -> None:
+    with op.batch_alter_table("series") as batch:
+        batch.drop_column("training")
+    with op.batch_alter_table("labels") as batch:
+        batch.drop_column("job_id")
+    with op.batch_alter_table("jobs") as batch:
+        batch.drop_column("not_before")
