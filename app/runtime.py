@@ -17,7 +17,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.config import Settings
-from app.db.models import ApiKey
+from app.db.models import Activations, ApiKey
 from app.db.session import make_engine, make_sessionmaker, transaction
 from app.scorelog import ScoreLog
 from app.scorer import REPLY_TIMEOUT, ScorerProcess
@@ -38,15 +38,20 @@ class Principal:
 
 
 _PG_LIVE_KEYS = (
-    "SELECT id, name, key_hash, scopes FROM api_keys "
-    "WHERE key_hash = ANY(%s) AND revoked_at IS NULL"
+    "SELECT (SELECT generation FROM activations WHERE id = 1), id, name, key_hash, scopes "
+    "FROM api_keys WHERE key_hash = ANY(%s) AND revoked_at IS NULL"
 )
 """LIVE_KEYS for the asyncio psycopg connection (scopes is json: psycopg parses it)."""
 
-LIVE_KEYS = select(ApiKey.id, ApiKey.name, ApiKey.key_hash, ApiKey.scopes).where(
-    ApiKey.key_hash.in_(bindparam("digests", expanding=True)), ApiKey.revoked_at.is_(None)
-)
-"""Built once: constructing the statement cost more than running it on SQLite."""
+LIVE_KEYS = select(
+    select(Activations.generation).where(Activations.id == 1).scalar_subquery(),
+    ApiKey.id,
+    ApiKey.name,
+    ApiKey.key_hash,
+    ApiKey.scopes,
+).where(ApiKey.key_hash.in_(bindparam("digests", expanding=True)), ApiKey.revoked_at.is_(None))
+"""The live keys among the digests, each row with the activation generation. Built once:
+constructing the statement cost more than running it on SQLite."""
 
 
 class KeyLookup:
@@ -56,6 +61,10 @@ class KeyLookup:
     already running never answers a request that came in after it started; that request
     waits for the next one. So a revoked key fails on its very next request, exactly as with
     one query per request, while a burst of N requests costs one query instead of N.
+
+    The same query reads the activation generation (db/models.py Activations), so that by the
+    time a request is authenticated, `generation` is at least what was committed when the
+    request arrived: the model registry compares it before scoring (read-your-writes).
 
     On Postgres the query runs on the event loop itself, over an asyncio psycopg connection
     kept in autocommit: a thread would have to take the GIL back from the busy event loop
@@ -73,6 +82,7 @@ class KeyLookup:
         self._postgres = engine.dialect.name == "postgresql"
         self._aconnection: psycopg.AsyncConnection[tuple[Any, ...]] | None = None
         self.queries = 0
+        self.generation = 0  # the newest activation generation a lookup has read
 
     async def authenticate(self, presented: str) -> Principal | None:
         """The live key matching `presented`, or None (unknown or revoked)."""
@@ -112,10 +122,12 @@ class KeyLookup:
         else:
             loop = asyncio.get_running_loop()
             rows = await loop.run_in_executor(self._executor, self._query, digests)
+        if rows and rows[0][0] is not None:
+            self.generation = max(self.generation, int(rows[0][0]))
         wanted = set(digests)
         return {
             key_hash: Principal(key_id, name, key_hash, tuple(scopes))
-            for key_id, name, key_hash, scopes in rows
+            for _, key_id, name, key_hash, scopes in rows
             if key_hash in wanted
         }
 

@@ -80,6 +80,8 @@ class ModelRegistry:
         self._sessions = sessions
         self._cache_size = cache_size
         self._lock = threading.Lock()
+        self._catching_up: asyncio.Lock | None = None
+        self.generation = 0  # the activation generation the active versions reflect
         self._series: dict[int, SeriesInfo] = {}
         self._active: dict[int, int] = {}
         self._models: OrderedDict[tuple[int, int], TrainedModel] = OrderedDict()
@@ -141,6 +143,20 @@ class ModelRegistry:
             active = {series_id: version for series_id, version in rows}
         self._series = series
         self._active = active
+
+    async def catch_up(self, generation: int) -> None:
+        """Re-read the active versions if an activation newer than this registry's was
+        committed: `generation` comes from the request's own key lookup, so once a job says
+        its version is active, every later request scores with it (read-your-writes)."""
+        if generation <= self.generation:
+            return
+        if self._catching_up is None:
+            self._catching_up = asyncio.Lock()
+        async with self._catching_up:
+            if generation <= self.generation:
+                return
+            await asyncio.to_thread(self.refresh)
+            self.generation = max(self.generation, generation)
 
     def forget_series(self, series_id: int) -> None:
         self._series.pop(series_id, None)

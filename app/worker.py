@@ -44,6 +44,7 @@ from app.metrics import JOBS, TRAINING_DURATION
 from app.ratelimit import purge_windows
 from app.scoring import load_artifact
 from app.services.jobs import arm_retrain
+from app.services.versions import count_activation
 from app.training import Outcome, build_dataset, train_version
 from models import ModelError, Progress, TrainedModel, TrainingCancelled
 
@@ -287,6 +288,7 @@ class Worker:
                     )
                     .values(status=MODEL_RETIRED)
                 )
+                count_activation(session)
             session.add(
                 ModelVersion(
                     series_id=claimed.series_id,

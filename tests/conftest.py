@@ -76,6 +76,8 @@ def truncate_all(url: str) -> None:
     tables = ", ".join(f'"{t.name}"' for t in Base.metadata.sorted_tables)
     with engine.begin() as connection:
         connection.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
+        # The one row that the migrations seed (db/models.py Activations).
+        connection.execute(text("INSERT INTO activations (id, generation) VALUES (1, 0)"))
     engine.dispose()
 
 

@@ -188,6 +188,17 @@ class Job(Base):
     series: Mapped[Series] = relationship(lazy="raise")
 
 
+class Activations(Base):
+    """One row: a counter bumped in the same transaction as every change of a series' active
+    version. Each API request's key lookup reads it too, so an API process learns of a new
+    version before it scores a request that arrived after the change (app/scoring.py)."""
+
+    __tablename__ = "activations"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    generation: Mapped[int] = mapped_column(BigInteger)
+
+
 class IdempotencyRecord(Base):
     """A response remembered under a client's Idempotency-Key (IETF httpapi draft)."""
 

@@ -6,7 +6,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from app.db.base import utcnow
-from app.db.models import MODEL_ACTIVE, MODEL_RETIRED, ModelVersion, Series
+from app.db.models import MODEL_ACTIVE, MODEL_RETIRED, Activations, ModelVersion, Series
 from app.errors import NotFound, SeriesNotFound
 from app.schemas.jobs import ModelVersionList, ModelVersionOut
 
@@ -69,5 +69,14 @@ def activate_version(*, session: Session, series_id: int, version: int, by: str)
         target.status = MODEL_ACTIVE
         target.activated_at = utcnow()
         target.note = f"activated by {by}"
+        count_activation(session)
     session.commit()
     return _out(target)
+
+
+def count_activation(session: Session) -> None:
+    """Bump the activation generation in the caller's transaction (see db/models.py
+    Activations): API processes re-read active versions before their next request."""
+    session.execute(
+        update(Activations).where(Activations.id == 1).values(generation=Activations.generation + 1)
+    )

@@ -1,5 +1,5 @@
-"""Debounced retrains and per-series training options: jobs.not_before, labels.job_id and
-series.training.
+"""Debounced retrains, per-series training options and read-your-writes model activation:
+jobs.not_before, labels.job_id, series.training, and the one-row activations table.
 
 Revision ID: 0002
 Revises: 0001
@@ -21,9 +21,17 @@ def upgrade() -> None:
     op.add_column("jobs", sa.Column("not_before", sa.DateTime(timezone=True), nullable=True))
     op.add_column("labels", sa.Column("job_id", sa.Integer(), nullable=True))
     op.add_column("series", sa.Column("training", sa.JSON(), nullable=True))
+    activations = op.create_table(
+        "activations",
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("generation", sa.BigInteger(), nullable=False),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_activations")),
+    )
+    op.bulk_insert(activations, [{"id": 1, "generation": 0}])
 
 
 def downgrade() -> None:
+    op.drop_table("activations")
     with op.batch_alter_table("series") as batch:
         batch.drop_column("training")
     with op.batch_alter_table("labels") as batch:

@@ -174,6 +174,8 @@ async def _series(runtime: Runtime, series_id: int) -> SeriesInfo:
 
 
 async def _active(runtime: Runtime, info: SeriesInfo) -> ActiveModel:
+    if runtime.keys.generation > runtime.registry.generation:
+        await runtime.registry.catch_up(runtime.keys.generation)
     cached = runtime.registry.cached_active(info.id)
     if cached is not None:
         return cached
