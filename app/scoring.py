@@ -70,6 +70,11 @@ def load_artifact(blob: bytes, sha256: str, *, what: str) -> TrainedModel:
     return TrainedModel.from_bytes(blob)
 
 
+def serving_samples(model: TrainedModel, default: int) -> int:
+    """L a model is served at: its series' training option, else the service's setting."""
+    return model.train_config.score_samples or default
+
+
 class ModelRegistry:
     """Active versions and series metadata, refreshed by polling; models cached LRU.
 
@@ -298,7 +303,7 @@ class MicroBatcher:
                     key,
                     model,
                     windows,
-                    n_samples=self.n_samples,
+                    n_samples=serving_samples(model, self.n_samples),
                     thresholds=thresholds,
                     spans=spans,
                 )
@@ -333,7 +338,7 @@ class MicroBatcher:
         thresholds: np.ndarray | None,
         spans: np.ndarray | None,
     ) -> tuple[ScoreBatch, list[uuid.UUID], np.ndarray | None]:
-        batch = model.score(windows, n_samples=self.n_samples)
+        batch = model.score(windows, n_samples=serving_samples(model, self.n_samples))
         if thresholds is None:
             return batch, [], None
         if self.score_log is None:

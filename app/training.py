@@ -18,6 +18,7 @@ the comparison with the active version):
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -32,9 +33,11 @@ from sqlalchemy.orm import Session
 
 from app.config import Settings
 from app.db.models import Label, Point, ScoreRecord, Series
+from app.scoring import serving_samples
 from models import (
     BUILTIN_CLASSES,
     ClassSpec,
+    ModelConfig,
     NotEnoughData,
     Progress,
     TrainConfig,
@@ -347,23 +350,15 @@ def _train_version(
     progress: Callable[[Progress], None] | None,
     should_stop: Callable[[], bool] | None,
 ) -> Outcome:
-    config = TrainConfig(
-        steps=settings.train_steps,
-        min_steps=settings.train_min_steps,
-        max_steps=max(settings.train_max_steps, settings.train_min_steps),
-        batch_size=settings.train_batch_size,
-        patience=settings.train_patience,
-        threads=settings.train_threads,
-        threshold_quantile=series.threshold_quantile,
-        seed=seed,
-    )
+    train_config, model_config = configs(settings=settings, series=series, seed=seed, active=active)
     model = fit(
         dataset.train,
         classes=dataset.classes,
         channels=series.channels,
-        train_config=config,
+        model_config=model_config,
+        train_config=train_config,
         validation=dataset.validation,
-        warm_start=active,
+        warm_start=active if _same_architecture(active, model_config) else None,
         progress=progress,
         should_stop=should_stop,
     )
@@ -382,10 +377,15 @@ def _train_version(
         return Outcome(model, activate, note, metrics)
     # Labels, feedback above all, are judged by what operators see: alarms on the windows
     # they dismissed, faults they confirmed, and false alarms on held-out normal windows.
-    n_samples = settings.score_samples
-    new_errors = alarm_errors(model, dataset, series.threshold_quantile, n_samples)
+    quantile = series.threshold_quantile
+    new_errors = alarm_errors(
+        model, dataset, quantile, serving_samples(model, settings.score_samples)
+    )
     old_errors = alarm_errors(
-        active, dataset.relabelled(active.classes), series.threshold_quantile, n_samples
+        active,
+        dataset.relabelled(active.classes),
+        quantile,
+        serving_samples(active, settings.score_samples),
     )
     metrics.update({f"{k}": v for k, v in new_errors.items()})
     metrics.update({f"active_{k}": v for k, v in old_errors.items()})
@@ -393,6 +393,40 @@ def _train_version(
         new=new_errors, active=old_errors, new_loss=new_eval["loss"]
     )
     return Outcome(model, activate, note, metrics)
+
+
+def configs(
+    *, settings: Settings, series: Series, seed: int, active: TrainedModel | None
+) -> tuple[TrainConfig, ModelConfig | None]:
+    """The service's training defaults with the series' own options on top (TrainingOptions).
+    The model config is None (the package's default, or the active model's on warm start)
+    unless the series sets its architecture."""
+    options: dict[str, Any] = dict(series.training or {})
+    train_config = TrainConfig(
+        steps=options.get("steps", settings.train_steps),
+        min_steps=settings.train_min_steps,
+        max_steps=max(settings.train_max_steps, settings.train_min_steps),
+        batch_size=options.get("batch_size", settings.train_batch_size),
+        lr=options.get("lr", TrainConfig.lr),
+        patience=options.get("patience", settings.train_patience),
+        threads=settings.train_threads,
+        threshold_quantile=series.threshold_quantile,
+        score_samples=options.get("score_samples"),
+        seed=seed,
+    )
+    architecture = {k: options[k] for k in ("flavour", "variant", "latent_dim") if k in options}
+    if not architecture:
+        return train_config, None
+    base = active.config if active is not None else ModelConfig()
+    return train_config, dataclasses.replace(base, **architecture)
+
+
+def _same_architecture(active: TrainedModel | None, config: ModelConfig | None) -> bool:
+    """Warm start only a network of the same shape (the series may have changed its options)."""
+    if active is None or config is None:
+        return active is not None
+    keys = ("flavour", "variant", "latent_dim")
+    return all(getattr(active.config, k) == getattr(config, k) for k in keys)
 
 
 def job_metrics(

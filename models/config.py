@@ -151,6 +151,7 @@ class TrainConfig:
     threads: int | None = None  # torch.set_num_threads for the fit; None = leave as is
     threshold_quantile: float = 0.99  # alarm threshold: this quantile of held-out normal scores
     calibration_samples: int = 16  # L used when scoring windows for calibration
+    score_samples: int | None = None  # L this model is served at; None: the caller's choice
     feedback_negative_weight: float = (
         1.0  # gamma: unlabelled windows are mostly not feedback (loss.py)
     )
@@ -195,6 +196,8 @@ class TrainConfig:
         if self.batch_size is not None and self.batch_size < 4:
             raise InvalidInput(f"batch_size must be at least 4; got {self.batch_size}")
         _positive_int("calibration_samples", self.calibration_samples)
+        if self.score_samples is not None:
+            _positive_int("score_samples", self.score_samples)
         if not isinstance(self.patience, int) or self.patience < 0:
             raise InvalidInput(f"patience must be a non-negative int; got {self.patience!r}")
         if not isinstance(self.seed, int):

@@ -529,8 +529,8 @@ def _calibrate(
     dismissed: np.ndarray,
     feedback_index: dict[str, int],
 ) -> dict[int, Calibration]:
-    """One Calibration per L in {1, calibration_samples}: center/scale from normal training
-    windows, the feedback ceiling from the windows operators marked false_positive
+    """One Calibration per L in {1, calibration_samples, score_samples}: center/scale from
+    normal training windows, the feedback ceiling from the windows operators marked false_positive
     (`dismissed`), and the threshold scores from held-out normal windows (pooled with training
     ones if few), adjusted by the feedback classes in `feedback_index` as scoring will."""
     if not net.has_decoder:
@@ -559,7 +559,7 @@ def _calibrate(
         p_fn = np.minimum(probs[:, feedback_index[FALSE_NEGATIVE]], P_FN_MAX)
 
     result: dict[int, Calibration] = {}
-    for L in sorted({1, tc.calibration_samples}):
+    for L in sorted({1, tc.calibration_samples, tc.score_samples or 1}):
 
         def raw(x: np.ndarray, L: int = L) -> np.ndarray:
             out = infer(

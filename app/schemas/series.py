@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any, Self
+from typing import Annotated, Any, Literal, Self
 
 from pydantic import (
     BaseModel,
@@ -48,6 +48,43 @@ def check_classes(classes: dict[str, ClassKind]) -> None:
             )
 
 
+class TrainingOptions(BaseModel):
+    """How this series' models train; each option left out keeps the service's default.
+    The defaults are meant to need no tuning: these are for the plant engineer who knows
+    better for one machine. They apply from the next training job on."""
+
+    model_config = ConfigDict(strict=True, extra="forbid", allow_inf_nan=False)
+
+    steps: int | None = Field(
+        default=None, ge=1, le=100_000, description="Optimiser steps (default: automatic)."
+    )
+    batch_size: int | None = Field(
+        default=None, ge=4, le=1024, description="Windows per batch (default: 8 to 64)."
+    )
+    lr: float | None = Field(default=None, gt=0.0, le=1.0, description="RMSprop learning rate.")
+    patience: int | None = Field(
+        default=None, ge=1, le=1000, description="Validation checks without improvement."
+    )
+    flavour: Literal["recurrent", "dense", "conv"] | None = Field(
+        default=None, description="Network flavour (default: recurrent)."
+    )
+    variant: Literal["ss", "eu"] | None = Field(
+        default=None,
+        description="`ss`: semi-supervised, with the class head π (default); `eu`: no π "
+        "(no class probabilities and no feedback adjustment).",
+    )
+    latent_dim: int | None = Field(
+        default=None, ge=1, le=64, description="Size of the Gaussian latent z (default 2)."
+    )
+    score_samples: int | None = Field(
+        default=None,
+        ge=1,
+        le=64,
+        description="Samples L of the reconstruction probability when scoring "
+        "(default `VIGIL_SCORE_SAMPLES`).",
+    )
+
+
 class SeriesCreate(BaseModel):
     model_config = ConfigDict(strict=True, extra="forbid", allow_inf_nan=False)
 
@@ -77,6 +114,9 @@ class SeriesCreate(BaseModel):
     threshold_quantile: Quantile = Field(
         default=0.99,
         description="Quantile of held-out normal scores used as the alarm threshold.",
+    )
+    training: TrainingOptions | None = Field(
+        default=None, description="Training options; left out: the service's defaults."
     )
 
     @field_validator("channels")
@@ -126,6 +166,10 @@ class SeriesUpdate(BaseModel):
     threshold_quantile: Quantile | None = Field(
         default=None, description="New alarm threshold quantile, 0 < q < 1."
     )
+    training: TrainingOptions | None = Field(
+        default=None,
+        description="Replaces the training options (send `{}` to go back to the defaults).",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -151,5 +195,14 @@ class SeriesOut(BaseModel):
     classes: dict[str, ClassKind] = Field(description="All classes, built-in ones included.")
     threshold_quantile: float
     labels_since_train: int = Field(description="Labels added since the last training job.")
+    training: TrainingOptions = Field(
+        default_factory=TrainingOptions, description="Training options (null: the default)."
+    )
+
+    @field_validator("training", mode="before")
+    @classmethod
+    def _defaults(cls, value: Any) -> Any:
+        return {} if value is None else value
+
     created_at: datetime
     updated_at: datetime

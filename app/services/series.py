@@ -30,6 +30,7 @@ def create_series(*, session: Session, spec: SeriesCreate) -> Series:
         classes={**BUILTIN_CLASSES, **spec.classes},
         threshold_quantile=spec.threshold_quantile,
         labels_since_train=0,
+        training=spec.training.model_dump(exclude_none=True) if spec.training else None,
     )
     try:
         with session.begin_nested():
@@ -88,5 +89,7 @@ def update_series(*, session: Session, series_id: int, update: SeriesUpdate) -> 
         and update.threshold_quantile != series.threshold_quantile
     ):
         series.threshold_quantile = update.threshold_quantile
+    if update.training is not None:
+        series.training = update.training.model_dump(exclude_none=True) or None
     session.commit()
     return series

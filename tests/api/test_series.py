@@ -8,8 +8,15 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
 
+from app.config import Settings
+from app.db.models import ModelVersion
+from models import TrainedModel
 from tests.utils.api_helpers import CHANNELS, Headers, assert_problem, create_series, series_body
+from tests.utils.stream import insert_points, make_stream
+from tests.utils.trained import read_job, train_now
 
 BUILTINS = {
     "normal": "normal",
@@ -189,3 +196,44 @@ def test_patch_drops_the_cached_series_metadata(client: TestClient, admin: Heade
     client.patch(f"/v1/series/{created['id']}", json={"threshold_quantile": 0.5}, headers=admin)
     assert registry.cached_series(created["id"]) is None
     assert registry.load_series(created["id"]).threshold_quantile == 0.5
+
+
+def test_training_options_are_stored_and_used_by_the_next_job(
+    client: TestClient,
+    admin: dict[str, str],
+    sessions: sessionmaker[Session],
+    settings: Settings,
+) -> None:
+    body = {
+        "name": "press-3",
+        "channels": ["force", "temp"],
+        "window_size": 16,
+        "stride": 8,
+        "training": {"steps": 30, "batch_size": 16, "latent_dim": 3, "score_samples": 4},
+    }
+    created = client.post("/v1/series", json=body, headers=admin)
+    assert created.status_code == 201, created.text
+    series = created.json()
+    assert series["training"]["steps"] == 30 and series["training"]["lr"] is None
+    refused = client.post(
+        "/v1/series", json={**body, "name": "press-4", "training": {"epochs": 3}}, headers=admin
+    )
+    assert refused.status_code == 422 and "epochs" in refused.text
+    refused = client.patch(
+        f"/v1/series/{series['id']}", json={"training": {"lr": 0}}, headers=admin
+    )
+    assert refused.status_code == 422 and "lr" in refused.text
+    stream = make_stream(400, channels=2)
+    insert_points(sessions, series["id"], stream)
+    job = read_job(sessions, train_now(sessions, settings, series["id"]))
+    assert job.status == "succeeded", job.error
+    assert job.metrics is not None
+    assert job.metrics["steps"] == 30 and job.metrics["batch_size"] == 16
+    with sessions() as session:
+        blob = session.scalar(select(ModelVersion.artifact))
+    model = TrainedModel.from_bytes(blob)
+    assert model.config.latent_dim == 3 and model.train_config.score_samples == 4
+    assert 4 in model.calibrations  # served at L = 4, calibrated at L = 4
+    # Back to the defaults.
+    reset = client.patch(f"/v1/series/{series['id']}", json={"training": {}}, headers=admin)
+    assert reset.status_code == 200 and reset.json()["training"]["steps"] is None

@@ -20,7 +20,7 @@ from app.runtime import Runtime
 from app.schemas.common import FEEDBACK_CLASSES, MAX_DB_ID
 from app.schemas.scores import ScoreRangeRequest, ScoreResponse, ScoreWindowsRequest
 from app.scorelog import Record
-from app.scoring import ActiveModel, SeriesInfo
+from app.scoring import ActiveModel, SeriesInfo, serving_samples
 from app.services.points import gc_paused
 from app.services.windows import load_range_windows, parse_instant
 from models import ScoreBatch
@@ -192,7 +192,8 @@ async def _score(
     active = await _active(runtime, info)
     # The raw score depends on L, so the threshold comes from the calibration at that L.
     threshold = active.model.threshold(
-        info.threshold_quantile, n_samples=runtime.settings.score_samples
+        info.threshold_quantile,
+        n_samples=serving_samples(active.model, runtime.settings.score_samples),
     )
     scored = await runtime.batcher.score(
         (info.id, active.version), active.model, windows, Record(threshold, spans)
