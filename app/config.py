@@ -73,6 +73,11 @@ class Settings(BaseSettings):
     train_batch_size: int | None = Field(default=None, ge=4)
     """Windows per training batch. Unset: scaled to the data (8 to 64)."""
 
+    train_members: int = Field(default=3, ge=1, le=16)
+    """Networks per model version, trained from different seeds, their scores averaged: a
+    small ensemble cuts the spread of detection quality between training seeds (each
+    member costs its training and scoring time)."""
+
     train_patience: int = Field(default=10, ge=1)
     """Validation checks (about 30 per job) without improvement before training stops."""
 

@@ -412,6 +412,7 @@ def configs(
         threads=settings.train_threads,
         threshold_quantile=series.threshold_quantile,
         score_samples=options.get("score_samples"),
+        members=options.get("members", settings.train_members),
         seed=seed,
     )
     architecture = {k: options[k] for k in ("flavour", "variant", "latent_dim") if k in options}

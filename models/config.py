@@ -58,6 +58,8 @@ class ModelConfig:
     variant: Variant = "ss"  # ss: semi-supervised VAE; eu: no pi; es: encoder + pi, CE only
     latent_dim: int = 2  # Tables 13 and 15: a 2-d Gaussian latent (per time step if recurrent)
     min_sigma: float = 1e-3  # added to softplus(sigma_x): keeps the Gaussian NLL finite
+    complexity_correction: bool = True  # score = NLL - the window's own code length (scoring.py)
+    complexity_floor: float = 1e-2  # smallest per-window spread (standardised) the code may use
     # recurrent flavour, Table 15 (the decoder mirrors the encoder)
     rnn_dense: int = 40  # per-step dense (relu) before the encoder LSTM / after the decoder LSTM
     rnn_hidden: int = 40  # LSTM width, encoder and decoder
@@ -101,6 +103,8 @@ class ModelConfig:
             raise InvalidInput(f"dropout must be in [0, 1); got {self.dropout}")
         if not (self.min_sigma > 0.0 and math.isfinite(self.min_sigma)):
             raise InvalidInput(f"min_sigma must be positive; got {self.min_sigma}")
+        if not (self.complexity_floor > 0.0 and math.isfinite(self.complexity_floor)):
+            raise InvalidInput(f"complexity_floor must be positive; got {self.complexity_floor}")
         for name in ("window_size", "n_channels", "n_classes"):
             value = getattr(self, name)
             if value is not None:
@@ -148,6 +152,7 @@ class TrainConfig:
     patience: int = 10  # validation checks without improvement before stopping (after min_steps)
     eval_every: int | None = None  # steps between validation checks; None: budget / 30, >= 10
     seed: int = 0  # seeds the split, the initialisation, batching and sampling
+    members: int = 3  # ensemble: networks trained from different seeds, scores averaged
     threads: int | None = None  # torch.set_num_threads for the fit; None = leave as is
     threshold_quantile: float = 0.99  # alarm threshold: this quantile of held-out normal scores
     calibration_samples: int = 16  # L used when scoring windows for calibration
@@ -188,6 +193,7 @@ class TrainConfig:
             if getattr(self, name) is not None:
                 _positive_int(name, getattr(self, name))
         _positive_int("min_steps", self.min_steps)
+        _positive_int("members", self.members)
         _positive_int("max_steps", self.max_steps)
         if self.max_steps < self.min_steps:
             raise InvalidInput(

@@ -250,6 +250,11 @@ class SemiSupervisedVAE(nn.Module):
             out = T * Fn if cfg.flavour == "dense" else Fn
             self.out_mu = nn.Linear(self.decoder.out_dim, out)
             self.out_sigma = nn.Linear(self.decoder.out_dim, out)
+        if self.has_decoder and cfg.complexity_correction:
+            # (F,) median per-channel code length of the training windows (scoring.py), set by
+            # fit() after training; stored with the weights.
+            self.complexity_reference: Tensor
+            self.register_buffer("complexity_reference", torch.zeros(Fn, dtype=torch.float64))
 
     @property
     def latent_shape(self) -> tuple[int, ...]:

@@ -2,9 +2,28 @@
 
 Raw score (An & Cho 2015, seed 003): draw L samples z_l ~ q(z|x) and take
 
-    raw(x) = -log (1/L) sum_l p(x | z_l, pi(x))          (nats, in standardised units)
+    nll(x) = -log (1/L) sum_l p(x | z_l, pi(x))          (nats, in standardised units)
 
 computed with logsumexp over the L per-sample log densities, never by exponentiating densities.
+
+The input-complexity correction, after Serra et al., "Input complexity and out-of-distribution
+detection with likelihood-based generative models" (ICLR 2020): a likelihood model gives simple
+inputs a high likelihood whatever it was trained on, so a flat or near-constant window (a stuck
+sensor, a machine at rest where the model knows it running) scores as the most normal data there
+is (issue 13: the "Standing" class at ROC-AUC 0.01; the preprint's Table 5 shows the same trap
+for MNIST digit 1). With ModelConfig.complexity_correction,
+
+    raw(x) = nll(x) + sum_f max(c_f - C_f(x), 0)
+
+where C_f(x) is the window's own code length for channel f under the better of two generic
+codes fitted to the window itself, i.i.d. Gaussian values or i.i.d. Gaussian first differences,
+C = T/2 * (log(2 pi s^2) + 1) with s the window's own spread (floored at
+ModelConfig.complexity_floor), and c_f the median C_f of the training windows (a buffer of the
+network, set by fit()). Our decision, where Serra subtracts C(x) whatever it is: only windows
+simpler than the training data are corrected, by how much simpler they are, so the simplicity a
+likelihood rewards is taken back; a window more complex than usual (a spike, a noise burst)
+keeps its likelihood score as it is, rather than having its own complexity explain it away.
+The correction of channel f is shared equally over the steps for the per-element split.
 Per element (t, f) the same formula gives the contribution -log (1/L) sum_l p(x_tf | z_l); summed
 over t they give the per-channel contributions, summed over f the per-step ones. For L = 1 the
 elements add up exactly to the raw score; for L > 1 log-mean-exp does not split over elements, so
@@ -47,7 +66,7 @@ from __future__ import annotations
 import copy
 import math
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -123,7 +142,7 @@ class InferenceStep(nn.Module):
 
     def __init__(
         self,
-        net: SemiSupervisedVAE,
+        net: SemiSupervisedVAE | Sequence[SemiSupervisedVAE],
         *,
         n_samples: int,
         reconstruction: bool = True,
@@ -131,10 +150,15 @@ class InferenceStep(nn.Module):
         elements: bool = True,
     ) -> None:
         super().__init__()
-        self.net = net
+        members = [net] if isinstance(net, SemiSupervisedVAE) else list(net)
+        self.nets = members  # typed view of the members below
+        self.members = nn.ModuleList(members)
+        first = members[0]
+        self.cfg = first.cfg
+        self.latent_shape = first.latent_shape
         self.n_samples = n_samples
-        self.reconstruction = reconstruction and net.has_decoder
-        self.classes = classes and net.has_pi
+        self.reconstruction = reconstruction and first.has_decoder
+        self.classes = classes and first.has_pi
         self.elements = elements and self.reconstruction
 
     def draw_noise(self, generator: torch.Generator) -> Tensor:
@@ -143,13 +167,24 @@ class InferenceStep(nn.Module):
         Common random numbers: every window is scored with the same L draws, so a window's
         score does not depend on which other windows share its batch or chunk (the service
         micro-batches requests together). Each window's estimate is still an unbiased
-        L-sample estimate of its reconstruction probability."""
-        shape = (self.n_samples, 1, *self.net.latent_shape)
-        dtype = next(self.net.parameters()).dtype
+        L-sample estimate of its reconstruction probability. An ensemble's members share it."""
+        shape = (self.n_samples, 1, *self.latent_shape)
+        dtype = next(self.members[0].parameters()).dtype
         return torch.randn(shape, generator=generator, dtype=dtype)
 
     def forward(self, xb: Tensor, eps: Tensor) -> tuple[Tensor, ...]:
-        net, L = self.net, self.n_samples
+        """Each member's outputs, averaged over an ensemble's members: the raw score and the
+        per-element contributions as the mean of the members' (so they still add up), and
+        pi as the mean of the members' distributions."""
+        outputs = [self._member(net, xb, eps) for net in self.nets]
+        if len(outputs) == 1:
+            return outputs[0]
+        return tuple(
+            torch.stack([out[i] for out in outputs]).mean(dim=0) for i in range(len(outputs[0]))
+        )
+
+    def _member(self, net: SemiSupervisedVAE, xb: Tensor, eps: Tensor) -> tuple[Tensor, ...]:
+        L = self.n_samples
         B, T = xb.shape[0], xb.shape[1]
         mu, logvar, pi_logits = net.encode(xb)
         out: list[Tensor] = []
@@ -159,6 +194,10 @@ class InferenceStep(nn.Module):
         if not self.reconstruction:
             return tuple(out)
         assert mu is not None and logvar is not None
+        simpler = None  # (B, F) how much simpler than the training data each channel is
+        if self.cfg.complexity_correction:
+            code = window_complexity(xb, self.cfg.complexity_floor)
+            simpler = (net.complexity_reference - code).clamp_min(0.0)
         noise = eps.expand(L, B, *mu.shape[1:]).reshape(L * B, *mu.shape[1:])  # (L*B, [T,] D)
         mu_l = mu.repeat(L, *([1] * (mu.dim() - 1)))  # (L*B, [T,] D), sample-major
         logvar_l = logvar.repeat(L, *([1] * (logvar.dim() - 1)))
@@ -170,9 +209,15 @@ class InferenceStep(nn.Module):
         xr = xb.repeat(L, 1, 1)  # (L*B, T, F)
         log_p = -gaussian_nll(xr, x_mu, x_sigma).double().view(L, B, T, -1)  # (L, B, T, F)
         log_l = math.log(L)
-        out.append(-(torch.logsumexp(log_p.sum(dim=(2, 3)), dim=0) - log_l))  # (B,)
+        raw = -(torch.logsumexp(log_p.sum(dim=(2, 3)), dim=0) - log_l)  # (B,)
+        if simpler is not None:
+            raw = raw + simpler.sum(dim=1)
+        out.append(raw)
         if self.elements:
-            out.append(-(torch.logsumexp(log_p, dim=0) - log_l))  # (B, T, F)
+            elements = -(torch.logsumexp(log_p, dim=0) - log_l)  # (B, T, F)
+            if simpler is not None:
+                elements = elements + (simpler / T).unsqueeze(1)  # shared over the steps
+            out.append(elements)
         return tuple(out)
 
     def traced(self) -> Callable[[Tensor, Tensor], tuple[Tensor, ...]]:
@@ -185,7 +230,14 @@ class InferenceStep(nn.Module):
         cannot afford; copying a traced module and loading weights into it leaves nothing.
         torch.jit.trace is deprecated in favour of torch.compile and torch.export, neither of
         which runs a graph without the GIL on a CPU without a C++ toolchain at run time."""
-        key = (repr(self.net.cfg), self.n_samples, self.reconstruction, self.classes, self.elements)
+        key = (
+            repr(self.cfg),
+            len(self.members),
+            self.n_samples,
+            self.reconstruction,
+            self.classes,
+            self.elements,
+        )
         template = _TRACED.get(key)
         if template is None:
             template = _TRACED[key] = self._trace()
@@ -204,7 +256,7 @@ class InferenceStep(nn.Module):
     def _trace(self) -> torch.jit.ScriptModule:
         """The tracer's warnings are about the LSTM's own input checks on traced sizes, which
         `check_windows` has already done."""
-        T, F = self.net.cfg.window_size, self.net.cfg.n_channels
+        T, F = self.cfg.window_size, self.cfg.n_channels
         assert T is not None and F is not None
         example = torch.randn((3, T, F), generator=torch.Generator().manual_seed(0))
         eps = self.draw_noise(torch.Generator().manual_seed(0))
@@ -217,13 +269,24 @@ class InferenceStep(nn.Module):
         return graph
 
 
+def window_complexity(x: Tensor, floor: float) -> Tensor:
+    """C_f (see the module docstring): each window's own code length per channel, in nats.
+    x (B, T, F) standardised -> (B, F) float64."""
+    xd = x.double()
+    T = xd.shape[1]
+    spread = xd.std(dim=1, unbiased=False).clamp_min(floor)  # (B, F)
+    steps = (xd[:, 1:] - xd[:, :-1]).std(dim=1, unbiased=False).clamp_min(floor)  # (B, F)
+    code = torch.minimum(spread, steps)  # the smaller spread is the shorter code
+    return 0.5 * T * (torch.log(2.0 * math.pi * code.pow(2)) + 1.0)
+
+
 _TRACED: dict[tuple[object, ...], torch.jit.ScriptModule] = {}
 """Traced inference steps by architecture, copied for each network (see `traced`)."""
 
 
 @torch.inference_mode()
 def infer(
-    net: SemiSupervisedVAE,
+    net: SemiSupervisedVAE | Sequence[SemiSupervisedVAE],
     x: np.ndarray,
     *,
     n_samples: int,
@@ -257,7 +320,7 @@ def run_inference(
 ) -> Inference:
     """`infer` with a given step and noise (`step.draw_noise`), run eagerly or by `call`
     (the step's `traced()` graph)."""
-    step.net.eval()
+    step.eval()
     run = call or step
     N = x.shape[0]
     chunk = max(1, MAX_ROWS_PER_CHUNK // step.n_samples)

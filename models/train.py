@@ -63,6 +63,7 @@ from models.scoring import (
     center_and_scale,
     fit_calibration,
     infer,
+    window_complexity,
 )
 from models.trained import TrainedModel, make_generator
 
@@ -71,6 +72,7 @@ MIN_CALIBRATION_WINDOWS = 10  # fewer held-out normal windows: pool them with tr
 MAX_CALIBRATION_TRAIN_WINDOWS = 2048  # training windows scored for the calibration center/scale
 NEW_CLASS_MASS = 0.02  # new classes share ~2% of pi's mass at first, so old predictions hold
 NEW_CLASS_WEIGHT_SCALE = 0.1  # a grown class's weights: default init shrunk by this factor
+MEMBER_SEED_STRIDE = 7919  # ensemble member k trains with seed + k * this (a prime)
 
 
 def set_threads(n: int) -> None:
@@ -347,27 +349,38 @@ def fit(
         "n_elbo_windows": int(eligible.sum()),
     }
     started = time.perf_counter()
+    feedback = [
+        i
+        for i, spec in enumerate(class_specs)
+        if spec.name in (FALSE_POSITIVE, FALSE_NEGATIVE) and label_counts[i] > 0
+    ]
+    nets: list[SemiSupervisedVAE] = []
     with _threads(tc.threads), torch.random.fork_rng(devices=[]):
-        torch.manual_seed(tc.seed)
-        net = SemiSupervisedVAE(cfg)
-        if warm_start is not None:
-            counts = transfer_weights(net, warm_start.net)
-            metrics["warm_start_copied"] = counts["copied"]
-            metrics["warm_start_grown"] = counts["grown"]
-        feedback = [
-            i
-            for i, spec in enumerate(class_specs)
-            if spec.name in (FALSE_POSITIVE, FALSE_NEGATIVE) and label_counts[i] > 0
-        ]
-        _train(
-            net, tc, x_train, train.labels, eligible, groups, x_val, val, val_eligible,
-            rng, metrics, progress, should_stop, feedback,
-        )  # fmt: skip
-        if should_stop is not None and should_stop():
-            raise TrainingCancelled(
-                f"training was cancelled after step {metrics['steps_run']} of "
-                f"{metrics['step_budget']}"
-            )
+        for k in range(tc.members):
+            # Member 0 keeps the single model's seeds; the others draw their own.
+            torch.manual_seed(tc.seed + k * MEMBER_SEED_STRIDE)
+            member_rng = rng if k == 0 else np.random.default_rng(tc.seed + k * MEMBER_SEED_STRIDE)
+            net = SemiSupervisedVAE(cfg)
+            if warm_start is not None:
+                counts = transfer_weights(net, warm_start.nets[k % len(warm_start.nets)])
+                metrics["warm_start_copied"] = counts["copied"]
+                metrics["warm_start_grown"] = counts["grown"]
+            _train(
+                net, tc, x_train, train.labels, eligible, groups, x_val, val, val_eligible,
+                member_rng, metrics if k == 0 else {}, _member_progress(progress, k, tc.members),
+                should_stop, feedback,
+            )  # fmt: skip
+            if should_stop is not None and should_stop():
+                raise TrainingCancelled(
+                    f"training was cancelled after step {metrics['steps_run']} of "
+                    f"{metrics['step_budget']} (member {k + 1} of {tc.members})"
+                )
+            nets.append(net)
+        metrics["members"] = tc.members
+        if cfg.complexity_correction and nets[0].has_decoder:
+            reference = complexity_reference(x_train[eligible], cfg.complexity_floor)
+            for net in nets:
+                net.complexity_reference.copy_(reference)
         fp = next((i for i, c in enumerate(class_specs) if c.name == FALSE_POSITIVE), None)
         dismissed = (
             (train.labels == fp).any(axis=1)
@@ -376,7 +389,7 @@ def fit(
         )
         trained_feedback = {class_specs[i].name: i for i in feedback}
         calibrations = _calibrate(
-            net, tc, x_train, eligible, x_val, val_eligible, rng, x_train[dismissed],
+            nets, tc, x_train, eligible, x_val, val_eligible, rng, x_train[dismissed],
             trained_feedback,
         )  # fmt: skip
     metrics["train_seconds"] = round(time.perf_counter() - started, 3)
@@ -387,7 +400,7 @@ def fit(
         metrics["threshold"] = float(np.quantile(cal.normal_scores, tc.threshold_quantile))
 
     return TrainedModel(
-        net=net,
+        net=nets,
         classes=class_specs,
         channels=channel_names,
         normalisation=norm,
@@ -397,6 +410,38 @@ def fit(
         train_config=tc,
         metrics=metrics,
     )
+
+
+def complexity_reference(x: np.ndarray, floor: float) -> torch.Tensor:
+    """(F,) the median per-channel code length of standardised windows x (N, T, F)."""
+    codes = window_complexity(torch.from_numpy(x), floor)  # (N, F)
+    return codes.median(dim=0).values
+
+
+def _member_progress(
+    progress: Callable[[Progress], None] | None, member: int, members: int
+) -> Callable[[Progress], None] | None:
+    """Progress of one ensemble member as progress of the whole fit."""
+    if progress is None or members == 1:
+        return progress
+    report, started = progress, time.perf_counter()
+
+    def scaled(p: Progress) -> None:
+        per_member = (time.perf_counter() - started) * p.steps / max(p.step, 1)
+        eta = None if p.eta_seconds is None else p.eta_seconds + (members - member - 1) * per_member
+        report(
+            Progress(
+                member * p.epochs + p.epoch,
+                members * p.epochs,
+                p.train_loss,
+                p.val_loss,
+                eta,
+                member * p.steps + p.step,
+                members * p.steps,
+            )
+        )
+
+    return scaled
 
 
 def _batch_stream(
@@ -519,7 +564,7 @@ def _train(
 
 
 def _calibrate(
-    net: SemiSupervisedVAE,
+    net: list[SemiSupervisedVAE],
     tc: TrainConfig,
     x_train: np.ndarray,
     eligible: np.ndarray,
@@ -533,7 +578,7 @@ def _calibrate(
     normal training windows, the feedback ceiling from the windows operators marked false_positive
     (`dismissed`), and the threshold scores from held-out normal windows (pooled with training
     ones if few), adjusted by the feedback classes in `feedback_index` as scoring will."""
-    if not net.has_decoder:
+    if not net[0].has_decoder:
         return {}
     train_idx = np.flatnonzero(eligible)
     if train_idx.size > MAX_CALIBRATION_TRAIN_WINDOWS:
@@ -548,7 +593,7 @@ def _calibrate(
     else:
         normal, source = x_train[train_idx], "training"
     probs = None
-    if feedback_index and net.has_pi:
+    if feedback_index and net[0].has_pi:
         out = infer(net, normal, n_samples=1, generator=make_generator(0), reconstruction=False)
         assert out.step_probabilities is not None
         probs = out.step_probabilities.mean(axis=1)  # (M, K) window level, as score() has it

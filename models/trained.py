@@ -10,7 +10,7 @@ import dataclasses
 import logging
 import math
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -74,7 +74,7 @@ class TrainedModel:
     def __init__(
         self,
         *,
-        net: SemiSupervisedVAE,
+        net: SemiSupervisedVAE | Sequence[SemiSupervisedVAE],
         classes: tuple[ClassSpec, ...],
         channels: tuple[str, ...],
         normalisation: Normalisation,
@@ -85,8 +85,10 @@ class TrainedModel:
         metrics: dict[str, float | int | str],
         metadata: Mapping[str, str] | None = None,
     ) -> None:
-        self.net = net.eval()
-        self.config: ModelConfig = net.cfg
+        members = [net] if isinstance(net, SemiSupervisedVAE) else list(net)
+        self.nets: tuple[SemiSupervisedVAE, ...] = tuple(m.eval() for m in members)
+        self.net = self.nets[0]  # the first member: architecture, flags, warm start
+        self.config: ModelConfig = self.net.cfg
         self.classes = classes
         self.channels = channels
         self.normalisation = normalisation
@@ -195,7 +197,7 @@ class TrainedModel:
         If tracing fails the step runs eagerly: same results, only slower beside a busy thread."""
         known = self._steps.get(n_samples)
         if known is None:
-            step = InferenceStep(self.net, n_samples=n_samples)
+            step = InferenceStep(self.nets, n_samples=n_samples)
             try:
                 call: Callable[..., Any] | None = step.traced()
             except Exception as exc:  # pragma: no cover - a torch limitation, not an input error
@@ -239,7 +241,7 @@ class TrainedModel:
                 "this is an EU model (no class head pi): it cannot predict class probabilities"
             )
         x = self._prepare(windows)
-        out = infer(self.net, x, n_samples=1, generator=make_generator(0), reconstruction=False)
+        out = infer(self.nets, x, n_samples=1, generator=make_generator(0), reconstruction=False)
         assert out.step_probabilities is not None
         return out.step_probabilities if per_step else out.step_probabilities.mean(axis=1)
 
@@ -261,17 +263,21 @@ class TrainedModel:
                 window_size=self.window_size,
                 n_classes=len(self.classes),
             )
-        return dataset_objective(
-            self.net,
-            x,
-            labels,
-            elbo_eligible(labels, self.classes, x.shape[0]),
-            alpha=self.train_config.alpha,
-            beta=self.train_config.beta,
-            n_samples=n_samples,
-            generator=make_generator(0),
-            nll_offset=self.window_size * float(np.log(self.normalisation.std).sum()),
-        )
+        per_member = [
+            dataset_objective(
+                net,
+                x,
+                labels,
+                elbo_eligible(labels, self.classes, x.shape[0]),
+                alpha=self.train_config.alpha,
+                beta=self.train_config.beta,
+                n_samples=n_samples,
+                generator=make_generator(0),
+                nll_offset=self.window_size * float(np.log(self.normalisation.std).sum()),
+            )
+            for net in self.nets
+        ]
+        return {key: float(np.mean([m[key] for m in per_member])) for key in per_member[0]}
 
     # -- artifact ------------------------------------------------------------
 
@@ -281,8 +287,11 @@ class TrainedModel:
         caller = dict(self.metadata if metadata is None else metadata)
         if not all(isinstance(k, str) and isinstance(v, str) for k, v in caller.items()):
             raise InvalidInput("artifact metadata must map strings to strings")
+        # One member keeps the names of a single network; more are `members.<i>.<name>`.
         tensors: dict[str, torch.Tensor] = {
-            f"weights.{k}": v for k, v in self.net.state_dict().items()
+            (f"weights.{k}" if i == 0 else f"members.{i}.{k}"): v
+            for i, net in enumerate(self.nets)
+            for k, v in net.state_dict().items()
         }
         tensors["normalisation.mean"] = torch.from_numpy(self.normalisation.mean.copy())
         tensors["normalisation.std"] = torch.from_numpy(self.normalisation.std.copy())
@@ -329,7 +338,8 @@ class TrainedModel:
 
     @classmethod
     def _from_parts(cls, tensors: dict[str, torch.Tensor], doc: dict[str, Any]) -> TrainedModel:
-        config = ModelConfig.from_dict(doc["config"])
+        # Artifacts from before the complexity correction were calibrated without it.
+        config = ModelConfig.from_dict({"complexity_correction": False, **doc["config"]})
         train_config = TrainConfig(**doc["train_config"])
         classes = tuple(ClassSpec(str(c["name"]), c["kind"]) for c in doc["classes"])
         channels = tuple(str(c) for c in doc["channels"])
@@ -339,14 +349,9 @@ class TrainedModel:
         if len(label_counts) != len(classes):
             raise ArtifactError("the artifact's label counts do not match its classes")
 
-        net = SemiSupervisedVAE(config)
-        weights = {k[len("weights.") :]: v for k, v in tensors.items() if k.startswith("weights.")}
-        missing, unexpected = net.load_state_dict(weights, strict=False)
-        if missing or unexpected:
-            raise ArtifactError(
-                "the artifact's weights do not match its architecture (missing: "
-                f"{', '.join(missing) or '-'}; unexpected: {', '.join(unexpected) or '-'})"
-            )
+        extra = {".".join(k.split(".")[:2]) + "." for k in tensors if k.startswith("members.")}
+        prefixes = ["weights.", *sorted(extra, key=lambda p: int(p.split(".")[1]))]
+        nets = [_load_member(config, tensors, prefix) for prefix in prefixes]
 
         mean = tensors["normalisation.mean"].numpy().astype(np.float64)
         std = tensors["normalisation.std"].numpy().astype(np.float64)
@@ -370,7 +375,7 @@ class TrainedModel:
                 math.inf if ceiling is None else float(ceiling),
                 int(entry.get("n_outliers", 0)),
             )
-        if net.has_decoder and not calibrations:
+        if nets[0].has_decoder and not calibrations:
             raise ArtifactError("the artifact has no calibration")
 
         quantile = float(doc["threshold_quantile"])
@@ -379,7 +384,7 @@ class TrainedModel:
         if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
             raise ArtifactError("the artifact's caller metadata is not a string mapping")
         return cls(
-            net=net,
+            net=nets,
             classes=classes,
             channels=channels,
             normalisation=Normalisation(mean=mean, std=std),
@@ -405,3 +410,18 @@ class TrainedModel:
         except OSError as exc:
             raise ArtifactError(f"cannot read the model artifact {path}: {exc.strerror}") from None
         return cls.from_bytes(blob)
+
+
+def _load_member(
+    config: ModelConfig, tensors: dict[str, torch.Tensor], prefix: str
+) -> SemiSupervisedVAE:
+    """One network of an artifact, from the tensors whose names start with `prefix`."""
+    net = SemiSupervisedVAE(config)
+    weights = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+    missing, unexpected = net.load_state_dict(weights, strict=False)
+    if missing or unexpected:
+        raise ArtifactError(
+            "the artifact's weights do not match its architecture (missing: "
+            f"{', '.join(missing) or '-'}; unexpected: {', '.join(unexpected) or '-'})"
+        )
+    return net

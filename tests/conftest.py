@@ -122,6 +122,7 @@ def settings(database_url: str) -> Settings:
         score_log_flush_seconds=0.1,
         train_min_steps=16,
         train_max_steps=40,
+        train_members=1,
         train_patience=3,
         min_train_windows=4,
     )

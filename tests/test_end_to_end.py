@@ -56,6 +56,7 @@ def test_feedback_loop(
             "train_min_steps": 600,
             "train_max_steps": 3000,
             "train_patience": 10,
+            "train_members": 3,
             "activation_tolerance": 1.0,
         }
     )

@@ -76,6 +76,12 @@ class TrainingOptions(BaseModel):
     latent_dim: int | None = Field(
         default=None, ge=1, le=64, description="Size of the Gaussian latent z (default 2)."
     )
+    members: int | None = Field(
+        default=None,
+        ge=1,
+        le=16,
+        description="Networks in the ensemble (default `VIGIL_TRAIN_MEMBERS`, 3).",
+    )
     score_samples: int | None = Field(
         default=None,
         ge=1,

@@ -51,7 +51,12 @@ def tiny_config(flavour: str = "recurrent", variant: str = "ss") -> ModelConfig:
 
 def quick(**overrides: object) -> TrainConfig:
     """A TrainConfig for tests: few epochs, small calibration L."""
-    values: dict[str, object] = {"epochs": 2, "batch_size": 16, "calibration_samples": 4}
+    values: dict[str, object] = {
+        "epochs": 2,
+        "batch_size": 16,
+        "calibration_samples": 4,
+        "members": 1,
+    }
     values.update(overrides)
     return TrainConfig(**values)  # type: ignore[arg-type]
 

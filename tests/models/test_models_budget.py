@@ -3,6 +3,7 @@ keeps every label in training, and the threshold that a few unlabelled faults ca
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import numpy as np
@@ -123,3 +124,62 @@ def test_the_threshold_is_taken_on_the_scores_as_served() -> None:
     assert threshold_at(served, 0.95) < threshold_at(plain, 0.95)
     top = calibrate(normal_raw[:40], served.center, served.scale).max()
     assert threshold_at(served, 1.0) == pytest.approx(top)
+
+
+def test_an_ensemble_averages_its_members_and_survives_the_artifact() -> None:
+    from models import Progress, TrainedModel
+    from models.scoring import infer
+    from models.trained import make_generator
+
+    reports: list[Progress] = []
+    model = fit(
+        TrainingData(sine_windows(40, seed=0)),
+        classes=BUILTIN_CLASSES,
+        channels=CHANNELS,
+        model_config=tiny_config(),
+        train_config=TrainConfig(epochs=2, batch_size=16, members=3, calibration_samples=2),
+        progress=reports.append,
+    )
+    assert len(model.nets) == 3 and model.metrics["members"] == 3
+    assert [p.step for p in reports] == sorted(p.step for p in reports)
+    assert reports[-1].step == reports[-1].steps
+    x = sine_windows(5, seed=7)
+    batch = model.score(x, seed=3)
+    standardised = model.normalisation.apply(x)
+    each = [
+        infer(net, standardised, n_samples=1, generator=make_generator(3)).raw_score
+        for net in model.nets
+    ]
+    assert not np.allclose(each[0], each[1])  # members differ: different seeds
+    assert np.allclose(batch.raw_score, np.mean(each, axis=0))
+    assert np.allclose(batch.channel_contributions.sum(axis=1), batch.raw_score)
+    again = TrainedModel.from_bytes(model.to_bytes())
+    assert len(again.nets) == 3
+    assert np.array_equal(again.score(x, seed=3).raw_score, batch.raw_score)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_a_flat_window_is_not_the_most_normal_one(seed: int) -> None:
+    """The low-complexity trap: a likelihood model trained on oscillating channels finds a
+    flat-lined window (a stuck sensor, a machine at rest) more probable than its own training
+    data. The complexity correction takes that reward for simplicity back."""
+    data = TrainingData(sine_windows(64, seed=seed))
+    normal = sine_windows(20, seed=seed + 50)
+    level = data.windows.mean(axis=(0, 1))  # (F,) each channel's mean
+    jitter = np.random.default_rng(seed).normal(scale=0.01, size=(20, T, 3))
+    flat = (level + jitter).astype(np.float32)  # stuck near the mean: a machine at rest
+    scores = {}
+    for corrected in (False, True):
+        config = dataclasses.replace(tiny_config(), complexity_correction=corrected)
+        model = fit(
+            data,
+            classes=BUILTIN_CLASSES,
+            channels=CHANNELS,
+            model_config=config,
+            train_config=TrainConfig(steps=150, batch_size=16, seed=seed, members=1),
+        )
+        scores[corrected] = (model.score(normal).score, model.score(flat).score)
+    plain_normal, plain_flat = scores[False]
+    normal_scores, flat_scores = scores[True]
+    assert np.median(plain_flat) < np.median(plain_normal)  # the trap, uncorrected
+    assert flat_scores.min() > normal_scores.max()

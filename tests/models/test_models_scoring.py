@@ -7,7 +7,14 @@ import pytest
 import torch
 
 from models import BUILTIN_CLASSES, P_FN_MAX, TrainedModel, TrainingData, fit
-from models.scoring import adjust, calibrate, fit_calibration, nearest_calibration, threshold_at
+from models.scoring import (
+    adjust,
+    calibrate,
+    fit_calibration,
+    nearest_calibration,
+    threshold_at,
+    window_complexity,
+)
 from tests.models.models_testkit import (
     CHANNELS,
     T,
@@ -48,9 +55,11 @@ def test_contributions_with_many_samples_are_per_element(trained_ss: TrainedMode
         z = mu.repeat(L, 1, 1) + torch.exp(0.5 * logvar.repeat(L, 1, 1)) * noise
         x_mu, x_sigma = net.decode(z, torch.softmax(pi_logits, -1).repeat(L, 1, 1))
         log_p = -gaussian_nll(xs.repeat(L, 1, 1), x_mu, x_sigma).double().view(L, 4, T, 3)
-    elements = -(torch.logsumexp(log_p, dim=0) - np.log(L)).numpy()
+    code = window_complexity(xs, net.cfg.complexity_floor)  # (4, F)
+    simpler = (net.complexity_reference - code).clamp_min(0.0).numpy()
+    elements = -(torch.logsumexp(log_p, dim=0) - np.log(L)).numpy() + simpler[:, None, :] / T
     assert np.allclose(batch.step_contributions, elements.sum(axis=2))
-    raw = -(torch.logsumexp(log_p.sum(dim=(2, 3)), dim=0) - np.log(L)).numpy()
+    raw = -(torch.logsumexp(log_p.sum(dim=(2, 3)), dim=0) - np.log(L)).numpy() + simpler.sum(1)
     assert np.allclose(batch.raw_score, raw)
 
 
@@ -298,3 +307,17 @@ def test_the_traced_scoring_graph_gives_the_eager_results(
         raw.append(model.score(windows).raw_score)
     assert not np.allclose(raw[0], raw[1])  # each model scored with its own weights
     assert sorted(traces) == sorted(set(traces))  # at most one trace per L, for both models
+
+
+def test_the_window_code_length_is_shortest_for_simple_windows() -> None:
+    import torch
+
+    rng = np.random.default_rng(0)
+    flat = torch.zeros((1, T, 3), dtype=torch.float64)
+    noisy = torch.from_numpy(rng.normal(size=(1, T, 3)))
+    smooth = torch.from_numpy(np.cumsum(rng.normal(scale=0.1, size=(1, T, 3)), axis=1))
+    floor = 1e-2
+    c_flat, c_noisy, c_smooth = (window_complexity(x, floor) for x in (flat, noisy, smooth))
+    expected = 0.5 * T * (np.log(2 * np.pi * 1e-4) + 1)
+    assert torch.allclose(c_flat, torch.full((1, 3), expected, dtype=torch.float64))
+    assert (c_flat < c_smooth).all() and (c_smooth < c_noisy).all()
