@@ -12,6 +12,7 @@ from fastapi.security.utils import get_authorization_scheme_param
 from sqlalchemy.orm import Session
 
 from app.errors import Forbidden, Unauthorized
+from app.idempotency import CLAIM_STATE, Claim
 from app.ratelimit import check_rate
 from app.runtime import Principal, Runtime
 from app.security import has_scope
@@ -29,8 +30,11 @@ async def get_runtime(request: Request) -> Runtime:
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 
 
-def get_db(runtime: RuntimeDep) -> Iterator[Session]:
+def get_db(request: Request, runtime: RuntimeDep) -> Iterator[Session]:
     with runtime.sessions() as session:
+        claim: Claim | None = request.scope.get("state", {}).get(CLAIM_STATE)
+        if claim is not None:  # an Idempotency-Key request: its commit marks the key
+            claim.confirm_on_commit(session)
         yield session
 
 
@@ -57,6 +61,11 @@ def bearer_token(authorization: str | None) -> str | None:
     if not (authorization and scheme and token) or scheme.lower() != "bearer":
         return None
     return token
+
+
+async def authorize_header(runtime: Runtime, authorization: str | None, scope: str) -> Principal:
+    """`authorize` for a raw `Authorization` header, read exactly as the routes read it."""
+    return await authorize(runtime, bearer_token(authorization), scope)
 
 
 async def authorize(runtime: Runtime, token: str | None, scope: str) -> Principal:

@@ -194,6 +194,13 @@ class IdempotencyRecord(Base):
     """SHA-256 of method, path and body: the same key with another request is refused."""
     status_code: Mapped[int | None] = mapped_column(Integer, default=None)
     """None while the first request is still in flight."""
+    lease_owner: Mapped[str | None] = mapped_column(String(32), default=None)
+    """The live request that holds the key (a random token), while it is in flight."""
+    lease_expires_at: Mapped[datetime | None] = mapped_column(default=None)
+    """The holder renews this while it runs; once past, the request is taken for dead."""
+    committed_at: Mapped[datetime | None] = mapped_column(default=None)
+    """Set in the operation's own transaction: the operation is done, even if its response
+    was never recorded (the process died in between), so it is never performed again."""
     response_body: Mapped[bytes | None] = mapped_column(LargeBinary, default=None)
     response_headers: Mapped[dict[str, Any] | None] = mapped_column(default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)

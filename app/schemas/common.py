@@ -102,15 +102,23 @@ IDEMPOTENCY_KEY_PARAMETER: Final[dict[str, Any]] = {
     "required": False,
     "description": (
         "Makes a retry safe (IETF httpapi idempotency-key draft): a repeat returns the first "
-        "response with `Idempotent-Replayed: true` for 24 h; the same key with a different "
-        "request gives 422, and a repeat while the first is in flight gives 409."
+        "response with `Idempotent-Replayed: true` for 24 h (once the API key is checked and "
+        "counted, as for any request); the same key with a different request gives 422, and a "
+        "repeat while the first is in flight gives 409. A key whose request died (server "
+        "killed, database lost) is free again within seconds, and the operation is performed "
+        "once: never again if it committed."
     ),
     "schema": {"type": "string", "minLength": 1, "maxLength": 255},
 }
 
 IDEMPOTENCY_RESPONSES: Final[dict[int | str, dict[str, Any]]] = {
     400: {"description": "The Idempotency-Key header is empty or longer than 255 characters"},
-    409: {"description": "A request with this Idempotency-Key is still in flight"},
+    409: {
+        "description": (
+            "A request with this Idempotency-Key is still in flight (retry after `Retry-After`), "
+            "or it completed but the server stopped before recording its response"
+        )
+    },
 }
 
 MAX_DB_ID: Final = 2**31 - 1
