@@ -157,3 +157,24 @@ def test_scope_matrix(
                 failures.append(f"{endpoint} with scope {scope}: 403 is not problem+json")
     assert checked > 0
     assert failures == []
+
+
+def test_detection_settings_need_the_train_scope(
+    client: TestClient, make_headers: Callable[..., Headers], admin: Headers
+) -> None:
+    """An ingest-only key (a gateway feeding points) cannot silence a series by moving its
+    threshold (issue 12, item 8)."""
+    created = client.post(
+        "/v1/series",
+        json={"name": "pump", "channels": ["a"], "window_size": 4, "stride": 2},
+        headers=make_headers("ingest"),
+    )
+    assert created.status_code == 201
+    path = f"/v1/series/{created.json()['id']}"
+    refused = client.patch(path, json={"threshold_quantile": 0.5}, headers=make_headers("ingest"))
+    assert refused.status_code == 403
+    assert "'train' scope" in refused.json()["detail"]
+    assert client.get(path, headers=admin).json()["threshold_quantile"] == 0.99
+    allowed = client.patch(path, json={"threshold_quantile": 0.5}, headers=make_headers("train"))
+    assert allowed.status_code == 200
+    assert allowed.json()["threshold_quantile"] == 0.5

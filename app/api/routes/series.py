@@ -1,4 +1,5 @@
-"""Series: create (scope `ingest`), read (scope `read`), and add classes or move the threshold."""
+"""Series: create (scope `ingest`), read (scope `read`), and add classes or move the threshold
+(scope `train`: detection settings)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Response, status
 
-from app.api.deps import Ingester, Reader, RuntimeDep, SessionDep
+from app.api.deps import Ingester, Reader, RuntimeDep, SessionDep, Trainer
 from app.schemas.common import AUTH_RESPONSES, MAX_DB_ID, SeriesIdPath
 from app.schemas.series import SeriesCreate, SeriesOut, SeriesUpdate
 from app.services.series import create_series, get_series, list_series, update_series
@@ -57,7 +58,8 @@ def read(series_id: SeriesIdPath, session: SessionDep, _: Reader) -> SeriesOut:
     description=(
         "Classes are only added: changing the kind of an existing class or removing one "
         "(a null kind) gives 409, because trained models depend on them. The new threshold "
-        "quantile applies to scores from the next request on."
+        "quantile applies to scores from the next request on. Changes what the series alarms "
+        "on and trains for, so it needs the `train` scope (or `admin`)."
     ),
     responses={**NOT_FOUND, 409: {"description": "A class would change kind or disappear"}},
 )
@@ -66,7 +68,7 @@ def patch(
     body: SeriesUpdate,
     session: SessionDep,
     runtime: RuntimeDep,
-    _: Ingester,
+    _: Trainer,
 ) -> SeriesOut:
     series = update_series(session=session, series_id=series_id, update=body)
     runtime.registry.forget_series(series.id)
