@@ -206,12 +206,13 @@ class IdempotencyRecord(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
 
 
-class RateWindow(Base):
-    """Requests per API key in one fixed one-minute window, shared by every API process."""
+class RateLimit(Base):
+    """Each API key's request allowance (GCRA), shared by every API process."""
 
-    __tablename__ = "rate_windows"
+    __tablename__ = "rate_limits"
 
     principal: Mapped[str] = mapped_column(String(64), primary_key=True)
-    window_start: Mapped[int] = mapped_column(BigInteger, primary_key=True)
-    """Unix minute (seconds // 60)."""
-    count: Mapped[int] = mapped_column(Integer, default=0)
+    """SHA-256 of the API key."""
+    tat: Mapped[int] = mapped_column(BigInteger)
+    """Theoretical arrival time, microseconds since the epoch: when the key's allowance is
+    full again. A request is admitted while tat - now <= 60 s - 60 s / limit."""
