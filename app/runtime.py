@@ -12,11 +12,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
-from sqlalchemy import Connection, Engine, bindparam, select
+from sqlalchemy import Connection, Engine, bindparam, or_, select
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.config import Settings
+from app.db.base import utcnow
 from app.db.models import ApiKey
 from app.db.session import make_engine, make_sessionmaker, transaction
 from app.scorelog import ScoreLog
@@ -39,12 +40,15 @@ class Principal:
 
 _PG_LIVE_KEYS = (
     "SELECT id, name, key_hash, scopes FROM api_keys "
-    "WHERE key_hash = ANY(%s) AND revoked_at IS NULL"
+    "WHERE key_hash = ANY(%s) AND revoked_at IS NULL "
+    "AND (expires_at IS NULL OR expires_at > now())"
 )
 """LIVE_KEYS for the asyncio psycopg connection (scopes is json: psycopg parses it)."""
 
 LIVE_KEYS = select(ApiKey.id, ApiKey.name, ApiKey.key_hash, ApiKey.scopes).where(
-    ApiKey.key_hash.in_(bindparam("digests", expanding=True)), ApiKey.revoked_at.is_(None)
+    ApiKey.key_hash.in_(bindparam("digests", expanding=True)),
+    ApiKey.revoked_at.is_(None),
+    or_(ApiKey.expires_at.is_(None), ApiKey.expires_at > bindparam("now")),
 )
 """Built once: constructing the statement cost more than running it on SQLite."""
 
@@ -169,9 +173,8 @@ class KeyLookup:
                     isolation_level="AUTOCOMMIT"
                 )
             try:
-                return [
-                    tuple(row) for row in self._connection.execute(LIVE_KEYS, {"digests": digests})
-                ]
+                parameters = {"digests": digests, "now": utcnow()}
+                return [tuple(row) for row in self._connection.execute(LIVE_KEYS, parameters)]
             except DBAPIError as exc:
                 self._drop_connection()
                 if attempt == 2 or not exc.connection_invalidated:

@@ -1,11 +1,13 @@
-"""API keys: random bearer tokens, stored as SHA-256 digests and compared in constant time."""
+"""API keys: random bearer tokens, stored as SHA-256 digests and compared in constant time,
+optionally expiring."""
 
 from __future__ import annotations
 
 import hashlib
+import re
 import secrets
 from collections.abc import Iterable, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -44,7 +46,12 @@ def has_scope(granted: Sequence[str], needed: str) -> bool:
 
 
 def create_key(
-    *, session: Session, name: str, scopes: Iterable[str], key: str | None = None
+    *,
+    session: Session,
+    name: str,
+    scopes: Iterable[str],
+    key: str | None = None,
+    expires_at: datetime | None = None,
 ) -> tuple[ApiKey, str]:
     """Store a new key and return it with its plain text, which is never stored."""
     plain = key or generate_key()
@@ -52,11 +59,30 @@ def create_key(
     # (the bootstrap key) may be short, so none of it is kept in clear.
     prefix = plain[:12] if plain.startswith(KEY_PREFIX) and key is None else "(chosen)"
     record = ApiKey(
-        name=name, key_hash=hash_key(plain), prefix=prefix, scopes=normalise_scopes(scopes)
+        name=name,
+        key_hash=hash_key(plain),
+        prefix=prefix,
+        scopes=normalise_scopes(scopes),
+        expires_at=expires_at,
     )
     session.add(record)
     session.flush()
     return record, plain
+
+
+_DURATION = re.compile(r"([1-9][0-9]{0,8})([smhd])")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> timedelta:
+    """`90d`, `12h`, `30m` or `45s` -> a timedelta (what `vigil keys create --expires-in` takes)."""
+    match = _DURATION.fullmatch(text.strip())
+    if match is None:
+        raise InvalidInput(
+            f"{text!r} is not a duration: give a whole number and a unit, e.g. 90d, 12h, 30m, 45s",
+            field="expires_in",
+        )
+    return timedelta(seconds=int(match[1]) * _UNIT_SECONDS[match[2]])
 
 
 def revoke_key(*, session: Session, key_id: int, at: datetime | None = None) -> ApiKey:

@@ -76,7 +76,7 @@ async def authorize(runtime: Runtime, token: str | None, scope: str) -> Principa
     # a revoked key stops working on its next request, in every API process.
     key = await runtime.keys.authenticate(token)
     if key is None:
-        raise Unauthorized("invalid or revoked API key")
+        raise Unauthorized("invalid, revoked or expired API key")
     if not has_scope(key.scopes, scope):
         raise Forbidden(f"this API key lacks the {scope!r} scope")
     limit = runtime.settings.rate_limit_per_minute

@@ -55,6 +55,8 @@ class ApiKey(Base):
     scopes: Mapped[list[str]] = mapped_column()
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column(default=None)
+    expires_at: Mapped[datetime | None] = mapped_column(default=None)
+    """The key stops working at this instant (None: never)."""
 
 
 class Series(Base):

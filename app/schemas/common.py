@@ -69,7 +69,7 @@ RETRY_AFTER_HEADER: Final[dict[str, Any]] = {
 
 AUTH_RESPONSES: Final[dict[int | str, dict[str, Any]]] = {
     401: {
-        "description": "Missing, malformed, unknown or revoked API key",
+        "description": "Missing, malformed, unknown, revoked or expired API key",
         "headers": {
             "WWW-Authenticate": {
                 "description": "`Bearer`: send `Authorization: Bearer <key>`.",

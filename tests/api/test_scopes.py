@@ -11,14 +11,18 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from fastapi import FastAPI
 from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute, iter_route_contexts
 from fastapi.testclient import TestClient
+from sqlalchemy import update
 from sqlalchemy.orm import Session, sessionmaker
 
+from app.db.base import utcnow
+from app.db.models import ApiKey
 from app.security import SCOPES, create_key, revoke_key
 
 Headers = dict[str, str]
@@ -120,12 +124,19 @@ def test_scope_matrix(
     with sessions() as session, session.begin():
         revoked, plain = create_key(session=session, name="revoked", scopes=["admin"])
         revoke_key(session=session, key_id=revoked.id)
+        _, expired = create_key(
+            session=session,
+            name="expired",
+            scopes=["admin"],
+            expires_at=utcnow() - timedelta(seconds=1),
+        )
     unauthenticated: dict[str, Headers] = {
         "no key": {},
         "unknown key": {"Authorization": "Bearer vgl_not-a-real-key"},
         "basic auth": {"Authorization": "Basic dXNlcjpwYXNz"},
         "empty bearer": {"Authorization": "Bearer "},
         "revoked admin key": {"Authorization": f"Bearer {plain}"},
+        "expired admin key": {"Authorization": f"Bearer {expired}"},
     }
     keys = {scope: make_headers(scope, name=f"{scope}-key") for scope in SCOPES}
     failures: list[str] = []
@@ -178,3 +189,26 @@ def test_detection_settings_need_the_train_scope(
     allowed = client.patch(path, json={"threshold_quantile": 0.5}, headers=make_headers("train"))
     assert allowed.status_code == 200
     assert allowed.json()["threshold_quantile"] == 0.5
+
+
+def test_a_key_stops_working_when_it_expires(
+    client: TestClient, sessions: sessionmaker[Session]
+) -> None:
+    with sessions() as session, session.begin():
+        record, plain = create_key(
+            session=session,
+            name="temporary",
+            scopes=["read"],
+            expires_at=utcnow() + timedelta(hours=1),
+        )
+    headers = {"Authorization": f"Bearer {plain}"}
+    assert client.get("/v1/series", headers=headers).status_code == 200
+    with sessions() as session, session.begin():
+        session.execute(
+            update(ApiKey)
+            .where(ApiKey.id == record.id)
+            .values(expires_at=utcnow() - timedelta(seconds=1))
+        )
+    expired = client.get("/v1/series", headers=headers)
+    assert expired.status_code == 401
+    assert "expired" in expired.json()["detail"]
