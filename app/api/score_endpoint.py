@@ -24,7 +24,7 @@ from starlette.routing import BaseRoute
 from starlette.types import Message, Receive, Scope, Send
 
 from app.api.deps import authorize, bearer_token
-from app.api.routes.scores import score_body
+from app.api.routes.scores import detail_steps, score_body
 from app.errors import error_response
 from app.middleware import BodyTooLarge
 from app.runtime import Runtime
@@ -105,4 +105,4 @@ def _detail_steps(query: bytes) -> bool:
     if not query:
         return False
     params = dict(parse_qsl(query.decode("latin-1"), keep_blank_values=True))
-    return params.get("detail") == "steps"
+    return detail_steps(params.get("detail"))

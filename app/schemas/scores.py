@@ -9,10 +9,12 @@ from __future__ import annotations
 
 from typing import Any, Final
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class ScoreWindowsRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     series_id: int = Field(description="The series whose active model scores the windows.")
     windows: list[list[list[float]]] = Field(
         description="1 to 1,024 windows, each `window_size` time steps × one value per channel.",
@@ -22,6 +24,8 @@ class ScoreWindowsRequest(BaseModel):
 
 
 class ScoreRangeRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     series_id: int
     start: str | float = Field(description="ISO-8601 timestamp or epoch seconds (inclusive).")
     end: str | float = Field(description="ISO-8601 timestamp or epoch seconds (inclusive).")
