@@ -40,6 +40,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from app.db.base import utcnow
 from app.db.models import IdempotencyRecord
 from app.errors import Conflict, error_response, problem
+from app.schemas.common import IDEMPOTENCY_KEY_PATTERN
 
 if TYPE_CHECKING:
     from app.runtime import Principal, Runtime
@@ -53,6 +54,7 @@ RENEW_EVERY: Final = 1.0
 """Seconds between lease renewals of a request in flight."""
 HEADER = b"idempotency-key"
 MAX_KEY_LENGTH: Final = 255
+KEY: Final = re.compile(IDEMPOTENCY_KEY_PATTERN)
 IDEMPOTENT_ROUTES: Final = (
     (re.compile(r"^/v1/labels/?$"), "label"),
     (re.compile(r"^/v1/series/\d+/train/?$"), "train"),
@@ -128,17 +130,19 @@ class IdempotencyMiddleware:
         if raw_key is None or required is None:
             await self.app(scope, receive, send)
             return
-        # NOTE: the header as sent (HTTP has already trimmed it), exactly what the OpenAPI
-        # document's minLength and maxLength describe.
+        # NOTE: the header as sent (HTTP has already trimmed it), exactly as openapi.json's
+        # pattern describes it; the quotes of the draft's sf-string are not part of the key.
         key = raw_key.decode("latin-1")
-        if not 1 <= len(key) <= MAX_KEY_LENGTH:
+        if KEY.fullmatch(key) is None:
             await problem(
                 400,
                 "Bad request",
-                f"Idempotency-Key must be 1 to {MAX_KEY_LENGTH} characters",
+                f"Idempotency-Key must be 1 to {MAX_KEY_LENGTH} characters: visible ASCII, "
+                "with quotes only around the whole key",
                 instance=scope["path"],
             )(scope, receive, send)
             return
+        key = key.removeprefix('"').removesuffix('"')
         body = await _read_body(receive)
         authorization = headers.get(b"authorization", b"")
         principal = hashlib.sha256(authorization).hexdigest()
