@@ -173,22 +173,32 @@ def keys_create(
         str | None,
         typer.Option(help="The key stops working after this long: 90d, 12h, 30m or 45s."),
     ] = None,
+    series: Annotated[
+        str | None,
+        typer.Option(help="Comma-separated series ids: the only series the key may use."),
+    ] = None,
 ) -> None:
     """Create a key and print it once; only its hash is stored."""
     from app.db.base import utcnow
     from app.db.session import transaction
     from app.errors import VigilError
-    from app.security import create_key, parse_duration
+    from app.security import create_key, parse_duration, parse_series_ids
 
     sessions = _sessions()
     try:
         expires_at = utcnow() + parse_duration(expires_in) if expires_in else None
+        series_ids = None if series is None else parse_series_ids(series)
         with transaction(sessions) as session:
             record, plain = create_key(
-                session=session, name=name, scopes=scopes.split(","), expires_at=expires_at
+                session=session,
+                name=name,
+                scopes=scopes.split(","),
+                expires_at=expires_at,
+                series_ids=series_ids,
             )
             expiry = f" expires={expires_at.isoformat()}" if expires_at else ""
-            typer.echo(f"id={record.id} scopes={','.join(record.scopes)}{expiry}", err=True)
+            only = f" series={','.join(map(str, record.series_ids))}" if record.series_ids else ""
+            typer.echo(f"id={record.id} scopes={','.join(record.scopes)}{expiry}{only}", err=True)
     except VigilError as exc:
         typer.echo(f"error: {exc.detail}", err=True)
         raise typer.Exit(2) from None
@@ -212,6 +222,8 @@ def keys_list() -> None:
                 state = f"active, expires {key.expires_at.isoformat()}"
             else:
                 state = "active"
+            if key.series_ids is not None:
+                state += f", series {','.join(map(str, key.series_ids))} only"
             typer.echo(f"{key.id}\t{key.prefix}…\t{key.name}\t{','.join(key.scopes)}\t{state}")
 
 

@@ -20,6 +20,7 @@ from app.config import Settings
 from app.db.base import utcnow
 from app.db.models import ApiKey
 from app.db.session import make_engine, make_sessionmaker, transaction
+from app.errors import Forbidden
 from app.scorelog import ScoreLog
 from app.scorer import REPLY_TIMEOUT, ScorerProcess
 from app.scoring import MicroBatcher, ModelRegistry
@@ -36,16 +37,23 @@ class Principal:
     name: str
     key_hash: str
     scopes: tuple[str, ...]
+    series: frozenset[int] | None = None
+    """The only series the key may use; None: every series."""
+
+    def require_series(self, series_id: int) -> None:
+        """403 unless the key may use series `series_id`."""
+        if self.series is not None and series_id not in self.series:
+            raise Forbidden(f"this API key may not use series {series_id}")
 
 
 _PG_LIVE_KEYS = (
-    "SELECT id, name, key_hash, scopes FROM api_keys "
+    "SELECT id, name, key_hash, scopes, series_ids FROM api_keys "
     "WHERE key_hash = ANY(%s) AND revoked_at IS NULL "
     "AND (expires_at IS NULL OR expires_at > now())"
 )
 """LIVE_KEYS for the asyncio psycopg connection (scopes is json: psycopg parses it)."""
 
-LIVE_KEYS = select(ApiKey.id, ApiKey.name, ApiKey.key_hash, ApiKey.scopes).where(
+LIVE_KEYS = select(ApiKey.id, ApiKey.name, ApiKey.key_hash, ApiKey.scopes, ApiKey.series_ids).where(
     ApiKey.key_hash.in_(bindparam("digests", expanding=True)),
     ApiKey.revoked_at.is_(None),
     or_(ApiKey.expires_at.is_(None), ApiKey.expires_at > bindparam("now")),
@@ -118,8 +126,14 @@ class KeyLookup:
             rows = await loop.run_in_executor(self._executor, self._query, digests)
         wanted = set(digests)
         return {
-            key_hash: Principal(key_id, name, key_hash, tuple(scopes))
-            for key_id, name, key_hash, scopes in rows
+            key_hash: Principal(
+                key_id,
+                name,
+                key_hash,
+                tuple(scopes),
+                None if series is None else frozenset(series),
+            )
+            for key_id, name, key_hash, scopes, series in rows
             if key_hash in wanted
         }
 

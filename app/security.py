@@ -41,6 +41,23 @@ def normalise_scopes(scopes: Iterable[str]) -> list[str]:
     return wanted
 
 
+def parse_series_ids(text: str) -> list[int]:
+    """`1,2,5` -> [1, 2, 5] (what `vigil keys create --series` takes)."""
+    parts = [part.strip() for part in text.split(",") if part.strip()]
+    if not all(part.isascii() and part.isdigit() and len(part) <= 10 for part in parts):
+        raise InvalidInput(f"{text!r} is not a comma-separated list of series ids", field="series")
+    return _series_ids(int(part) for part in parts)
+
+
+def _series_ids(series_ids: Iterable[int]) -> list[int]:
+    wanted = sorted(set(series_ids))
+    if not wanted:
+        raise InvalidInput("a key restricted to series needs at least one", field="series")
+    if any(not 1 <= s <= 2**31 - 1 for s in wanted):
+        raise InvalidInput("series ids are positive 32-bit integers", field="series")
+    return wanted
+
+
 def has_scope(granted: Sequence[str], needed: str) -> bool:
     return "admin" in granted or needed in granted
 
@@ -52,6 +69,7 @@ def create_key(
     scopes: Iterable[str],
     key: str | None = None,
     expires_at: datetime | None = None,
+    series_ids: Iterable[int] | None = None,
 ) -> tuple[ApiKey, str]:
     """Store a new key and return it with its plain text, which is never stored."""
     plain = key or generate_key()
@@ -64,6 +82,7 @@ def create_key(
         prefix=prefix,
         scopes=normalise_scopes(scopes),
         expires_at=expires_at,
+        series_ids=None if series_ids is None else _series_ids(series_ids),
     )
     session.add(record)
     session.flush()

@@ -76,3 +76,24 @@ def test_keys_can_expire(runner: CliRunner, settings: Settings) -> None:
     )
     assert refused.exit_code == 2
     assert "is not a duration" in refused.stderr
+
+
+def test_keys_can_be_restricted_to_series(runner: CliRunner, settings: Settings) -> None:
+    created = runner.invoke(
+        cli, ["keys", "create", "--name", "pump-7-gateway", "--scopes", "read", "--series", "7,3"]
+    )
+    assert created.exit_code == 0, created.output
+    assert "series=3,7" in created.stderr
+    key = created.stdout.strip().splitlines()[-1]
+    listed = runner.invoke(cli, ["keys", "list"])
+    line = next(row for row in listed.stdout.splitlines() if "pump-7-gateway" in row)
+    assert "series 3,7 only" in line
+    with TestClient(create_app(settings)) as client:
+        response = client.get("/v1/series/1", headers={"Authorization": f"Bearer {key}"})
+    assert response.status_code == 403
+    assert "may not use series 1" in response.json()["detail"]
+    refused = runner.invoke(
+        cli, ["keys", "create", "--name", "x", "--scopes", "read", "--series", "one"]
+    )
+    assert refused.exit_code == 2
+    assert "comma-separated list of series ids" in refused.stderr

@@ -49,10 +49,21 @@ def require(scope: str) -> Callable[..., Awaitable[Principal]]:
     ) -> Principal:
         key = await authorize(runtime, credentials.credentials if credentials else None, scope)
         request.state.api_key_id = key.id
+        # Every route about one series names it in its path; the others check their own.
+        series_id = _path_id(request.path_params.get("series_id"))
+        if series_id is not None:  # (one that is not a number gets 422 from the route)
+            key.require_series(series_id)
         return key
 
     dependency.__name__ = f"require_{scope}"
     return dependency
+
+
+def _path_id(raw: str | None) -> int | None:
+    """A path's series id as the route will read it, or None."""
+    if raw is None or not (raw.isascii() and raw.isdigit() and len(raw) <= 10):
+        return None
+    return int(raw)
 
 
 def bearer_token(authorization: str | None) -> str | None:

@@ -86,6 +86,7 @@ class ScoreEndpoint:
             series_id_header=headers.get(b"x-vigil-series-id", b"").decode("latin-1"),
             shape_header=headers.get(b"x-vigil-shape", b"").decode("latin-1"),
             steps=_detail_steps(scope.get("query_string", b"")),
+            principal=key,
         )
 
 

@@ -12,6 +12,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
+    JSON,
     BigInteger,
     Boolean,
     Float,
@@ -57,6 +58,8 @@ class ApiKey(Base):
     revoked_at: Mapped[datetime | None] = mapped_column(default=None)
     expires_at: Mapped[datetime | None] = mapped_column(default=None)
     """The key stops working at this instant (None: never)."""
+    series_ids: Mapped[list[int] | None] = mapped_column(JSON, default=None)
+    """The only series the key may use (None: every series)."""
 
 
 class Series(Base):

@@ -78,7 +78,11 @@ AUTH_RESPONSES: Final[dict[int | str, dict[str, Any]]] = {
             }
         },
     },
-    403: {"description": "The API key lacks the scope this operation needs"},
+    403: {
+        "description": (
+            "The API key lacks the scope this operation needs, or is restricted to other series"
+        )
+    },
     429: {
         "description": "Over the per-key limit (`VIGIL_RATE_LIMIT_PER_MINUTE`, off by default)",
         "headers": RETRY_AFTER_HEADER,

@@ -48,5 +48,7 @@ def train(series_id: SeriesIdPath, session: SessionDep, _: Trainer, response: Re
     summary="A training job's status, progress and result",
     responses={404: {"description": "The job does not exist"}},
 )
-def read_job(job_id: JobIdPath, session: SessionDep, _: Reader) -> JobOut:
-    return JobOut.model_validate(get_job(session=session, job_id=job_id))
+def read_job(job_id: JobIdPath, session: SessionDep, key: Reader) -> JobOut:
+    job = get_job(session=session, job_id=job_id)
+    key.require_series(job.series_id)
+    return JobOut.model_validate(job)

@@ -17,7 +17,7 @@ from starlette.responses import Response
 from app.api.deps import RuntimeDep, Scorer
 from app.errors import InvalidInput, UnsupportedMediaType
 from app.metrics import observe_many, series_metrics
-from app.runtime import Runtime
+from app.runtime import Principal, Runtime
 from app.schemas.common import MAX_DB_ID
 from app.schemas.scores import ScoreRangeRequest, ScoreResponse, ScoreWindowsRequest
 from app.scorelog import Record
@@ -98,7 +98,7 @@ _PARAMETERS: list[dict[str, Any]] = [
     openapi_extra={"requestBody": _REQUEST_BODY, "parameters": _PARAMETERS},
     responses={409: {"description": "The series has no trained model yet"}},
 )
-async def score(request: Request, runtime: RuntimeDep, _: Scorer) -> Response:
+async def score(request: Request, runtime: RuntimeDep, key: Scorer) -> Response:
     # NOTE: `app.api.score_endpoint` serves POST /v1/score ahead of FastAPI's routing with this
     # same `score_body`; this route documents the operation, answers its other methods
     # (405), and serves it wherever the app runs without that endpoint.
@@ -111,6 +111,7 @@ async def score(request: Request, runtime: RuntimeDep, _: Scorer) -> Response:
         series_id_header=headers.get("x-vigil-series-id", ""),
         shape_header=headers.get("x-vigil-shape", ""),
         steps=detail_steps(request.query_params.get("detail")),
+        principal=key,
     )
     return Response(content, media_type="application/json")
 
@@ -133,13 +134,16 @@ async def score_body(
     series_id_header: str,
     shape_header: str,
     steps: bool,
+    principal: Principal,
 ) -> bytes:
-    """The JSON answer to one scoring request, from its body and the headers that describe it."""
+    """The JSON answer to one scoring request, from its body and the headers that describe it,
+    for `principal` (who may be restricted to certain series)."""
     content_type = content_type.split(";")[0].strip().lower()
     if content_type in BINARY_TYPES:
         series_id, windows = _parse_binary(
             body, series_id_header, shape_header, runtime.settings.max_score_windows
         )
+        principal.require_series(series_id)
         info = await _series(runtime, series_id)
         _check_shape(windows, info)
         return await _score(runtime, info, windows, None, steps)
@@ -154,6 +158,7 @@ async def score_body(
         payload = _parse_json(body)
         _check_members(payload)
         series_id = _series_id(payload.get("series_id"))
+        principal.require_series(series_id)
         # Every `[` of the body opens the windows, a window or a step once the members are
         # checked (their names hold none): more means a cell that is an array.
         arrays = _count_arrays(body) if "windows" in payload else 0
