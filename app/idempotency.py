@@ -137,12 +137,13 @@ class IdempotencyMiddleware:
             await problem(
                 400,
                 "Bad request",
-                f"Idempotency-Key must be 1 to {MAX_KEY_LENGTH} characters: visible ASCII, "
-                "with quotes only around the whole key",
+                f"Idempotency-Key must be 1 to {MAX_KEY_LENGTH} characters of printable ASCII, "
+                'or such a key in quotes ("" is empty)',
                 instance=scope["path"],
             )(scope, receive, send)
             return
-        key = key.removeprefix('"').removesuffix('"')
+        if key.startswith('"'):  # the draft's sf-string: the key is what the quotes enclose
+            key = key[1:-1]
         body = await _read_body(receive)
         authorization = headers.get(b"authorization", b"")
         principal = hashlib.sha256(authorization).hexdigest()

@@ -100,9 +100,10 @@ BODY_RESPONSES: Final[dict[int | str, dict[str, Any]]] = {
 }
 """OpenAPI responses every operation with a request body can give (each a problem document)."""
 
-IDEMPOTENCY_KEY_PATTERN: Final = '^(?:"[!#-~]{1,253}"|[!#-~]{1,255})$'
-"""An Idempotency-Key: 1 to 255 visible ASCII characters without quotes, or the draft's
-structured-field string (the same in quotes, which are not part of the key)."""
+IDEMPOTENCY_KEY_PATTERN: Final = '^(?:"[ -~]{1,253}"|[!#-~](?:[ -~]{0,253}[!-~])?)$'
+"""An Idempotency-Key: 1 to 255 printable ASCII characters that neither start nor end with a
+space (HTTP trims them) nor start with a quote, or the draft's structured-field string: the
+same in quotes, which are not part of the key (`""` is an empty key)."""
 
 IDEMPOTENCY_KEY_PARAMETER: Final[dict[str, Any]] = {
     "name": "Idempotency-Key",
@@ -127,8 +128,8 @@ IDEMPOTENCY_KEY_PARAMETER: Final[dict[str, Any]] = {
 IDEMPOTENCY_RESPONSES: Final[dict[int | str, dict[str, Any]]] = {
     400: {
         "description": (
-            "The Idempotency-Key header is empty, longer than 255 characters, or holds "
-            "characters other than visible ASCII (quotes only around the whole key)"
+            "The Idempotency-Key header is empty, longer than 255 characters, or not printable "
+            "ASCII (a leading quote only as the draft's quoted string)"
         )
     },
     409: {
