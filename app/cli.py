@@ -169,17 +169,36 @@ def keys_create(
     scopes: Annotated[
         str, typer.Option(help="Comma-separated: read, ingest, score, label, train, admin.")
     ],
+    expires_in: Annotated[
+        str | None,
+        typer.Option(help="The key stops working after this long: 90d, 12h, 30m or 45s."),
+    ] = None,
+    series: Annotated[
+        str | None,
+        typer.Option(help="Comma-separated series ids: the only series the key may use."),
+    ] = None,
 ) -> None:
     """Create a key and print it once; only its hash is stored."""
+    from app.db.base import utcnow
     from app.db.session import transaction
     from app.errors import VigilError
-    from app.security import create_key
+    from app.security import create_key, parse_duration, parse_series_ids
 
     sessions = _sessions()
     try:
+        expires_at = utcnow() + parse_duration(expires_in) if expires_in else None
+        series_ids = None if series is None else parse_series_ids(series)
         with transaction(sessions) as session:
-            record, plain = create_key(session=session, name=name, scopes=scopes.split(","))
-            typer.echo(f"id={record.id} scopes={','.join(record.scopes)}", err=True)
+            record, plain = create_key(
+                session=session,
+                name=name,
+                scopes=scopes.split(","),
+                expires_at=expires_at,
+                series_ids=series_ids,
+            )
+            expiry = f" expires={expires_at.isoformat()}" if expires_at else ""
+            only = f" series={','.join(map(str, record.series_ids))}" if record.series_ids else ""
+            typer.echo(f"id={record.id} scopes={','.join(record.scopes)}{expiry}{only}", err=True)
     except VigilError as exc:
         typer.echo(f"error: {exc.detail}", err=True)
         raise typer.Exit(2) from None
@@ -189,11 +208,22 @@ def keys_create(
 @keys_cli.command("list")
 def keys_list() -> None:
     """List keys (never their secrets)."""
+    from app.db.base import utcnow
     from app.security import list_keys
 
+    now = utcnow()
     with _sessions()() as session:
         for key in list_keys(session=session):
-            state = f"revoked {key.revoked_at.isoformat()}" if key.revoked_at else "active"
+            if key.revoked_at:
+                state = f"revoked {key.revoked_at.isoformat()}"
+            elif key.expires_at and key.expires_at <= now:
+                state = f"expired {key.expires_at.isoformat()}"
+            elif key.expires_at:
+                state = f"active, expires {key.expires_at.isoformat()}"
+            else:
+                state = "active"
+            if key.series_ids is not None:
+                state += f", series {','.join(map(str, key.series_ids))} only"
             typer.echo(f"{key.id}\t{key.prefix}…\t{key.name}\t{','.join(key.scopes)}\t{state}")
 
 

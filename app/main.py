@@ -14,6 +14,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app import __version__
 from app.api import api_router
+from app.api.deps import authorize_header
 from app.api.routes.scores import BINARY_HEADERS
 from app.api.score_endpoint import ScoreEndpoint
 from app.config import Settings, get_settings
@@ -85,7 +86,9 @@ def create_app(settings: Settings | None = None) -> Vigil:
     }
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, **cors)
-    app.add_middleware(IdempotencyMiddleware, sessions=lambda: app.state.runtime.sessions)
+    app.add_middleware(
+        IdempotencyMiddleware, runtime=lambda: app.state.runtime, authorize=authorize_header
+    )
     app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_body_bytes)
 
     # The same request context (and CORS) around the scoring endpoint; see score_endpoint.

@@ -12,13 +12,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
-from sqlalchemy import Connection, Engine, bindparam, select
+from sqlalchemy import Connection, Engine, bindparam, or_, select
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.config import Settings
+from app.db.base import utcnow
 from app.db.models import Activations, ApiKey
 from app.db.session import make_engine, make_sessionmaker, transaction
+from app.errors import Forbidden
 from app.scorelog import ScoreLog
 from app.scorer import REPLY_TIMEOUT, ScorerProcess
 from app.scoring import MicroBatcher, ModelRegistry
@@ -35,11 +37,20 @@ class Principal:
     name: str
     key_hash: str
     scopes: tuple[str, ...]
+    series: frozenset[int] | None = None
+    """The only series the key may use; None: every series."""
+
+    def require_series(self, series_id: int) -> None:
+        """403 unless the key may use series `series_id`."""
+        if self.series is not None and series_id not in self.series:
+            raise Forbidden(f"this API key may not use series {series_id}")
 
 
 _PG_LIVE_KEYS = (
-    "SELECT (SELECT generation FROM activations WHERE id = 1), id, name, key_hash, scopes "
-    "FROM api_keys WHERE key_hash = ANY(%s) AND revoked_at IS NULL"
+    "SELECT (SELECT generation FROM activations WHERE id = 1), "
+    "id, name, key_hash, scopes, series_ids FROM api_keys "
+    "WHERE key_hash = ANY(%s) AND revoked_at IS NULL "
+    "AND (expires_at IS NULL OR expires_at > now())"
 )
 """LIVE_KEYS for the asyncio psycopg connection (scopes is json: psycopg parses it)."""
 
@@ -49,7 +60,12 @@ LIVE_KEYS = select(
     ApiKey.name,
     ApiKey.key_hash,
     ApiKey.scopes,
-).where(ApiKey.key_hash.in_(bindparam("digests", expanding=True)), ApiKey.revoked_at.is_(None))
+    ApiKey.series_ids,
+).where(
+    ApiKey.key_hash.in_(bindparam("digests", expanding=True)),
+    ApiKey.revoked_at.is_(None),
+    or_(ApiKey.expires_at.is_(None), ApiKey.expires_at > bindparam("now")),
+)
 """The live keys among the digests, each row with the activation generation. Built once:
 constructing the statement cost more than running it on SQLite."""
 
@@ -126,8 +142,14 @@ class KeyLookup:
             self.generation = max(self.generation, int(rows[0][0]))
         wanted = set(digests)
         return {
-            key_hash: Principal(key_id, name, key_hash, tuple(scopes))
-            for _, key_id, name, key_hash, scopes in rows
+            key_hash: Principal(
+                key_id,
+                name,
+                key_hash,
+                tuple(scopes),
+                None if series is None else frozenset(series),
+            )
+            for _, key_id, name, key_hash, scopes, series in rows
             if key_hash in wanted
         }
 
@@ -181,9 +203,8 @@ class KeyLookup:
                     isolation_level="AUTOCOMMIT"
                 )
             try:
-                return [
-                    tuple(row) for row in self._connection.execute(LIVE_KEYS, {"digests": digests})
-                ]
+                parameters = {"digests": digests, "now": utcnow()}
+                return [tuple(row) for row in self._connection.execute(LIVE_KEYS, parameters)]
             except DBAPIError as exc:
                 self._drop_connection()
                 if attempt == 2 or not exc.connection_invalidated:

@@ -44,7 +44,7 @@ from app.metrics import JOBS, TRAINING_DURATION
 from app.ratelimit import purge_windows
 from app.scoring import load_artifact
 from app.services.jobs import arm_retrain
-from app.services.versions import count_activation
+from app.services.versions import count_activation, lock_series
 from app.training import Outcome, build_dataset, train_version
 from models import ModelError, Progress, TrainedModel, TrainingCancelled
 
@@ -280,6 +280,7 @@ class Worker:
                 metadata={"series_id": str(claimed.series_id), "version": str(number)}
             )
             if outcome.activate:
+                lock_series(session=session, series_id=claimed.series_id)
                 session.execute(
                     update(ModelVersion)
                     .where(

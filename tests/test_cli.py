@@ -55,3 +55,45 @@ def test_unknown_scopes_are_refused(runner: CliRunner) -> None:
     missing = runner.invoke(cli, ["keys", "revoke", "999"])
     assert missing.exit_code == 2
     assert "API key 999 does not exist" in missing.stderr
+
+
+def test_keys_can_expire(runner: CliRunner, settings: Settings) -> None:
+    created = runner.invoke(
+        cli, ["keys", "create", "--name", "contractor", "--scopes", "read", "--expires-in", "2h"]
+    )
+    assert created.exit_code == 0, created.output
+    assert "expires=" in created.stderr
+    key = created.stdout.strip().splitlines()[-1]
+    listed = runner.invoke(cli, ["keys", "list"])
+    line = next(row for row in listed.stdout.splitlines() if "contractor" in row)
+    assert "active, expires " in line
+    with TestClient(create_app(settings)) as client:
+        assert (
+            client.get("/v1/series", headers={"Authorization": f"Bearer {key}"}).status_code == 200
+        )
+    refused = runner.invoke(
+        cli, ["keys", "create", "--name", "x", "--scopes", "read", "--expires-in", "2 weeks"]
+    )
+    assert refused.exit_code == 2
+    assert "is not a duration" in refused.stderr
+
+
+def test_keys_can_be_restricted_to_series(runner: CliRunner, settings: Settings) -> None:
+    created = runner.invoke(
+        cli, ["keys", "create", "--name", "pump-7-gateway", "--scopes", "read", "--series", "7,3"]
+    )
+    assert created.exit_code == 0, created.output
+    assert "series=3,7" in created.stderr
+    key = created.stdout.strip().splitlines()[-1]
+    listed = runner.invoke(cli, ["keys", "list"])
+    line = next(row for row in listed.stdout.splitlines() if "pump-7-gateway" in row)
+    assert "series 3,7 only" in line
+    with TestClient(create_app(settings)) as client:
+        response = client.get("/v1/series/1", headers={"Authorization": f"Bearer {key}"})
+    assert response.status_code == 403
+    assert "may not use series 1" in response.json()["detail"]
+    refused = runner.invoke(
+        cli, ["keys", "create", "--name", "x", "--scopes", "read", "--series", "one"]
+    )
+    assert refused.exit_code == 2
+    assert "comma-separated list of series ids" in refused.stderr

@@ -12,6 +12,7 @@ from fastapi.security.utils import get_authorization_scheme_param
 from sqlalchemy.orm import Session
 
 from app.errors import Forbidden, Unauthorized
+from app.idempotency import CLAIM_STATE, Claim
 from app.ratelimit import check_rate
 from app.runtime import Principal, Runtime
 from app.security import has_scope
@@ -29,8 +30,11 @@ async def get_runtime(request: Request) -> Runtime:
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 
 
-def get_db(runtime: RuntimeDep) -> Iterator[Session]:
+def get_db(request: Request, runtime: RuntimeDep) -> Iterator[Session]:
     with runtime.sessions() as session:
+        claim: Claim | None = request.scope.get("state", {}).get(CLAIM_STATE)
+        if claim is not None:  # an Idempotency-Key request: its commit marks the key
+            claim.confirm_on_commit(session)
         yield session
 
 
@@ -45,10 +49,21 @@ def require(scope: str) -> Callable[..., Awaitable[Principal]]:
     ) -> Principal:
         key = await authorize(runtime, credentials.credentials if credentials else None, scope)
         request.state.api_key_id = key.id
+        # Every route about one series names it in its path; the others check their own.
+        series_id = _path_id(request.path_params.get("series_id"))
+        if series_id is not None:  # (one that is not a number gets 422 from the route)
+            key.require_series(series_id)
         return key
 
     dependency.__name__ = f"require_{scope}"
     return dependency
+
+
+def _path_id(raw: str | None) -> int | None:
+    """A path's series id as the route will read it, or None."""
+    if raw is None or not (raw.isascii() and raw.isdigit() and len(raw) <= 10):
+        return None
+    return int(raw)
 
 
 def bearer_token(authorization: str | None) -> str | None:
@@ -59,6 +74,11 @@ def bearer_token(authorization: str | None) -> str | None:
     return token
 
 
+async def authorize_header(runtime: Runtime, authorization: str | None, scope: str) -> Principal:
+    """`authorize` for a raw `Authorization` header, read exactly as the routes read it."""
+    return await authorize(runtime, bearer_token(authorization), scope)
+
+
 async def authorize(runtime: Runtime, token: str | None, scope: str) -> Principal:
     """The live key behind `token` if it has `scope` (and, when limited, is within its rate)."""
     if token is None:
@@ -67,7 +87,7 @@ async def authorize(runtime: Runtime, token: str | None, scope: str) -> Principa
     # a revoked key stops working on its next request, in every API process.
     key = await runtime.keys.authenticate(token)
     if key is None:
-        raise Unauthorized("invalid or revoked API key")
+        raise Unauthorized("invalid, revoked or expired API key")
     if not has_scope(key.scopes, scope):
         raise Forbidden(f"this API key lacks the {scope!r} scope")
     limit = runtime.settings.rate_limit_per_minute

@@ -24,7 +24,7 @@ from starlette.routing import BaseRoute
 from starlette.types import Message, Receive, Scope, Send
 
 from app.api.deps import authorize, bearer_token
-from app.api.routes.scores import score_body
+from app.api.routes.scores import detail_steps, score_body
 from app.errors import error_response
 from app.middleware import BodyTooLarge
 from app.runtime import Runtime
@@ -86,6 +86,7 @@ class ScoreEndpoint:
             series_id_header=headers.get(b"x-vigil-series-id", b"").decode("latin-1"),
             shape_header=headers.get(b"x-vigil-shape", b"").decode("latin-1"),
             steps=_detail_steps(scope.get("query_string", b"")),
+            principal=key,
         )
 
 
@@ -105,4 +106,4 @@ def _detail_steps(query: bytes) -> bool:
     if not query:
         return False
     params = dict(parse_qsl(query.decode("latin-1"), keep_blank_values=True))
-    return params.get("detail") == "steps"
+    return detail_steps(params.get("detail"))

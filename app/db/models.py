@@ -12,6 +12,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
+    JSON,
     BigInteger,
     Boolean,
     Float,
@@ -55,6 +56,10 @@ class ApiKey(Base):
     scopes: Mapped[list[str]] = mapped_column()
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column(default=None)
+    expires_at: Mapped[datetime | None] = mapped_column(default=None)
+    """The key stops working at this instant (None: never)."""
+    series_ids: Mapped[list[int] | None] = mapped_column(JSON, default=None)
+    """The only series the key may use (None: every series)."""
 
 
 class Series(Base):
@@ -211,17 +216,25 @@ class IdempotencyRecord(Base):
     """SHA-256 of method, path and body: the same key with another request is refused."""
     status_code: Mapped[int | None] = mapped_column(Integer, default=None)
     """None while the first request is still in flight."""
+    lease_owner: Mapped[str | None] = mapped_column(String(32), default=None)
+    """The live request that holds the key (a random token), while it is in flight."""
+    lease_expires_at: Mapped[datetime | None] = mapped_column(default=None)
+    """The holder renews this while it runs; once past, the request is taken for dead."""
+    committed_at: Mapped[datetime | None] = mapped_column(default=None)
+    """Set in the operation's own transaction: the operation is done, even if its response
+    was never recorded (the process died in between), so it is never performed again."""
     response_body: Mapped[bytes | None] = mapped_column(LargeBinary, default=None)
     response_headers: Mapped[dict[str, Any] | None] = mapped_column(default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
 
 
-class RateWindow(Base):
-    """Requests per API key in one fixed one-minute window, shared by every API process."""
+class RateLimit(Base):
+    """Each API key's request allowance (GCRA), shared by every API process."""
 
-    __tablename__ = "rate_windows"
+    __tablename__ = "rate_limits"
 
     principal: Mapped[str] = mapped_column(String(64), primary_key=True)
-    window_start: Mapped[int] = mapped_column(BigInteger, primary_key=True)
-    """Unix minute (seconds // 60)."""
-    count: Mapped[int] = mapped_column(Integer, default=0)
+    """SHA-256 of the API key."""
+    tat: Mapped[int] = mapped_column(BigInteger)
+    """Theoretical arrival time, microseconds since the epoch: when the key's allowance is
+    full again. A request is admitted while tat - now <= 60 s - 60 s / limit."""

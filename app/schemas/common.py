@@ -69,7 +69,7 @@ RETRY_AFTER_HEADER: Final[dict[str, Any]] = {
 
 AUTH_RESPONSES: Final[dict[int | str, dict[str, Any]]] = {
     401: {
-        "description": "Missing, malformed, unknown or revoked API key",
+        "description": "Missing, malformed, unknown, revoked or expired API key",
         "headers": {
             "WWW-Authenticate": {
                 "description": "`Bearer`: send `Authorization: Bearer <key>`.",
@@ -78,7 +78,11 @@ AUTH_RESPONSES: Final[dict[int | str, dict[str, Any]]] = {
             }
         },
     },
-    403: {"description": "The API key lacks the scope this operation needs"},
+    403: {
+        "description": (
+            "The API key lacks the scope this operation needs, or is restricted to other series"
+        )
+    },
     429: {
         "description": "Over the per-key limit (`VIGIL_RATE_LIMIT_PER_MINUTE`, off by default)",
         "headers": RETRY_AFTER_HEADER,
@@ -96,21 +100,44 @@ BODY_RESPONSES: Final[dict[int | str, dict[str, Any]]] = {
 }
 """OpenAPI responses every operation with a request body can give (each a problem document)."""
 
+IDEMPOTENCY_KEY_PATTERN: Final = '^(?:"[ -~]{1,253}"|[!#-~](?:[ -~]{0,253}[!-~])?)$'
+"""An Idempotency-Key: 1 to 255 printable ASCII characters that neither start nor end with a
+space (HTTP trims them) nor start with a quote, or the draft's structured-field string: the
+same in quotes, which are not part of the key (`""` is an empty key)."""
+
 IDEMPOTENCY_KEY_PARAMETER: Final[dict[str, Any]] = {
     "name": "Idempotency-Key",
     "in": "header",
     "required": False,
     "description": (
         "Makes a retry safe (IETF httpapi idempotency-key draft): a repeat returns the first "
-        "response with `Idempotent-Replayed: true` for 24 h; the same key with a different "
-        "request gives 422, and a repeat while the first is in flight gives 409."
+        "response with `Idempotent-Replayed: true` for 24 h (once the API key is checked and "
+        "counted, as for any request); the same key with a different request gives 422, and a "
+        "repeat while the first is in flight gives 409. A key whose request died (server "
+        "killed, database lost) is free again within seconds, and the operation is performed "
+        "once: never again if it committed."
     ),
-    "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+    "schema": {
+        "type": "string",
+        "minLength": 1,
+        "maxLength": 255,
+        "pattern": IDEMPOTENCY_KEY_PATTERN,
+    },
 }
 
 IDEMPOTENCY_RESPONSES: Final[dict[int | str, dict[str, Any]]] = {
-    400: {"description": "The Idempotency-Key header is empty or longer than 255 characters"},
-    409: {"description": "A request with this Idempotency-Key is still in flight"},
+    400: {
+        "description": (
+            "The Idempotency-Key header is empty, longer than 255 characters, or not printable "
+            "ASCII (a leading quote only as the draft's quoted string)"
+        )
+    },
+    409: {
+        "description": (
+            "A request with this Idempotency-Key is still in flight (retry after `Retry-After`), "
+            "or it completed but the server stopped before recording its response"
+        )
+    },
 }
 
 MAX_DB_ID: Final = 2**31 - 1
@@ -170,19 +197,30 @@ MAX_TIMESTAMP_US: Final = (datetime(MAX_YEAR + 1, 1, 1, tzinfo=UTC) - EPOCH) // 
 MAX_EPOCH_SECONDS: Final = MAX_TIMESTAMP_US // 1_000_000
 RANGE_TEXT: Final = f"must lie in the years {MIN_YEAR} to {MAX_YEAR} (UTC)"
 
+_TIME_OF_DAY: Final = (
+    r"-[0-9]{2}-[0-9]{2}[T ][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,9})?(Z|[+-][0-9]{2}:[0-9]{2})?"
+)
+DATE_TIME_PATTERN: Final = "^(19[7-9][0-9]|2[01][0-9]{2}|2200)" + _TIME_OF_DAY + "$"
+"""What the server reads as a date-time, years 1970 to 2200 (as openapi.json gives it):
+RFC 3339's `2026-11-22T08:00:00Z`, with `T` or a space, an optional fraction of up to nine
+digits, and an optional offset (none means UTC)."""
+DATE_TIME = re.compile("[0-9]{4}" + _TIME_OF_DAY)
+"""The same grammar for any year, so that a year out of range is named as such."""
+
 TIMESTAMP_JSON_SCHEMA: Final[dict[str, Any]] = {
     "anyOf": [
-        {"type": "string", "format": "date-time"},
+        {"type": "string", "pattern": DATE_TIME_PATTERN},
         {"type": "number", "minimum": 0, "exclusiveMaximum": MAX_EPOCH_SECONDS},
     ],
     "description": (
-        f"An ISO-8601 date-time (UTC when it has no offset) or epoch seconds; "
-        f"years {MIN_YEAR} to {MAX_YEAR}."
+        "An RFC 3339 date-time such as `2026-11-22T08:00:00Z` (`T` or a space; UTC when it "
+        "has no offset) or epoch seconds; years "
+        f"{MIN_YEAR} to {MAX_YEAR} (UTC). CSV cells and strings of digits are epoch seconds."
     ),
 }
 
-ISO_HINT = re.compile(r"\s*\d{4}-")
-"""How an ISO-8601 date-time starts; other strings are tried as epoch seconds first."""
+ISO_HINT = re.compile(r"[0-9]{4}-")
+"""How a date-time starts; other strings are read as epoch seconds."""
 
 
 class TimestampError(ValueError):
@@ -206,10 +244,16 @@ def seconds_to_us(value: float) -> int:
 
 
 def iso_to_us(value: str) -> int:
-    """An ISO-8601 date or date-time -> microseconds; no offset means UTC."""
-    text = value.strip()
+    """A date-time of `DATE_TIME`'s grammar -> microseconds; no offset means UTC.
+
+    NOTE: datetime.fromisoformat alone also reads week dates (2026-W01-1), the basic format
+    (20261122T080000), an hour alone, comma fractions and offsets without a colon.
+    """
+    text = value
     try:
-        parsed = datetime.fromisoformat(text)
+        if DATE_TIME.fullmatch(text) is None:
+            raise ValueError
+        parsed = datetime.fromisoformat(text)  # refuses month 13 or February 30
     except ValueError:
         shown = value if len(value) <= 40 else value[:37] + "..."
         raise TimestampError(f"{shown!r} is not an ISO-8601 date-time") from None
@@ -222,12 +266,23 @@ def iso_to_us(value: str) -> int:
     return us
 
 
+def is_decimal_text(value: str) -> bool:
+    """Whether float() of `value` reads what the documentation calls a number.
+
+    NOTE: float() also takes digit-group underscores (`1_5` is 15) and digits of any script
+    (Arabic-Indic `١٢` is 12): only ASCII without underscores is a number here.
+    """
+    return value.isascii() and "_" not in value
+
+
 def to_us(value: object) -> int:
     """An ISO-8601 string or epoch seconds -> microseconds since the epoch (UTC)."""
     if isinstance(value, str):
         if not ISO_HINT.match(value):
             # Numbers in strings (CSV cells) are epoch seconds; anything else is ISO or wrong.
             try:
+                if not is_decimal_text(value):
+                    raise ValueError
                 number = float(value)
             except ValueError:
                 return iso_to_us(value)

@@ -7,13 +7,20 @@ the contract in OpenAPI and are used to validate the small fields.
 
 from __future__ import annotations
 
-from typing import Any, Final
+from typing import Annotated, Any, Final
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
+
+from app.schemas.common import TIMESTAMP_JSON_SCHEMA, DbId
+
+Timestamp = Annotated[str | float, WithJsonSchema(TIMESTAMP_JSON_SCHEMA)]
+"""Documents what `parse_instant` reads (the route parses the body itself)."""
 
 
 class ScoreWindowsRequest(BaseModel):
-    series_id: int = Field(description="The series whose active model scores the windows.")
+    model_config = ConfigDict(extra="forbid")
+
+    series_id: DbId = Field(description="The series whose active model scores the windows.")
     windows: list[list[list[float]]] = Field(
         description="1 to 1,024 windows, each `window_size` time steps × one value per channel.",
         min_length=1,
@@ -22,9 +29,11 @@ class ScoreWindowsRequest(BaseModel):
 
 
 class ScoreRangeRequest(BaseModel):
-    series_id: int
-    start: str | float = Field(description="ISO-8601 timestamp or epoch seconds (inclusive).")
-    end: str | float = Field(description="ISO-8601 timestamp or epoch seconds (inclusive).")
+    model_config = ConfigDict(extra="forbid")
+
+    series_id: DbId
+    start: Timestamp = Field(description="ISO-8601 timestamp or epoch seconds (inclusive).")
+    end: Timestamp = Field(description="ISO-8601 timestamp or epoch seconds (inclusive).")
 
 
 class ScoreResult(BaseModel):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any, Literal, Self
+from typing import Annotated, Any, Final, Literal, Self
 
 from pydantic import (
     BaseModel,
@@ -26,6 +26,10 @@ ChannelName = Annotated[str, StringConstraints(min_length=1, max_length=100)]
 """A channel name: 1-100 printable characters without commas or quotes, not padded with spaces."""
 
 Quantile = Annotated[float, Field(gt=0.0, lt=1.0)]
+
+ONLY_CLASS_NAMES: Final[dict[str, Any]] = {"additionalProperties": False}
+"""In openapi.json, a classes object whose names all match the slug pattern: without it,
+patternProperties alone lets any other name through with any value (the server says 422)."""
 
 
 def channel_name_problem(name: str) -> str | None:
@@ -110,6 +114,7 @@ class SeriesCreate(BaseModel):
     )
     classes: dict[Slug, ClassKind] = Field(
         default_factory=dict,
+        json_schema_extra=ONLY_CLASS_NAMES,
         max_length=MAX_USER_CLASSES,
         description=(
             "Extra label classes, name -> kind (`normal` or `anomaly`). The built-in classes "
@@ -160,7 +165,9 @@ class SeriesUpdate(BaseModel):
 
     model_config = ConfigDict(strict=True, extra="forbid", allow_inf_nan=False)
 
-    classes: dict[Slug, ClassKind | None] | None = Field(
+    classes: (
+        Annotated[dict[Slug, ClassKind | None], Field(json_schema_extra=ONLY_CLASS_NAMES)] | None
+    ) = Field(
         default=None,
         max_length=MAX_USER_CLASSES,
         description=(

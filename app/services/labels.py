@@ -32,11 +32,13 @@ def create_label(
     spec: RangeLabelCreate | ScoreLabelCreate,
     settings: Settings,
     flush_scores: Callable[[], object],
+    check_series: Callable[[int], None],
 ) -> LabelCreated:
     """Store a range label or score feedback; queue a retrain after enough new labels.
 
     `flush_scores` writes the scored windows still buffered in this process, so that feedback
-    on a score made a moment ago finds it.
+    on a score made a moment ago finds it. `check_series` raises if the caller may not label
+    the series (checked before anything is written).
     """
     if isinstance(spec, ScoreLabelCreate):
         score = _find_score(session=session, spec=spec, flush_scores=flush_scores)
@@ -51,6 +53,7 @@ def create_label(
     else:
         series = get_series(session=session, series_id=spec.series_id)
         label = Label(series_id=series.id, start_ts=spec.start, end_ts=spec.end)
+    check_series(series.id)
     _check_class(series, spec.label)
     label.label = spec.label
     label.author = spec.author
@@ -117,8 +120,12 @@ def list_labels(
     include_deleted: bool,
     limit: int,
     offset: int,
+    only: frozenset[int] | None = None,
 ) -> list[Label]:
+    """Labels by id; with `only`, just those of these series."""
     query = select(Label)
+    if only is not None:
+        query = query.where(Label.series_id.in_(sorted(only)))
     if series_id is not None:
         get_series(session=session, series_id=series_id)
         query = query.where(Label.series_id == series_id)

@@ -35,6 +35,7 @@ from app.db.models import Point, Series
 from app.errors import InvalidInput, PayloadTooLarge, ServiceUnavailable, UnsupportedMediaType
 from app.metrics import POINTS_INGESTED
 from app.schemas.common import (
+    DATE_TIME,
     EPOCH,
     ISO_HINT,
     MAX_EPOCH_SECONDS,
@@ -42,6 +43,7 @@ from app.schemas.common import (
     MIN_TIMESTAMP_US,
     ONE_MICROSECOND,
     TimestampError,
+    is_decimal_text,
     to_us,
 )
 from app.schemas.points import IngestResult
@@ -194,6 +196,8 @@ def parse_csv_batch(body: bytes, *, channels: Sequence[str], max_rows: int) -> P
             f"{width}"
         )
     cells = [row[1:] for row in rows]
+    if not is_decimal_text(_after_line(text, header_line)):
+        _name_bad_csv_number(cells, header, line_of)  # or the timestamps are, named below
     try:
         matrix = np.array(cells, dtype=np.float64)
     except ValueError:
@@ -276,6 +280,8 @@ def _strings_to_us(items: Sequence[Any]) -> Int64Array | None:
     the element-wise path of to_us(), which gives the same result or names the bad element.
     """
     if ISO_HINT.match(items[0]):
+        if not all(map(DATE_TIME.fullmatch, items)):  # 0.35 us a row; fromisoformat 0.16
+            return None
         parse = datetime.fromisoformat
         try:
             micros = np.array(
@@ -286,6 +292,8 @@ def _strings_to_us(items: Sequence[Any]) -> Int64Array | None:
         if not ((micros >= MIN_TIMESTAMP_US) & (micros < MAX_TIMESTAMP_US)).all():
             return None
         return micros
+    if not is_decimal_text("".join(items)):
+        return None
     try:
         seconds = np.array(items, dtype=np.float64)  # float() of each string
     except ValueError:
@@ -401,6 +409,30 @@ def _source_column(order: list[int] | None, channel: int) -> int:
     return channel if order is None else order[channel]
 
 
+def _after_line(text: str, line: int) -> str:
+    """The text after its first `line` lines (the header's cells hold no line breaks)."""
+    end = 0
+    for _ in range(line):
+        found = text.find("\n", end)
+        if found < 0:
+            return ""
+        end = found + 1
+    return text[end:]
+
+
+def _name_bad_csv_number(
+    cells: list[list[str]], header: list[str], line_of: Callable[[int], int]
+) -> None:
+    """Name the first value that float() would read but is not a plain decimal number."""
+    for i, row in enumerate(cells):
+        for j, cell in enumerate(row):
+            if not is_decimal_text(cell):
+                raise InvalidInput(
+                    f"line {line_of(i)}, column {_shown(header[j + 1].strip())}: {_shown(cell)} "
+                    "is not a number (digits 0-9, a point and an exponent, no underscores)"
+                )
+
+
 def _csv_cells_one_by_one(
     cells: list[list[str]], header: list[str], line_of: Callable[[int], int]
 ) -> Float64Array:
@@ -409,6 +441,8 @@ def _csv_cells_one_by_one(
     for i, row in enumerate(cells):
         for j, cell in enumerate(row):
             try:
+                if not is_decimal_text(cell):
+                    raise ValueError
                 out[i, j] = float(cell)
             except ValueError:
                 raise InvalidInput(

@@ -1,13 +1,15 @@
-"""Model versions: listing, and activation (promotion or rollback) in one transaction."""
+"""Model versions: listing, and activation (promotion or rollback) in one transaction,
+one activation of a series at a time."""
 
 from __future__ import annotations
 
 from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.db.base import utcnow
 from app.db.models import MODEL_ACTIVE, MODEL_RETIRED, Activations, ModelVersion, Series
-from app.errors import NotFound, SeriesNotFound
+from app.errors import Conflict, NotFound, SeriesNotFound
 from app.schemas.jobs import ModelVersionList, ModelVersionOut
 
 _LISTED = (
@@ -50,8 +52,9 @@ def list_versions(*, session: Session, series_id: int) -> ModelVersionList:
 
 
 def activate_version(*, session: Session, series_id: int, version: int, by: str) -> ModelVersionOut:
-    if session.get(Series, series_id) is None:
-        raise SeriesNotFound(series_id)
+    """Make `version` the series' active one, serialised with every other activation of the
+    series: concurrent calls take turns, the last one wins, and none fails."""
+    lock_series(session=session, series_id=series_id)
     target = session.scalar(
         select(ModelVersion).where(
             ModelVersion.series_id == series_id, ModelVersion.version == version
@@ -70,8 +73,37 @@ def activate_version(*, session: Session, series_id: int, version: int, by: str)
         target.activated_at = utcnow()
         target.note = f"activated by {by}"
         count_activation(session)
-    session.commit()
+    try:
+        session.commit()
+    except IntegrityError:
+        # Only a writer that does not take the series lock (a training worker storing an
+        # active version) can get here: the database kept one active version; say so.
+        session.rollback()
+        raise Conflict(
+            f"another model version of series {series_id} was activated at the same moment; retry"
+        ) from None
     return _out(target)
+
+
+def lock_series(*, session: Session, series_id: int) -> None:
+    """Take the series' row lock until commit (Postgres), or the database's write lock
+    (SQLite, whose writers take turns): 404 if the series does not exist.
+
+    NOTE: without it, two activations on Postgres each retired the active version they saw
+    and activated their own: the second commit broke the one-active-version index (500).
+    """
+    if session.get_bind().dialect.name == "postgresql":
+        found = session.scalar(select(Series.id).where(Series.id == series_id).with_for_update())
+    else:
+        result = session.execute(
+            update(Series)
+            .where(Series.id == series_id)
+            .values(updated_at=Series.updated_at)
+            .execution_options(synchronize_session=False)
+        )
+        found = series_id if result.rowcount else None  # type: ignore[attr-defined]
+    if found is None:
+        raise SeriesNotFound(series_id)
 
 
 def count_activation(session: Session) -> None:

@@ -2,6 +2,8 @@ from __future__ import annotations
 
 from fastapi.testclient import TestClient
 
+from app.db import migrate
+
 
 def test_healthz_needs_no_key(client: TestClient) -> None:
     response = client.get("/healthz")
@@ -14,7 +16,7 @@ def test_readyz_reports_database_and_revision(client: TestClient) -> None:
     assert response.status_code == 200
     body = response.json()
     assert body["status"] == "ok"
-    assert body["revision"] == "0001"
+    assert body["revision"] == migrate.head_revision()
 
 
 def test_metrics_exposes_prometheus_text(client: TestClient) -> None:

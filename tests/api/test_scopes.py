@@ -11,14 +11,18 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from fastapi import FastAPI
 from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute, iter_route_contexts
 from fastapi.testclient import TestClient
+from sqlalchemy import update
 from sqlalchemy.orm import Session, sessionmaker
 
+from app.db.base import utcnow
+from app.db.models import ApiKey
 from app.security import SCOPES, create_key, revoke_key
 
 Headers = dict[str, str]
@@ -120,12 +124,19 @@ def test_scope_matrix(
     with sessions() as session, session.begin():
         revoked, plain = create_key(session=session, name="revoked", scopes=["admin"])
         revoke_key(session=session, key_id=revoked.id)
+        _, expired = create_key(
+            session=session,
+            name="expired",
+            scopes=["admin"],
+            expires_at=utcnow() - timedelta(seconds=1),
+        )
     unauthenticated: dict[str, Headers] = {
         "no key": {},
         "unknown key": {"Authorization": "Bearer vgl_not-a-real-key"},
         "basic auth": {"Authorization": "Basic dXNlcjpwYXNz"},
         "empty bearer": {"Authorization": "Bearer "},
         "revoked admin key": {"Authorization": f"Bearer {plain}"},
+        "expired admin key": {"Authorization": f"Bearer {expired}"},
     }
     keys = {scope: make_headers(scope, name=f"{scope}-key") for scope in SCOPES}
     failures: list[str] = []
@@ -156,4 +167,145 @@ def test_scope_matrix(
             elif not allowed and response.headers["content-type"] != "application/problem+json":
                 failures.append(f"{endpoint} with scope {scope}: 403 is not problem+json")
     assert checked > 0
+    assert failures == []
+
+
+def test_detection_settings_need_the_train_scope(
+    client: TestClient, make_headers: Callable[..., Headers], admin: Headers
+) -> None:
+    """An ingest-only key (a gateway feeding points) cannot silence a series by moving its
+    threshold (issue 12, item 8)."""
+    created = client.post(
+        "/v1/series",
+        json={"name": "pump", "channels": ["a"], "window_size": 4, "stride": 2},
+        headers=make_headers("ingest"),
+    )
+    assert created.status_code == 201
+    path = f"/v1/series/{created.json()['id']}"
+    refused = client.patch(path, json={"threshold_quantile": 0.5}, headers=make_headers("ingest"))
+    assert refused.status_code == 403
+    assert "'train' scope" in refused.json()["detail"]
+    assert client.get(path, headers=admin).json()["threshold_quantile"] == 0.99
+    allowed = client.patch(path, json={"threshold_quantile": 0.5}, headers=make_headers("train"))
+    assert allowed.status_code == 200
+    assert allowed.json()["threshold_quantile"] == 0.5
+
+
+def test_a_key_stops_working_when_it_expires(
+    client: TestClient, sessions: sessionmaker[Session]
+) -> None:
+    with sessions() as session, session.begin():
+        record, plain = create_key(
+            session=session,
+            name="temporary",
+            scopes=["read"],
+            expires_at=utcnow() + timedelta(hours=1),
+        )
+    headers = {"Authorization": f"Bearer {plain}"}
+    assert client.get("/v1/series", headers=headers).status_code == 200
+    with sessions() as session, session.begin():
+        session.execute(
+            update(ApiKey)
+            .where(ApiKey.id == record.id)
+            .values(expires_at=utcnow() - timedelta(seconds=1))
+        )
+    expired = client.get("/v1/series", headers=headers)
+    assert expired.status_code == 401
+    assert "expired" in expired.json()["detail"]
+
+
+BODIES: dict[str, Any] = {
+    "POST /v1/series": {"name": "new", "channels": ["a"], "window_size": 4, "stride": 2},
+    "PATCH /v1/series/{series_id}": {"threshold_quantile": 0.5},
+    "POST /v1/series/{series_id}/points": {"timestamps": [1767225900], "values": [[1.0]]},
+    "POST /v1/labels": {"series_id": 1, "start": 1767225600, "end": 1767225700, "label": "idle"},
+    "POST /v1/score": {"series_id": 1, "windows": [[[1.0]] * 4]},
+}
+"""Bodies that name series 1, for the routes that read one (the others get `{}`)."""
+
+LISTS = {"GET /v1/series", "GET /v1/labels"}
+"""Routes that answer a restricted key with only its own series' items."""
+
+
+def _seed_series_one(client: TestClient, admin: Headers) -> dict[str, Any]:
+    """Series 1 with a label (1) and a job (1), the ids the matrix's placeholders name."""
+    series = client.post(
+        "/v1/series",
+        json={
+            "name": "one",
+            "channels": ["a"],
+            "window_size": 4,
+            "stride": 2,
+            "classes": {"idle": "normal"},
+        },
+        headers=admin,
+    ).json()
+    assert series["id"] == 1
+    label = client.post("/v1/labels", json=BODIES["POST /v1/labels"], headers=admin)
+    assert label.status_code == 201 and label.json()["id"] == 1
+    job = client.post("/v1/series/1/train", headers=admin)
+    assert job.status_code == 202 and job.json()["id"] == 1
+    return {
+        "series": client.get("/v1/series/1", headers=admin).json(),
+        "labels": client.get("/v1/labels", headers=admin).json(),
+        "points": client.get("/v1/series/1/points", headers=admin).json(),
+    }
+
+
+def test_series_restriction_matrix(
+    client: TestClient, admin: Headers, sessions: sessionmaker[Session]
+) -> None:
+    """A key restricted to some series cannot read, change or score any other, on any route
+    (placeholder ids all point at series 1, its label and its job); one restricted to series 1
+    gets past the restriction everywhere but series creation."""
+    before = _seed_series_one(client, admin)
+    own = client.post(
+        "/v1/series",
+        json={"name": "two", "channels": ["a"], "window_size": 4, "stride": 2},
+        headers=admin,
+    ).json()
+    with sessions() as session, session.begin():
+        _, elsewhere = create_key(
+            session=session, name="elsewhere", scopes=["admin"], series_ids=[own["id"]]
+        )
+        _, here = create_key(session=session, name="here", scopes=["admin"], series_ids=[1])
+    failures: list[str] = []
+    guarded = [e for e in endpoints(client.app) if e.scopes]  # type: ignore[arg-type]
+
+    def call_as(key: str, endpoint: Endpoint) -> Any:
+        body = BODIES.get(str(endpoint), {} if endpoint.method in {"POST", "PATCH"} else None)
+        headers = {"Authorization": f"Bearer {key}"}
+        return client.request(endpoint.method, endpoint.url(), headers=headers, json=body)
+
+    for endpoint in guarded:
+        response = call_as(elsewhere, endpoint)
+        if str(endpoint) in LISTS:
+            shown = str(response.json())
+            if response.status_code != 200 or "'one'" in shown or "'series_id': 1," in shown:
+                failures.append(f"{endpoint} listed series 1 to a key restricted elsewhere")
+        elif response.status_code != 403:
+            failures.append(f"{endpoint} restricted elsewhere: {response.status_code}, not 403")
+    binary = client.post(
+        "/v1/score",
+        content=b"\0" * 16,
+        headers={
+            "Authorization": f"Bearer {elsewhere}",
+            "Content-Type": "application/octet-stream",
+            "X-Vigil-Series-Id": "1",
+            "X-Vigil-Shape": "1,4,1",
+        },
+    )
+    if binary.status_code != 403:
+        failures.append(f"binary POST /v1/score restricted elsewhere: {binary.status_code}")
+    assert failures == []
+    # Nothing the refused key sent changed series 1.
+    assert client.get("/v1/series/1", headers=admin).json() == before["series"]
+    assert client.get("/v1/labels", headers=admin).json() == before["labels"]
+    assert client.get("/v1/series/1/points", headers=admin).json() == before["points"]
+
+    for endpoint in guarded:
+        response = call_as(here, endpoint)
+        refused = response.status_code == 403
+        if refused != (str(endpoint) == "POST /v1/series") or response.status_code >= 500:
+            failures.append(f"{endpoint} restricted to series 1: {response.status_code}")
     assert failures == []

@@ -533,10 +533,11 @@ def test_regular_json_windows_are_copied_from_the_parsed_document() -> None:
     """The fast path is the one taken: `windows` stays in simdjson's document and comes out
     as the same float32 array the lists would give."""
     windows = np.random.default_rng(3).normal(size=(4, 16, 3)).astype(np.float32)
-    payload = scores_route._parse_json(orjson.dumps({"series_id": 1, "windows": windows.tolist()}))
+    body = orjson.dumps({"series_id": 1, "windows": windows.tolist()})
+    payload = scores_route._parse_json(body)
     assert payload["series_id"] == 1
     assert isinstance(payload["windows"], simdjson.Array)
-    got = scores_route._regular_windows(payload["windows"], 16, 3)
+    got = scores_route._regular_windows(payload["windows"], 16, 3, body.count(b"["))
     assert got is not None and got.dtype == np.float32
     assert np.array_equal(got, windows)
 
@@ -591,3 +592,100 @@ def test_class_probabilities_are_a_distribution_over_the_series_classes(
         assert sum(probabilities.values()) == pytest.approx(1.0)
         assert set(result["feedback_probabilities"]) == {"false_positive"}
         assert 0.0 <= result["feedback_probabilities"]["false_positive"] <= 1.0
+
+
+def _first_cell(windows: np.ndarray, cell: object) -> list[object]:
+    body: list[object] = windows[:2].tolist()
+    body[0][0][0] = cell  # type: ignore[index]
+    return body
+
+
+@pytest.mark.parametrize(
+    ("cell", "kind"),
+    [
+        ([1, 2], "an array"),  # numbers too many for the step: reshape failed, 500
+        ([1], "an array"),  # as many numbers as cells: was read as 1.0
+        ("1", "a string"),
+        (True, "a boolean"),
+        (None, "null"),
+    ],
+)
+def test_every_cell_is_a_json_number(
+    client: TestClient, admin: Headers, trained: tuple[int, np.ndarray], cell: object, kind: str
+) -> None:
+    """Issue 12, item 4: `[[1,2],0,0]` as a first step gave a 500; "1", true and [1] were
+    taken as 1.0."""
+    series_id, windows = trained
+    for direct in (True, False):  # the lean endpoint and FastAPI's route
+        client.app.score_stack, stack = (  # type: ignore[attr-defined]
+            client.app.score_stack if direct else None,  # type: ignore[attr-defined]
+            client.app.score_stack,  # type: ignore[attr-defined]
+        )
+        try:
+            response = client.post(
+                "/v1/score",
+                json={"series_id": series_id, "windows": _first_cell(windows, cell)},
+                headers=admin,
+            )
+        finally:
+            client.app.score_stack = stack  # type: ignore[attr-defined]
+        assert response.status_code == 422, response.text
+        assert response.json()["detail"] == f"windows.0.0.0: must be a number; got {kind}"
+
+
+@pytest.mark.parametrize(
+    ("extra", "field", "fragment"),
+    [
+        ({"start": 1_767_225_600, "end": 1_767_225_700}, "start", "not both"),
+        ({"end": 1_767_225_700}, "end", "not both"),
+        ({"threshold": 0.1}, "threshold", "is not a member"),
+        ({"windows ": []}, "windows ", "is not a member"),
+    ],
+)
+def test_a_scoring_body_has_the_members_of_one_request_kind(
+    client: TestClient,
+    admin: Headers,
+    trained: tuple[int, np.ndarray],
+    extra: dict[str, object],
+    field: str,
+    fragment: str,
+) -> None:
+    series_id, windows = trained
+    body = {"series_id": series_id, "windows": windows[:1].tolist(), **extra}
+    response = client.post("/v1/score", json=body, headers=admin)
+    assert response.status_code == 422, response.text
+    detail = response.json()["detail"]
+    assert detail.startswith(f"{field}: ") and fragment in detail
+
+
+@pytest.mark.parametrize("shape", ["+1,+16,+3", "1, 16, 3", "1,16,3,", "1_0,16,3", "0x1,16,3"])
+def test_the_shape_header_is_digits_and_commas_only(
+    client: TestClient, admin: Headers, trained: tuple[int, np.ndarray], shape: str
+) -> None:
+    series_id, windows = trained
+    response = client.post(
+        "/v1/score",
+        content=windows[:1].astype("<f4").tobytes(),
+        headers={
+            **admin,
+            "Content-Type": "application/octet-stream",
+            "X-Vigil-Series-Id": str(series_id),
+            "X-Vigil-Shape": shape,
+        },
+    )
+    assert response.status_code == 422, response.text
+    assert response.json()["detail"].startswith("X-Vigil-Shape: header must be `N,T,F`")
+
+
+def test_detail_takes_only_steps(
+    client: TestClient, admin: Headers, trained: tuple[int, np.ndarray]
+) -> None:
+    series_id, windows = trained
+    response = client.post(
+        "/v1/score",
+        params={"detail": "everything"},
+        json={"series_id": series_id, "windows": windows[:1].tolist()},
+        headers=admin,
+    )
+    assert response.status_code == 422
+    assert response.json()["detail"].startswith("detail: must be `steps`")

@@ -22,7 +22,7 @@ from app.security import create_key
 from app.services.jobs import enqueue_training
 from tests.utils.stream import T0_US, create_series, insert_points, make_stream
 
-NOT_COMPARED: Final = frozenset({"idempotency_keys", "rate_windows"})
+NOT_COMPARED: Final = frozenset({"idempotency_keys", "rate_limits"})
 """Tables a rejected request may write by design: the idempotency draft remembers a 4xx
 response so that a retry gets it again, and the rate limit counts every request."""
 

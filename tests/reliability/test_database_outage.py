@@ -7,19 +7,22 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import numpy as np
 import psycopg
 import pytest
+from fastapi.testclient import TestClient
 
 from app.config import Settings
 from app.db import migrate
 from app.db.session import make_engine, make_sessionmaker
+from app.main import create_app
 from app.security import create_key
 from tests.conftest import IN_CI
 from tests.utils.proc import Cluster, serve
-from tests.utils.stream import make_stream, windows_of
+from tests.utils.stream import create_series, make_stream, windows_of
 from tests.utils.trained import train_now
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
@@ -121,3 +124,55 @@ def test_requests_get_503_during_an_outage_and_everything_recovers(cluster: Clus
     assert [
         r[0] for r in rows
     ] == stream.ts.tolist()  # exactly what was sent: none lost, no duplicates
+
+
+def test_idempotent_requests_get_503_when_the_database_dies_under_them(cluster: Cluster) -> None:
+    """Issue 12, items 1 and 2: a request holding an Idempotency-Key when the database goes
+    away gets a 503 (the app in-process, so that an exception escaping after the answer fails
+    the test instead of dropping the connection), and once the database is back a retry with
+    the same key performs the operation exactly once instead of answering 409 for 24 hours."""
+    url = cluster.url("vigil")
+    migrate.upgrade(url)
+    engine = make_engine(url, role="tests")
+    sessions = make_sessionmaker(engine)
+    with sessions() as session, session.begin():
+        _, key = create_key(session=session, name="ops", scopes=["train"])
+    series_id = create_series(sessions)
+    engine.dispose()
+    path = f"/v1/series/{series_id}/train"
+    headers = {"Authorization": f"Bearer {key}", "Idempotency-Key": "train-during-outage"}
+    libpq = cluster.url("vigil", driver="postgresql")
+    settings = Settings(database_url=url, embedded_worker=False, score_process=False)
+
+    with TestClient(create_app(settings)) as client, ThreadPoolExecutor(1) as pool:
+        locker = psycopg.connect(libpq)
+        locker.execute("LOCK TABLE jobs IN ACCESS EXCLUSIVE MODE")  # holds the request in its route
+        in_flight = pool.submit(client.post, path, headers=headers)
+        deadline = time.monotonic() + 20
+        with psycopg.connect(libpq, autocommit=True) as watcher:
+            while watcher.execute("SELECT count(*) FROM idempotency_keys").fetchone() != (1,):
+                assert time.monotonic() < deadline, "the request never claimed its key"
+                time.sleep(0.05)
+        cluster.stop("fast")  # ends every session: the request's query fails mid-route
+        locker.close()
+        during = in_flight.result(30)
+        assert during.status_code == 503, during.text
+        assert int(during.headers["retry-after"]) > 0
+        assert during.headers["content-type"] == "application/problem+json"
+        # While it is down, a new claim cannot even be made: 503 again, not a hang.
+        assert client.post(path, headers=headers).status_code == 503
+
+        cluster.start()
+        deadline = time.monotonic() + 30
+        while True:
+            retried = client.post(path, headers=headers)
+            if retried.status_code not in (409, 503) or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert retried.status_code == 202, retried.text
+        replayed = client.post(path, headers=headers)
+        assert replayed.status_code == 202
+        assert replayed.headers["idempotent-replayed"] == "true"
+
+    with psycopg.connect(libpq) as conn:
+        assert conn.execute("SELECT count(*) FROM jobs").fetchone() == (1,)

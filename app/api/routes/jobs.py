@@ -73,5 +73,7 @@ def list_all(
     summary="A training job's status, progress and result",
     responses={404: {"description": "The job does not exist"}},
 )
-def read_job(job_id: JobIdPath, session: SessionDep, _: Reader) -> JobOut:
-    return JobOut.model_validate(get_job(session=session, job_id=job_id))
+def read_job(job_id: JobIdPath, session: SessionDep, key: Reader) -> JobOut:
+    job = get_job(session=session, job_id=job_id)
+    key.require_series(job.series_id)
+    return JobOut.model_validate(job)

@@ -58,13 +58,14 @@ def create(
     session: SessionDep,
     runtime: RuntimeDep,
     response: Response,
-    _: Labeller,
+    key: Labeller,
 ) -> LabelOut:
     created = create_label(
         session=session,
         spec=body,
         settings=runtime.settings,
         flush_scores=runtime.flush_scores,
+        check_series=key.require_series,
     )
     response.headers["Location"] = f"/v1/labels/{created.label.id}"
     return LabelOut.of(created.label, created.retrain_job)
@@ -77,13 +78,15 @@ def create(
 )
 def list_all(
     session: SessionDep,
-    _: Reader,
+    key: Reader,
     series_id: Annotated[int | None, Query(ge=1, le=MAX_DB_ID)] = None,
     label: Annotated[str | None, Query(pattern=SLUG_PATTERN, description="A class name")] = None,
     include_deleted: bool = False,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     offset: Annotated[int, Query(ge=0, le=MAX_DB_ID)] = 0,
 ) -> list[LabelOut]:
+    if series_id is not None:
+        key.require_series(series_id)
     found = list_labels(
         session=session,
         series_id=series_id,
@@ -91,6 +94,7 @@ def list_all(
         include_deleted=include_deleted,
         limit=limit,
         offset=offset,
+        only=key.series,
     )
     jobs = retrain_jobs(session=session, labels=found)
     return [LabelOut.of(item, jobs.get(item.job_id or 0)) for item in found]
@@ -101,8 +105,9 @@ def list_all(
     summary="Read a label (deleted ones too, with `deleted_at` set)",
     responses={404: {"description": "The label does not exist"}},
 )
-def read(label_id: LabelIdPath, session: SessionDep, _: Reader) -> LabelOut:
+def read(label_id: LabelIdPath, session: SessionDep, key: Reader) -> LabelOut:
     label = get_label(session=session, label_id=label_id)
+    key.require_series(label.series_id)
     return LabelOut.of(label, retrain_jobs(session=session, labels=[label]).get(label.job_id or 0))
 
 
@@ -113,6 +118,7 @@ def read(label_id: LabelIdPath, session: SessionDep, _: Reader) -> LabelOut:
     description="Idempotent: deleting a deleted label again also gives 204.",
     responses={404: {"description": "The label does not exist"}},
 )
-def delete(label_id: LabelIdPath, session: SessionDep, _: Labeller) -> Response:
+def delete(label_id: LabelIdPath, session: SessionDep, key: Labeller) -> Response:
+    key.require_series(get_label(session=session, label_id=label_id).series_id)
     delete_label(session=session, label_id=label_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

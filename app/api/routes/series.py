@@ -1,4 +1,5 @@
-"""Series: create (scope `ingest`), read (scope `read`), and add classes or move the threshold."""
+"""Series: create (scope `ingest`), read (scope `read`), and add classes or move the threshold
+(scope `train`: detection settings)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,8 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Response, status
 
-from app.api.deps import Ingester, Reader, RuntimeDep, SessionDep
+from app.api.deps import Ingester, Reader, RuntimeDep, SessionDep, Trainer
+from app.errors import Forbidden
 from app.schemas.common import AUTH_RESPONSES, MAX_DB_ID, SeriesIdPath
 from app.schemas.series import SeriesCreate, SeriesOut, SeriesUpdate
 from app.services.series import create_series, get_series, list_series, update_series
@@ -27,23 +29,27 @@ NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"description": "The series d
     ),
     responses={409: {"description": "A series with this name exists"}},
 )
-def create(body: SeriesCreate, session: SessionDep, response: Response, _: Ingester) -> SeriesOut:
+def create(body: SeriesCreate, session: SessionDep, response: Response, key: Ingester) -> SeriesOut:
+    if key.series is not None:
+        raise Forbidden("this API key is restricted to certain series and cannot create one")
     series = create_series(session=session, spec=body)
     response.headers["Location"] = f"/v1/series/{series.id}"
     return SeriesOut.model_validate(series)
 
 
-@router.get("/series", summary="List series, oldest first")
+@router.get(
+    "/series",
+    summary="List series, oldest first",
+    description="A key restricted to certain series sees only those.",
+)
 def list_all(
     session: SessionDep,
-    _: Reader,
+    key: Reader,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     offset: Annotated[int, Query(ge=0, le=MAX_DB_ID)] = 0,
 ) -> list[SeriesOut]:
-    return [
-        SeriesOut.model_validate(s)
-        for s in list_series(session=session, limit=limit, offset=offset)
-    ]
+    found = list_series(session=session, limit=limit, offset=offset, only=key.series)
+    return [SeriesOut.model_validate(s) for s in found]
 
 
 @router.get("/series/{series_id}", summary="Read a series", responses=NOT_FOUND)
@@ -57,7 +63,8 @@ def read(series_id: SeriesIdPath, session: SessionDep, _: Reader) -> SeriesOut:
     description=(
         "Classes are only added: changing the kind of an existing class or removing one "
         "(a null kind) gives 409, because trained models depend on them. The new threshold "
-        "quantile applies to scores from the next request on."
+        "quantile applies to scores from the next request on. Changes what the series alarms "
+        "on and trains for, so it needs the `train` scope (or `admin`)."
     ),
     responses={**NOT_FOUND, 409: {"description": "A class would change kind or disappear"}},
 )
@@ -66,7 +73,7 @@ def patch(
     body: SeriesUpdate,
     session: SessionDep,
     runtime: RuntimeDep,
-    _: Ingester,
+    _: Trainer,
 ) -> SeriesOut:
     series = update_series(session=session, series_id=series_id, update=body)
     runtime.registry.forget_series(series.id)
