@@ -87,10 +87,18 @@ def _has_active_model(session: Session, series_id: int) -> bool:
 
 
 def list_jobs(
-    *, session: Session, series_id: int | None, status: str | None, limit: int, before: int | None
+    *,
+    session: Session,
+    series_id: int | None,
+    status: str | None,
+    limit: int,
+    before: int | None,
+    only: frozenset[int] | None = None,
 ) -> list[Job]:
-    """Jobs newest first; `before` (a job id) pages on."""
+    """Jobs newest first; `before` (a job id) pages on; `only`: of these series alone."""
     query = select(Job)
+    if only is not None:
+        query = query.where(Job.series_id.in_(only))
     if series_id is not None:
         if session.get(Series, series_id) is None:
             raise SeriesNotFound(series_id)

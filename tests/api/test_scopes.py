@@ -223,7 +223,7 @@ BODIES: dict[str, Any] = {
 }
 """Bodies that name series 1, for the routes that read one (the others get `{}`)."""
 
-LISTS = {"GET /v1/series", "GET /v1/labels"}
+LISTS = {"GET /v1/series", "GET /v1/labels", "GET /v1/jobs"}
 """Routes that answer a restricted key with only its own series' items."""
 
 

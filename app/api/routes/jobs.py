@@ -54,7 +54,7 @@ def train(series_id: SeriesIdPath, session: SessionDep, _: Trainer, response: Re
 )
 def list_all(
     session: SessionDep,
-    _: Reader,
+    key: Reader,
     series_id: Annotated[int | None, Query(ge=1, le=MAX_DB_ID)] = None,
     status_: Annotated[
         Literal["queued", "running", "succeeded", "failed"] | None, Query(alias="status")
@@ -62,8 +62,15 @@ def list_all(
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     before: Annotated[int | None, Query(ge=1, le=MAX_DB_ID)] = None,
 ) -> list[JobOut]:
+    if series_id is not None:
+        key.require_series(series_id)
     found = list_jobs(
-        session=session, series_id=series_id, status=status_, limit=limit, before=before
+        session=session,
+        series_id=series_id,
+        status=status_,
+        limit=limit,
+        before=before,
+        only=key.series,
     )
     return [JobOut.model_validate(job) for job in found]
 
