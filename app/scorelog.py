@@ -78,7 +78,7 @@ def log_scores(
 ) -> tuple[list[uuid.UUID], np.ndarray]:
     """Log a batch of (series id, model version) `key`: the windows' ids and alarm flags,
     each window against its own request's threshold."""
-    flagged = batch.adjusted_score > thresholds
+    flagged = (batch.adjusted_score > thresholds) | batch.quality.any(axis=1)
     rows = None if spans is None else [None if s == NO_SPAN else (s, e) for s, e in spans.tolist()]
     ids = score_log.append(
         series_id=key[0],

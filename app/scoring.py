@@ -375,6 +375,7 @@ def slice_batch(batch: ScoreBatch, start: int, stop: int) -> ScoreBatch:
         class_probabilities=batch.class_probabilities[start:stop],
         channel_contributions=batch.channel_contributions[start:stop],
         step_contributions=batch.step_contributions[start:stop],
+        quality=batch.quality[start:stop],
         threshold=batch.threshold,
     )
 

@@ -111,10 +111,11 @@ class ScoreBatch:
     p_false_positive: np.ndarray  # (N,) 0 when the class never had training labels
     p_false_negative: np.ndarray  # (N,) clamped to <= P_FN_MAX
     adjusted_score: np.ndarray  # (N,) score * (1 - p_fp) / (1 - p_fn)
-    is_anomaly: np.ndarray  # (N,) bool, adjusted_score > threshold
+    is_anomaly: np.ndarray  # (N,) bool: adjusted_score > threshold, or a data-quality check failed
     class_probabilities: np.ndarray  # (N, K) mean over steps of per-step pi; NaN for EU models
     channel_contributions: np.ndarray  # (N, F) per-element -log mean_l p(x_tf|z_l), summed over t
     step_contributions: np.ndarray  # (N, T) the same, summed over f
+    quality: np.ndarray  # (N, F) uint8: bits of the data-quality checks failed (quality.py)
     threshold: float
 
 

@@ -56,6 +56,7 @@ from models.data import (
 from models.errors import InvalidInput, ModelError, NotEnoughData, TrainingCancelled
 from models.loss import dataset_objective, vae_loss
 from models.model import SemiSupervisedVAE
+from models.quality import DataProfile
 from models.scoring import (
     P_FN_MAX,
     Calibration,
@@ -400,6 +401,7 @@ def fit(
         metrics["threshold"] = float(np.quantile(cal.normal_scores, tc.threshold_quantile))
 
     return TrainedModel(
+        profile=DataProfile.fit(train.windows[eligible]) if eligible.any() else None,
         net=nets,
         classes=class_specs,
         channels=channel_names,

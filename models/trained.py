@@ -31,6 +31,7 @@ from models.data import Normalisation, check_labels, check_windows, class_index,
 from models.errors import ArtifactError, InvalidInput, ModelError, UnsupportedOperation
 from models.loss import dataset_objective
 from models.model import SemiSupervisedVAE
+from models.quality import DataProfile
 from models.scoring import (
     P_FN_MAX,
     Calibration,
@@ -84,6 +85,7 @@ class TrainedModel:
         train_config: TrainConfig,
         metrics: dict[str, float | int | str],
         metadata: Mapping[str, str] | None = None,
+        profile: DataProfile | None = None,
     ) -> None:
         members = [net] if isinstance(net, SemiSupervisedVAE) else list(net)
         self.nets: tuple[SemiSupervisedVAE, ...] = tuple(m.eval() for m in members)
@@ -98,6 +100,7 @@ class TrainedModel:
         self.train_config = train_config
         self.metrics = metrics
         self.metadata: dict[str, str] = dict(metadata or {})
+        self.profile = profile  # data-quality checks (quality.py); None: none are made
         self._thresholds: dict[tuple[float, int], float] = {}  # (quantile, L) -> threshold
         self._steps: dict[int, tuple[InferenceStep, Callable[..., Any] | None]] = {}  # by L
         self._noises: dict[tuple[int, int], torch.Tensor] = {}  # (L, seed) -> eps
@@ -159,7 +162,10 @@ class TrainedModel:
         _check_samples(n_samples)
         quantile = self.threshold_quantile if threshold_quantile is None else threshold_quantile
         check_quantile(quantile)
-        x = self._prepare(windows)
+        array = check_windows(
+            windows, window_size=self.window_size, n_channels=self.n_channels, name="windows"
+        )
+        x = self.normalisation.apply(array)
         step, call = self._scoring_step(n_samples)
         out = run_inference(step, x, eps=self._noise(step, seed), call=call)
         assert out.raw_score is not None and out.elements is not None
@@ -178,16 +184,22 @@ class TrainedModel:
         p_fn = np.minimum(probs[:, fn], P_FN_MAX) if fn is not None else np.zeros(N)
         adjusted = adjust(score, p_fp, p_fn)
         threshold = self.threshold(quantile, n_samples=n_samples)
+        quality = (
+            self.profile.check(array)
+            if self.profile is not None
+            else np.zeros((N, self.n_channels), dtype=np.uint8)
+        )
         return ScoreBatch(
             raw_score=out.raw_score,
             score=score,
             p_false_positive=p_fp,
             p_false_negative=p_fn,
             adjusted_score=adjusted,
-            is_anomaly=adjusted > threshold,
+            is_anomaly=(adjusted > threshold) | quality.any(axis=1),
             class_probabilities=probs,
             channel_contributions=out.elements.sum(axis=1),  # (N, F)
             step_contributions=out.elements.sum(axis=2),  # (N, T)
+            quality=quality,
             threshold=threshold,
         )
 
@@ -319,6 +331,7 @@ class TrainedModel:
             ],
             "metrics": self.metrics,
             "metadata": caller,
+            "profile": None if self.profile is None else self.profile.to_dict(),
         }
         return pack(tensors, document)
 
@@ -394,6 +407,7 @@ class TrainedModel:
             train_config=train_config,
             metrics=dict(doc["metrics"]),
             metadata=metadata,
+            profile=_profile(doc.get("profile"), len(channels)),
         )
 
     def save(self, path: str | os.PathLike[str], metadata: Mapping[str, str] | None = None) -> None:
@@ -410,6 +424,16 @@ class TrainedModel:
         except OSError as exc:
             raise ArtifactError(f"cannot read the model artifact {path}: {exc.strerror}") from None
         return cls.from_bytes(blob)
+
+
+def _profile(data: Any, n_channels: int) -> DataProfile | None:
+    """The stored data profile (artifacts from before the checks have none)."""
+    if data is None:
+        return None
+    profile = DataProfile.from_dict(data)
+    if profile.low.shape != (n_channels,):
+        raise ArtifactError("the artifact's data profile does not match its channels")
+    return profile
 
 
 def _load_member(

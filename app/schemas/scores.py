@@ -7,7 +7,7 @@ the contract in OpenAPI and are used to validate the small fields.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Final
+from typing import Annotated, Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 
@@ -36,6 +36,11 @@ class ScoreRangeRequest(BaseModel):
     end: Timestamp = Field(description="ISO-8601 timestamp or epoch seconds (inclusive).")
 
 
+class DataQualityCheck(BaseModel):
+    check: Literal["stuck", "out_of_range", "dropout"]
+    channel: str
+
+
 class ScoreResult(BaseModel):
     score_id: str = Field(description="Point feedback at this window with POST /v1/labels.")
     raw_score: float = Field(description="−log of the reconstruction probability, in nats.")
@@ -49,7 +54,9 @@ class ScoreResult(BaseModel):
         "class has labels."
     )
     adjusted_score: float = Field(description="score × (1 − p_fp) / (1 − p_fn).")
-    is_anomaly: bool = Field(description="adjusted_score > threshold.")
+    is_anomaly: bool = Field(
+        description="An alarm: adjusted_score > threshold, or a data-quality check failed."
+    )
     class_probabilities: dict[str, float] = Field(
         description="A distribution over the series' own classes (normal and anomaly kinds) "
         "that the model had labels of: π's probabilities, renormalised over them to sum to "
@@ -62,6 +69,14 @@ class ScoreResult(BaseModel):
     )
     channel_contributions: dict[str, float] = Field(
         description="Each channel's share of the raw score: which sensor looks wrong."
+    )
+    data_quality: list[DataQualityCheck] = Field(
+        default_factory=list,
+        description="Data-quality checks the window failed, each naming the channel: "
+        "`stuck` (a channel that always moved in training does not move at all), "
+        "`out_of_range` (a value beyond the training range by more than 10 % of it), "
+        "`dropout` (a run of exact zeros on a channel that was almost never zero). Each "
+        "raises an alarm of its own, whatever the score says.",
     )
     step_contributions: list[float] | None = Field(
         default=None, description="Each time step's share (only with `?detail=steps`)."

@@ -264,6 +264,7 @@ def test_feedback_on_a_score_still_in_the_log_buffer_finds_it(
         class_probabilities=np.full((n, 6), 1 / 6),
         channel_contributions=np.zeros((n, 3)),
         step_contributions=np.zeros((n, 8)),
+        quality=np.zeros((n, 3), dtype=np.uint8),
         threshold=1.0,
     )
     (score_id,) = score_log.append(

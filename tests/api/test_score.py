@@ -689,3 +689,18 @@ def test_detail_takes_only_steps(
     )
     assert response.status_code == 422
     assert response.json()["detail"].startswith("detail: must be `steps`")
+
+
+def test_a_stuck_channel_raises_an_alarm_that_names_it(
+    client: TestClient, admin: Headers, trained: tuple[int, np.ndarray]
+) -> None:
+    series_id, windows = trained
+    stuck = windows[:2].copy()
+    stuck[1, :, 1] = stuck[1, 0, 1]  # channel c1 frozen at its first reading
+    body = client.post(
+        "/v1/score", json={"series_id": series_id, "windows": stuck.tolist()}, headers=admin
+    ).json()
+    first, second = body["results"]
+    assert first["data_quality"] == []
+    assert second["data_quality"] == [{"check": "stuck", "channel": "c1"}]
+    assert second["is_anomaly"] is True

@@ -27,6 +27,7 @@ def _batch(n: int) -> ScoreBatch:
         class_probabilities=np.zeros((n, 4)),
         channel_contributions=np.zeros((n, 3)),
         step_contributions=np.zeros((n, 16)),
+        quality=np.zeros((n, 3), dtype=np.uint8),
         threshold=1.0,
     )
 

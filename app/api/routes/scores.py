@@ -25,6 +25,7 @@ from app.scoring import ActiveModel, SeriesInfo, serving_samples
 from app.services.points import gc_paused
 from app.services.windows import load_range_windows, parse_instant
 from models import ScoreBatch
+from models.quality import describe
 
 router = APIRouter(prefix="/v1", tags=["scores"])
 
@@ -268,6 +269,7 @@ def _results(
     verdict_probs = batch.class_probabilities[:, verdicts].tolist()
     contributions = batch.channel_contributions.tolist()
     step_values = batch.step_contributions.tolist() if steps else None
+    checks = describe(batch.quality, info.channels)
     results = []
     for i in range(len(raw)):
         result: dict[str, Any] = {
@@ -281,6 +283,7 @@ def _results(
             "class_probabilities": dict(zip(classes, probabilities[i], strict=True)),
             "feedback_probabilities": dict(zip(verdict_names, verdict_probs[i], strict=True)),
             "channel_contributions": dict(zip(channels, contributions[i], strict=True)),
+            "data_quality": checks[i],
         }
         if step_values is not None:
             result["step_contributions"] = step_values[i]
