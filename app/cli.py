@@ -21,6 +21,8 @@ cli = typer.Typer(
 )
 keys_cli = typer.Typer(help="Manage API keys.", no_args_is_help=True)
 cli.add_typer(keys_cli, name="keys")
+models_cli = typer.Typer(help="Inspect and promote model versions.", no_args_is_help=True)
+cli.add_typer(models_cli, name="models")
 
 
 def _settings(**overrides: Any) -> Any:
@@ -161,6 +163,47 @@ def _sessions() -> Any:
     from app.db.session import make_engine, make_sessionmaker
 
     return make_sessionmaker(make_engine(_settings().database_url, role="cli"))
+
+
+@models_cli.command("list")
+def models_list(
+    series_id: Annotated[int, typer.Argument(help="The series' id.")],
+) -> None:
+    """A series' model versions: status, what the job reported, and why a candidate waits."""
+    from app.errors import VigilError
+    from app.services.versions import list_versions
+
+    try:
+        with _sessions()() as session:
+            listed = list_versions(session=session, series_id=series_id)
+    except VigilError as exc:
+        typer.echo(f"error: {exc.detail}", err=True)
+        raise typer.Exit(2) from None
+    for v in listed.versions:
+        trained = v.trained_at.isoformat()
+        typer.echo(f"{v.version}\t{v.status}\t{trained}\t{v.note or ''}")
+
+
+@models_cli.command("activate")
+def models_activate(
+    series_id: Annotated[int, typer.Argument(help="The series' id.")],
+    version: Annotated[int, typer.Argument(help="The version to make active.")],
+) -> None:
+    """Promote a candidate (or roll back to an older version) by hand: what the promotion
+    gate refused, an operator may still choose. Every API process serves it from its next
+    request on."""
+    from app.errors import VigilError
+    from app.services.versions import activate_version
+
+    try:
+        with _sessions()() as session:
+            out = activate_version(
+                session=session, series_id=series_id, version=version, by="vigil models activate"
+            )
+    except VigilError as exc:
+        typer.echo(f"error: {exc.detail}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(f"series {series_id}: version {out.version} is active")
 
 
 @keys_cli.command("create")

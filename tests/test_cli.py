@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
 from typer.testing import CliRunner
 
 from app.cli import cli
 from app.config import Settings
+from app.db.models import ModelVersion
 from app.main import create_app
 from app.security import hash_key
+from app.worker import Worker
+from tests.utils.trained import NoHeartbeat, queue_job, trained_series
 
 
 @pytest.fixture
@@ -97,3 +104,28 @@ def test_keys_can_be_restricted_to_series(runner: CliRunner, settings: Settings)
     )
     assert refused.exit_code == 2
     assert "comma-separated list of series ids" in refused.stderr
+
+
+def test_models_list_and_promote_a_candidate_by_hand(
+    runner: CliRunner, settings: Settings, sessions: sessionmaker[Session]
+) -> None:
+    series_id, _ = trained_series(sessions, settings)
+    job_id = queue_job(sessions, series_id)
+    worker = Worker(settings, sessions=sessions)
+    claimed = worker.claim()
+    assert claimed is not None and claimed.job_id == job_id
+    outcome = worker._train(claimed, heartbeat=NoHeartbeat())
+    worker._store(claimed, dataclasses.replace(outcome, activate=False, note="kept as candidate"))
+    listed = runner.invoke(cli, ["models", "list", str(series_id)])
+    assert listed.exit_code == 0, listed.output
+    lines = [line.split("\t") for line in listed.output.strip().splitlines()]
+    assert [(line[0], line[1]) for line in lines] == [("1", "active"), ("2", "candidate")]
+    assert lines[1][3] == "kept as candidate"
+    promoted = runner.invoke(cli, ["models", "activate", str(series_id), "2"])
+    assert promoted.exit_code == 0, promoted.output
+    assert "version 2 is active" in promoted.output
+    with sessions() as session:
+        statuses = dict(session.execute(select(ModelVersion.version, ModelVersion.status)).all())
+    assert statuses == {1: "retired", 2: "active"}
+    missing = runner.invoke(cli, ["models", "activate", str(series_id), "9"])
+    assert missing.exit_code == 2 and "no model version 9" in missing.output

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.config import Settings
@@ -9,6 +11,15 @@ from app.db.models import Job
 from app.services.jobs import queue_manual_training
 from app.worker import Worker
 from tests.utils.stream import Stream, create_series, insert_points, make_stream
+
+
+class NoHeartbeat:
+    """The parts of the heartbeat that `Worker._train` uses, for a test that drives it."""
+
+    lost = threading.Event()
+
+    def report(self, progress: float) -> None:
+        pass
 
 
 def queue_job(sessions: sessionmaker[Session], series_id: int) -> int:

@@ -24,7 +24,7 @@ from app.db.models import (
 from app.training import decide_activation, decide_feedback_activation
 from app.worker import LeaseLost, Worker
 from tests.utils.stream import create_series, insert_points, make_stream
-from tests.utils.trained import queue_job, read_job
+from tests.utils.trained import NoHeartbeat, queue_job, read_job
 
 
 @pytest.fixture
@@ -130,7 +130,7 @@ def test_an_expired_lease_is_claimed_again_and_the_old_worker_loses_its_result(
     assert again is not None and again.job_id == job_id and again.attempt == 2
     assert read_job(sessions, job_id).lease_owner == "live"
     # The dead worker wakes up: its result must not be stored.
-    outcome = dead._train(claimed, heartbeat=_NoHeartbeat())
+    outcome = dead._train(claimed, heartbeat=NoHeartbeat())
     with pytest.raises(LeaseLost):
         dead._store(claimed, outcome)
     live.execute(again)
@@ -173,15 +173,6 @@ def test_stopping_hands_the_job_back(
         assert session.scalars(select(ModelVersion)).all() == []
 
 
-class _NoHeartbeat:
-    """The parts of the heartbeat that `_train` uses, for a worker whose thread is gone."""
-
-    lost = threading.Event()
-
-    def report(self, progress: float) -> None:
-        pass
-
-
 def test_the_activation_rule() -> None:
     assert decide_activation(new_loss=10.0, active_loss=10.0, tolerance=0.0) == (True, None)
     assert decide_activation(new_loss=10.1, active_loss=10.0, tolerance=0.02)[0] is True
@@ -216,7 +207,7 @@ def test_a_worse_version_is_kept_as_a_candidate_and_says_why(
     job_id = queue_job(sessions, series_id)
     claimed = worker.claim()
     assert claimed is not None and claimed.job_id == job_id
-    outcome = worker._train(claimed, heartbeat=_NoHeartbeat())
+    outcome = worker._train(claimed, heartbeat=NoHeartbeat())
     rejected = dataclasses.replace(outcome, activate=False, note="kept as candidate: worse")
     assert worker._store(claimed, rejected) == 2
     with sessions() as session:
