@@ -6,9 +6,10 @@ Vigil, per seed and arm, on a series of its own:
 1. the training slice is ingested and trained (version 1);
 2. the feedback and test slices are posted to /v1/score (not ingested: the feedback windows
    reach the model only through the labels, as a client's posted windows do);
-3. the k = 10 highest-scoring *normal* feedback windows are marked `false_positive` by
-   score_id; in arm "fp+fn" every fault window the service did not flag (`is_anomaly` false)
-   is also marked `false_negative`;
+3. in arm "fp", the k = 10 highest-scoring *normal* feedback windows are marked
+   `false_positive` by score_id; in arm "fp+fn" every fault window the service did not flag
+   (`is_anomaly` false) is also marked `false_negative`; arm "none" marks nothing, so that
+   its retrain shows what a second round of (warm-started) training does without feedback;
 4. a retrain (POST /train after the last label; a retrain the label count queued is waited
    for, see common.Vigil.train);
 5. the test slice is scored again by whatever version is active. If the retrain was kept as a
@@ -51,7 +52,7 @@ WINDOW, STRIDE = 64, 32
 TRAIN, SLICE = 4_000, 4_000
 FAULTS_PER_SLICE = 4
 K_FALSE_POSITIVES = 10
-ARMS = ("fp", "fp+fn")
+ARMS = ("none", "fp", "fp+fn")  # "none": a retrain without feedback, the control
 
 
 def slices(seed: int) -> dict[str, Any]:
@@ -76,7 +77,7 @@ def slices(seed: int) -> dict[str, Any]:
 
 
 def run(vigil: Vigil, seeds: list[int], *, quick: bool) -> list[dict[str, Any]]:
-    arms = ARMS[1:] if quick else ARMS
+    arms = ARMS[2:] if quick else ARMS
     data = {seed: slices(seed) for seed in seeds}
     cases: list[dict[str, Any]] = []
     for seed in seeds:
@@ -119,6 +120,8 @@ def run(vigil: Vigil, seeds: list[int], *, quick: bool) -> list[dict[str, Any]]:
         normal = np.flatnonzero(~truth)
         false_alarms = normal[np.argsort(-fb.adjusted_score[normal], kind="stable")]
         marked_fp = false_alarms[:K_FALSE_POSITIVES]
+        if case["arm"] == "none":
+            marked_fp = marked_fp[:0]
         missed = np.flatnonzero(truth & ~fb.is_anomaly) if case["arm"] == "fp+fn" else []
         with timer.phase("label"):
             for i in marked_fp:

@@ -212,11 +212,15 @@ def service_notes(result: dict[str, Any]) -> str:
     stopped = Counter(str(j.get("stopped")) for j in jobs)
     failed = [j for j in jobs if j.get("status") != "succeeded"]
     refused = [j for j in jobs if j.get("activated") is False]
+    best = sorted(j["best_epoch"] for j in jobs if j.get("best_epoch") is not None)
+    at_most_3 = sum(b <= 3 for b in best)
+    median = best[len(best) // 2] if best else None
     return (
-        f"Service jobs: {len(jobs)} reported; stopped by {dict(stopped)}; "
-        f"{len(failed)} failed; {len(refused)} retrains kept as candidates; "
-        f"{result.get('auto_retrain_races', 0)} label-queued retrains had started before the "
-        "last label."
+        f"Service jobs: {len(jobs)} reported; ended by {dict(stopped)} (early: validation loss "
+        f"stopped improving for `VIGIL_TRAIN_PATIENCE` epochs); best epoch median {median}, "
+        f"≤ 3 in {at_most_3} jobs; {len(failed)} failed; {len(refused)} retrains kept as "
+        f"candidates; {result.get('auto_retrain_races', 0)} label-queued retrains had started "
+        "before the last label."
     )
 
 
