@@ -308,7 +308,11 @@ def job_summary(job: dict[str, Any]) -> dict[str, Any]:
         "activated",
         "note",
         "stopped",
-        "epochs_run",
+        "steps",
+        "step_budget",
+        "best_step",
+        "batch_size",
+        "epochs_run",  # before the step budget (older builds)
         "best_epoch",
         "train_windows",
         "validation_windows",
@@ -318,6 +322,13 @@ def job_summary(job: dict[str, Any]) -> dict[str, Any]:
         "val_loss",
         "active_val_loss",
         "threshold",
+        "calibration_outliers",
+        "marked_alarms",
+        "active_marked_alarms",
+        "missed_faults",
+        "active_missed_faults",
+        "val_false_alarms",
+        "active_val_false_alarms",
     )
     return {
         "job_id": job["id"],

@@ -130,7 +130,7 @@ def run(vigil: Vigil, seeds: list[int], *, quick: bool) -> list[dict[str, Any]]:
         rows += new
         log(
             f"(b) Vigil {name} seed {seed}: overall ROC-AUC {new[-1]['roc_auc']:.3f} "
-            f"(job {case['job_id']}, {info.get('stopped')} after {info.get('epochs_run')} epochs)"
+            f"(job {case['job_id']}, {info.get('stopped')} after {info.get('steps')} steps)"
         )
     return rows
 

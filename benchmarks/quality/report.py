@@ -212,15 +212,22 @@ def service_notes(result: dict[str, Any]) -> str:
     stopped = Counter(str(j.get("stopped")) for j in jobs)
     failed = [j for j in jobs if j.get("status") != "succeeded"]
     refused = [j for j in jobs if j.get("activated") is False]
-    best = sorted(j["best_epoch"] for j in jobs if j.get("best_epoch") is not None)
-    at_most_3 = sum(b <= 3 for b in best)
-    median = best[len(best) // 2] if best else None
+    steps = sorted(j["steps"] for j in jobs if j.get("steps") is not None)
+    best = sorted(j["best_step"] for j in jobs if j.get("best_step") is not None)
+    if steps:
+        trained = (
+            f"optimiser steps median {steps[len(steps) // 2]} (min {steps[0]}), best step "
+            f"median {best[len(best) // 2] if best else None}"
+        )
+    else:  # a build from before the step budget
+        epochs = sorted(j["best_epoch"] for j in jobs if j.get("best_epoch") is not None)
+        trained = f"best epoch median {epochs[len(epochs) // 2] if epochs else None}"
     return (
-        f"Service jobs: {len(jobs)} reported; ended by {dict(stopped)} (early: validation loss "
-        f"stopped improving for `VIGIL_TRAIN_PATIENCE` epochs); best epoch median {median}, "
-        f"≤ 3 in {at_most_3} jobs; {len(failed)} failed; {len(refused)} retrains kept as "
-        f"candidates; {result.get('auto_retrain_races', 0)} label-queued retrains had started "
-        "before the last label."
+        f"Service jobs: {len(jobs)} reported; ended by {dict(stopped)} (early: validation "
+        f"loss stopped improving for `VIGIL_TRAIN_PATIENCE` checks); {trained}; "
+        f"{len(failed)} failed; {len(refused)} retrains kept as candidates; "
+        f"{result.get('auto_retrain_races', 0)} label-queued retrains had started before the "
+        "last label."
     )
 
 
