@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--tasks", default="a,b,c,d", help="comma-separated subset of a,b,c,d")
     parser.add_argument("--seeds", type=int, default=3, help="repetitions (training seeds)")
-    parser.add_argument("--quick", action="store_true", help="a tiny subset, ~2-3 min")
+    parser.add_argument("--quick", action="store_true", help="a tiny subset, ~1-2 min")
     parser.add_argument("--out", type=Path, default=Path("/tmp/vigil-quality.json"))
     args = parser.parse_args(argv)
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
