@@ -47,6 +47,13 @@ class InvalidInput(VigilError):
         self.field = field
 
 
+class NotEnoughPoints(VigilError):
+    """Too few stored points to train on; the detail says how many there are and are needed."""
+
+    status_code = 422
+    title = "Not enough data"
+
+
 class NotFound(VigilError):
     status_code = 404
     title = "Not found"

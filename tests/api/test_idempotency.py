@@ -10,15 +10,22 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.db.models import IdempotencyRecord, Job
-from tests.utils.stream import create_series
+from tests.utils.stream import create_series, insert_points, make_stream
 
 Headers = dict[str, str]
+
+
+def trainable_series(sessions: sessionmaker[Session], name: str = "pump-1") -> int:
+    """A series with enough points to train on (fewer get 422 before any job is queued)."""
+    series_id = create_series(sessions, name=name)
+    insert_points(sessions, series_id, make_stream(64))
+    return series_id
 
 
 def test_a_repeat_returns_the_first_response(
     client: TestClient, admin: Headers, sessions: sessionmaker[Session]
 ) -> None:
-    series_id = create_series(sessions)
+    series_id = trainable_series(sessions)
     headers = {**admin, "Idempotency-Key": "train-1"}
     first = client.post(f"/v1/series/{series_id}/train", headers=headers)
     assert first.status_code == 202
@@ -36,8 +43,8 @@ def test_a_repeat_returns_the_first_response(
 def test_the_same_key_with_another_request_is_422(
     client: TestClient, admin: Headers, sessions: sessionmaker[Session]
 ) -> None:
-    a = create_series(sessions, name="a")
-    b = create_series(sessions, name="b")
+    a = trainable_series(sessions, "a")
+    b = trainable_series(sessions, "b")
     headers = {**admin, "Idempotency-Key": "k"}
     assert client.post(f"/v1/series/{a}/train", headers=headers).status_code == 202
     response = client.post(f"/v1/series/{b}/train", headers=headers)
@@ -50,7 +57,7 @@ def test_the_same_key_with_another_request_is_422(
 def test_a_repeat_while_the_first_is_in_flight_is_409(
     client: TestClient, admin: Headers, sessions: sessionmaker[Session]
 ) -> None:
-    series_id = create_series(sessions)
+    series_id = trainable_series(sessions)
     path = f"/v1/series/{series_id}/train"
     fingerprint = hashlib.sha256(b"\0".join([b"POST", path.encode(), b""])).hexdigest()
     principal = hashlib.sha256(admin["Authorization"].encode()).hexdigest()
@@ -64,7 +71,7 @@ def test_a_repeat_while_the_first_is_in_flight_is_409(
 def test_keys_are_scoped_to_the_api_key(
     client: TestClient, make_headers: Callable[..., Headers], sessions: sessionmaker[Session]
 ) -> None:
-    series_id = create_series(sessions)
+    series_id = trainable_series(sessions)
     first = client.post(
         f"/v1/series/{series_id}/train", headers={**make_headers("train"), "Idempotency-Key": "x"}
     )
@@ -79,7 +86,7 @@ def test_keys_are_scoped_to_the_api_key(
 def test_unauthorised_attempts_are_not_remembered(
     client: TestClient, admin: Headers, sessions: sessionmaker[Session]
 ) -> None:
-    series_id = create_series(sessions)
+    series_id = trainable_series(sessions)
     denied = client.post(
         f"/v1/series/{series_id}/train",
         headers={"Authorization": "Bearer wrong", "Idempotency-Key": "z"},
