@@ -238,6 +238,25 @@ def to_us(value: object) -> int:
     raise TimestampError("must be an ISO-8601 string or a number of epoch seconds")
 
 
+def is_naive_iso(value: object) -> bool:
+    """True for an ISO-8601 date or date-time string without a UTC offset (taken as UTC)."""
+    if not isinstance(value, str) or not ISO_HINT.match(value):
+        return False
+    try:
+        return datetime.fromisoformat(value.strip()).tzinfo is None
+    except ValueError:
+        return False
+
+
+def naive_warning(subject: str, *, plural: bool) -> str:
+    """The warning for timestamps given without a UTC offset."""
+    were, them = ("were", "them") if plural else ("was", "it")
+    return (
+        f"{subject} had no UTC offset and {were} taken as UTC; end {them} with Z (or an "
+        "offset such as +01:00) to say which time is meant"
+    )
+
+
 def us_to_datetime(us: int) -> datetime:
     """Microseconds since the epoch -> an aware UTC datetime (exact)."""
     return EPOCH + timedelta(microseconds=us)

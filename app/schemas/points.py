@@ -39,7 +39,14 @@ class IngestResult(BaseModel):
     received: int = Field(description="Rows in the request.")
     inserted: int = Field(description="Timestamps that were new for the series.")
     updated: int = Field(
-        description="Timestamps that already existed; their values were overwritten."
+        description="Timestamps that already existed with other values, now overwritten."
+    )
+    unchanged: int = Field(
+        description="Timestamps that already existed with the same values (nothing written)."
+    )
+    warnings: list[str] = Field(
+        description="What was done that the request may not have meant, e.g. timestamps "
+        "without a UTC offset taken as UTC."
     )
 
 
