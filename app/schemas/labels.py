@@ -11,12 +11,14 @@ from pydantic import (
     ConfigDict,
     Discriminator,
     Field,
+    ModelWrapValidatorHandler,
+    PrivateAttr,
     StringConstraints,
     Tag,
     model_validator,
 )
 
-from app.schemas.common import DbId, Line, Text, TimestampUs, us_to_datetime
+from app.schemas.common import DbId, Line, Text, TimestampUs, is_naive_iso, us_to_datetime
 
 if TYPE_CHECKING:
     from app.db.models import Label
@@ -37,12 +39,26 @@ class RangeLabelCreate(BaseModel):
     label: LabelName = Field(description="A class of the series.", examples=["bearing_fault"])
     author: Author | None = None
     note: Note | None = None
+    _naive: list[str] = PrivateAttr(default_factory=list)
+    """The fields given as ISO-8601 without a UTC offset (taken as UTC)."""
 
     @model_validator(mode="after")
     def _ordered(self) -> Self:
         if self.end < self.start:
             raise ValueError("end must not be before start")
         return self
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _note_naive_times(cls, data: Any, handler: ModelWrapValidatorHandler[Self]) -> Self:
+        label = handler(data)
+        if isinstance(data, dict):
+            label._naive = [name for name in ("start", "end") if is_naive_iso(data.get(name))]
+        return label
+
+    @property
+    def naive_fields(self) -> list[str]:
+        return list(self._naive)
 
 
 class ScoreLabelCreate(BaseModel):
@@ -88,7 +104,7 @@ class LabelOut(BaseModel):
     deleted_at: datetime | None = Field(description="Set once the label is deleted (soft).")
 
     @classmethod
-    def of(cls, label: Label) -> LabelOut:
+    def of(cls, label: Label, **extra: Any) -> Self:
         return cls(
             id=label.id,
             series_id=label.series_id,
@@ -101,4 +117,23 @@ class LabelOut(BaseModel):
             note=label.note,
             created_at=label.created_at,
             deleted_at=label.deleted_at,
+            **extra,
         )
+
+
+class LabelCreatedOut(LabelOut):
+    """The label as stored, with what it covers and anything it does that may surprise."""
+
+    points: int | None = Field(
+        description="Stored points in the labelled range now (range labels; null for feedback "
+        "on a score). Points ingested into the range later are labelled too."
+    )
+    windows: int | None = Field(
+        description="Windows of `window_size` points, one every `stride`, that the range "
+        "holds now (range labels). A range shorter than a window still labels its points."
+    )
+    warnings: list[str] = Field(
+        description="What the label does that may not be what was meant: a range with no "
+        "stored points, times without a UTC offset taken as UTC, `false_positive` on a "
+        "window that raised no alarm (or `false_negative` on one that did)."
+    )

@@ -15,7 +15,7 @@ from app.schemas.common import (
     SLUG_PATTERN,
     LabelIdPath,
 )
-from app.schemas.labels import LabelCreate, LabelOut
+from app.schemas.labels import LabelCreate, LabelCreatedOut, LabelOut
 from app.services.labels import create_label, delete_label, get_label, list_labels
 
 router = APIRouter(prefix="/v1", tags=["labels"], responses=AUTH_RESPONSES)
@@ -30,7 +30,10 @@ router = APIRouter(prefix="/v1", tags=["labels"], responses=AUTH_RESPONSES)
         'with a class of the series, or `{"score_id", "label"}` labels the window of a '
         "score: `false_positive` (an alarm that was wrong), `false_negative` (a missed "
         "fault) or any class of the series. After `VIGIL_RETRAIN_AFTER_LABELS` new labels "
-        "on a series a retrain is queued. Send an `Idempotency-Key` to make a retry safe."
+        "on a series a retrain is queued. Send an `Idempotency-Key` to make a retry safe. "
+        "The response adds the stored points and windows a range covers and `warnings`: a "
+        "range with no stored points, times without a UTC offset (taken as UTC), or feedback "
+        "that contradicts nothing the model said are accepted, and said to be."
     ),
     openapi_extra={"parameters": [IDEMPOTENCY_KEY_PARAMETER]},
     responses={
@@ -50,7 +53,7 @@ def create(
     runtime: RuntimeDep,
     response: Response,
     _: Labeller,
-) -> LabelOut:
+) -> LabelCreatedOut:
     created = create_label(
         session=session,
         spec=body,
@@ -58,7 +61,12 @@ def create(
         flush_scores=runtime.flush_scores,
     )
     response.headers["Location"] = f"/v1/labels/{created.label.id}"
-    return LabelOut.of(created.label)
+    return LabelCreatedOut.of(
+        created.label,
+        points=created.points,
+        windows=created.windows,
+        warnings=list(created.warnings),
+    )
 
 
 @router.get(
