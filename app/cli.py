@@ -270,11 +270,12 @@ def keys_create(
 @keys_cli.command("list")
 def keys_list() -> None:
     """List keys (never their secrets)."""
+    from app.schemas.common import rfc3339
     from app.security import list_keys
 
     with _sessions()() as session:
         for key in list_keys(session=session):
-            state = f"revoked {key.revoked_at.isoformat()}" if key.revoked_at else "active"
+            state = f"revoked {rfc3339(key.revoked_at)}" if key.revoked_at else "active"
             typer.echo(f"{key.id}\t{key.prefix}…\t{key.name}\t{','.join(key.scopes)}\t{state}")
 
 

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, computed_field
+
+from app.schemas.common import UtcDateTime
 
 
 class JobOut(BaseModel):
@@ -20,9 +21,9 @@ class JobOut(BaseModel):
     model_version: int | None = Field(description="The version this job produced.")
     metrics: dict[str, Any] | None
     attempts: int
-    created_at: datetime
-    started_at: datetime | None
-    finished_at: datetime | None
+    created_at: UtcDateTime
+    started_at: UtcDateTime | None
+    finished_at: UtcDateTime | None
 
     @computed_field(description="Same as `id`.")  # type: ignore[prop-decorator]
     @property
@@ -39,8 +40,8 @@ class ModelVersionOut(BaseModel):
     note: str | None
     sha256: str
     job_id: int | None
-    trained_at: datetime
-    activated_at: datetime | None
+    trained_at: UtcDateTime
+    activated_at: UtcDateTime | None
 
 
 class ModelVersionList(BaseModel):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
 from typing import TYPE_CHECKING, Annotated, Any, Self
 
 from pydantic import (
@@ -18,7 +17,15 @@ from pydantic import (
     model_validator,
 )
 
-from app.schemas.common import DbId, Line, Text, TimestampUs, is_naive_iso, us_to_datetime
+from app.schemas.common import (
+    DbId,
+    Line,
+    Text,
+    TimestampUs,
+    UtcDateTime,
+    is_naive_iso,
+    us_to_datetime,
+)
 
 if TYPE_CHECKING:
     from app.db.models import Label
@@ -93,15 +100,15 @@ LabelCreate = Annotated[
 class LabelOut(BaseModel):
     id: int
     series_id: int
-    start: datetime | None = Field(description="Start of the labelled range (UTC), if any.")
-    end: datetime | None = Field(description="End of the labelled range (UTC), if any.")
+    start: UtcDateTime | None = Field(description="Start of the labelled range (UTC), if any.")
+    end: UtcDateTime | None = Field(description="End of the labelled range (UTC), if any.")
     label: str
     score_id: uuid.UUID | None
     model_version: int | None = Field(description="The model version whose score this is about.")
     author: str | None
     note: str | None
-    created_at: datetime
-    deleted_at: datetime | None = Field(description="Set once the label is deleted (soft).")
+    created_at: UtcDateTime
+    deleted_at: UtcDateTime | None = Field(description="Set once the label is deleted (soft).")
 
     @classmethod
     def of(cls, label: Label, **extra: Any) -> Self:

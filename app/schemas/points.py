@@ -51,7 +51,9 @@ class IngestResult(BaseModel):
 
 
 class PointsOut(BaseModel):
-    timestamps: list[str] = Field(description="ISO-8601 UTC timestamps, oldest first.")
+    timestamps: list[str] = Field(
+        description="RFC 3339 UTC timestamps (`2026-11-22T08:00:00Z`), oldest first."
+    )
     values: list[list[float]] = Field(description="One row per timestamp, in channel order.")
 
 

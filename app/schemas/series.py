@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Any, Self
 
 from pydantic import (
@@ -14,7 +13,7 @@ from pydantic import (
     model_validator,
 )
 
-from app.schemas.common import BUILTIN_CLASSES, ClassKind, Slug
+from app.schemas.common import BUILTIN_CLASSES, ClassKind, Slug, UtcDateTime
 
 MAX_CHANNELS = 64
 MAX_USER_CLASSES = 64
@@ -151,5 +150,5 @@ class SeriesOut(BaseModel):
     classes: dict[str, ClassKind] = Field(description="All classes, built-in ones included.")
     threshold_quantile: float
     labels_since_train: int = Field(description="Labels added since the last training job.")
-    created_at: datetime
-    updated_at: datetime
+    created_at: UtcDateTime
+    updated_at: UtcDateTime

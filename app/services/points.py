@@ -43,6 +43,7 @@ from app.schemas.common import (
     MIN_TIMESTAMP_US,
     ONE_MICROSECOND,
     TimestampError,
+    format_us_array,
     is_naive_iso,
     naive_warning,
     to_us,
@@ -80,9 +81,9 @@ class PointsPage:
     values: Float64Array
 
     def to_json(self) -> bytes:
-        """`{"timestamps": [ISO-8601 UTC, ...], "values": [[...], ...]}`."""
-        stamps = np.datetime_as_string(self.ts.astype("datetime64[us]"), unit="us", timezone="UTC")
-        return orjson.dumps({"timestamps": stamps.tolist(), "values": self.values.tolist()})
+        """`{"timestamps": [RFC 3339 UTC, ...], "values": [[...], ...]}`."""
+        stamps = format_us_array(self.ts)
+        return orjson.dumps({"timestamps": stamps, "values": self.values.tolist()})
 
 
 # -- the route's entry point ------------------------------------------------------------------
