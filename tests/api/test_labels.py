@@ -220,7 +220,8 @@ def test_missing_fields_are_named(
 ) -> None:
     response = client.post("/v1/labels", json={"series_id": series["id"]}, headers=admin)
     body = assert_problem(response, 422, "start", "end", "label")
-    assert ["body", "range", "label"] in [e["loc"] for e in body["errors"]]
+    assert ["body", "label"] in [e["loc"] for e in body["errors"]]
+    assert body["detail"] == "start: is required; end: is required; label: is required"
     response = client.post(
         "/v1/labels", json={"score_id": "not-a-uuid", "label": "x"}, headers=admin
     )
