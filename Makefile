@@ -6,11 +6,32 @@ STAMP := $(VENV)/.installed
 
 .PHONY: run test lint typecheck demo clean
 
+# torch is installed first, pinned (as in pyproject.toml and docker/Dockerfile), and from the
+# CPU wheel index: from the default index, Linux gets the CUDA build, about 20 packages and
+# gigabytes of libraries a CPU service never loads. The index is probed first (5 s at most),
+# so that a machine that cannot reach it falls back at once to pip's own configuration (a
+# local find-links or mirror that may hold the CPU wheel) instead of waiting out pip's
+# timeouts on every package. TORCH_INDEX= (empty) skips the CPU index; point it at a mirror
+# of the index with `make TORCH_INDEX=https://mirror.example/whl/cpu ...`.
+TORCH_VERSION := 2.13.0
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
+
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	# torch first and pinned, so that nothing resolves to the CUDA build.
-	$(BIN)/pip install --quiet "torch==2.13.0"
+	@if $(BIN)/python -c 'import importlib.metadata as m, sys; sys.exit(m.version("torch").split("+")[0] != sys.argv[1])' \
+			"$(TORCH_VERSION)" 2>/dev/null; then \
+		echo "torch $(TORCH_VERSION) is already installed"; \
+	elif [ -n "$(TORCH_INDEX)" ] && $(BIN)/python -c \
+			'import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=5).close()' \
+			"$(TORCH_INDEX)/torch/" 2>/dev/null; then \
+		echo "installing torch $(TORCH_VERSION) (CPU build) from $(TORCH_INDEX)"; \
+		$(BIN)/pip install --quiet --index-url "$(TORCH_INDEX)" "torch==$(TORCH_VERSION)"; \
+	else \
+		echo "$(or $(TORCH_INDEX),the CPU wheel index) is not reachable: installing torch $(TORCH_VERSION) from pip's own sources"; \
+		echo "  (from the default index on Linux that is the CUDA build, gigabytes; see TORCH_INDEX in the Makefile)"; \
+		$(BIN)/pip install --quiet "torch==$(TORCH_VERSION)"; \
+	fi
 	$(BIN)/pip install --quiet -e ".[dev]"
 	touch $(STAMP)
 

@@ -6,6 +6,7 @@ PROMETHEUS_MULTIPROC_DIR before prometheus_client is first imported.
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import tempfile
@@ -23,6 +24,14 @@ keys_cli = typer.Typer(help="Manage API keys.", no_args_is_help=True)
 cli.add_typer(keys_cli, name="keys")
 models_cli = typer.Typer(help="Inspect and promote model versions.", no_args_is_help=True)
 cli.add_typer(models_cli, name="models")
+
+log = logging.getLogger("app.cli")
+
+NEW_KEY_HINT = (
+    "restart with VIGIL_BOOTSTRAP_ADMIN_KEY set to a random string of at least 24 characters "
+    "(python3 -c 'import secrets; print(secrets.token_urlsafe(32))'), or create one with "
+    "`vigil keys create --name me --scopes admin` (in .venv/bin/ of a source checkout)"
+)
 
 
 def _settings(**overrides: Any) -> Any:
@@ -52,6 +61,7 @@ def serve(
     from app.logs import configure, uvicorn_log_config
 
     configure(settings.log_level, settings.log_format)
+    _announce(settings)
     worker_process = _start_embedded_worker() if settings.embedded_worker else None
     try:
         uvicorn.run(
@@ -66,6 +76,58 @@ def serve(
     finally:
         if worker_process is not None:
             _stop_process(worker_process)
+
+
+def _announce(settings: Any) -> None:
+    """Log where the API and its docs are, and what a first start still lacks."""
+    from app.config import MIN_BOOTSTRAP_KEY_LENGTH
+    from app.db.migrate import schema_state
+
+    base = f"http://{_browsable_host(settings.host)}:{settings.port}"
+    log.info("Vigil API at %s, interactive docs at %s/docs", base, base)
+    key = settings.bootstrap_admin_key
+    if key is not None and len(key) < MIN_BOOTSTRAP_KEY_LENGTH:
+        log.warning(
+            "VIGIL_BOOTSTRAP_ADMIN_KEY is shorter than %d characters: accepted in development, "
+            "refused with VIGIL_ENVIRONMENT=production",
+            MIN_BOOTSTRAP_KEY_LENGTH,
+        )
+    state = schema_state(settings.database_url)
+    if not state.ready:
+        log.error("%s", state.problem)
+        return
+    live, total = _key_counts(settings.database_url)
+    if live == 0 and not (key and total == 0):
+        log.warning(
+            "no API key exists, so every /v1 request gets 401: %s",
+            NEW_KEY_HINT if total == 0 else NEW_KEY_HINT.split(", or ", 1)[1],
+        )
+
+
+def _browsable_host(host: str) -> str:
+    """The host part of a URL a browser on this machine can open (not 0.0.0.0)."""
+    if host in {"", "0.0.0.0", "::"}:  # noqa: S104 (naming the wildcard, not binding it)
+        return "127.0.0.1"
+    return f"[{host}]" if ":" in host else host
+
+
+def _key_counts(url: str) -> tuple[int, int]:
+    """(live, all) API keys in the database."""
+    from sqlalchemy import func, select
+
+    from app.db.models import ApiKey
+    from app.db.session import make_engine
+
+    engine = make_engine(url, role="cli")
+    try:
+        with engine.connect() as connection:
+            live = connection.scalar(
+                select(func.count()).select_from(ApiKey).where(ApiKey.revoked_at.is_(None))
+            )
+            total = connection.scalar(select(func.count()).select_from(ApiKey))
+    finally:
+        engine.dispose()
+    return int(live or 0), int(total or 0)
 
 
 def _settings_env(settings: Any) -> dict[str, str]:
@@ -136,10 +198,14 @@ def worker() -> None:
     os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
     from prometheus_client import start_http_server
 
+    from app.db.migrate import schema_state
     from app.logs import configure
     from app.worker import Worker
 
     settings = _settings()
+    state = schema_state(settings.database_url)
+    if state.reachable and not state.ready:  # an unreachable database is waited for
+        _fail(state.problem)
     configure(settings.log_level, settings.log_format)
     runner = Worker(settings)  # before the metrics server, so its first scrape is complete
     if settings.worker_metrics_port:
@@ -160,9 +226,24 @@ def migrate() -> None:
 
 
 def _sessions() -> Any:
+    """Sessions on a migrated database; otherwise a one-line error and exit status 1.
+
+    NOTE: connecting to a SQLite file that does not exist creates it: `keys list` run from
+    the wrong directory would leave an empty vigil.db there and fail on its missing tables.
+    """
+    from app.db.migrate import schema_state
     from app.db.session import make_engine, make_sessionmaker
 
-    return make_sessionmaker(make_engine(_settings().database_url, role="cli"))
+    url = _settings().database_url
+    state = schema_state(url)
+    if not state.ready:
+        _fail(state.problem)
+    return make_sessionmaker(make_engine(url, role="cli"))
+
+
+def _fail(message: str | None) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(1)
 
 
 @models_cli.command("list")
@@ -252,17 +333,18 @@ def keys_create(
 def keys_list() -> None:
     """List keys (never their secrets)."""
     from app.db.base import utcnow
+    from app.schemas.common import rfc3339
     from app.security import list_keys
 
     now = utcnow()
     with _sessions()() as session:
         for key in list_keys(session=session):
             if key.revoked_at:
-                state = f"revoked {key.revoked_at.isoformat()}"
+                state = f"revoked {rfc3339(key.revoked_at)}"
             elif key.expires_at and key.expires_at <= now:
-                state = f"expired {key.expires_at.isoformat()}"
+                state = f"expired {rfc3339(key.expires_at)}"
             elif key.expires_at:
-                state = f"active, expires {key.expires_at.isoformat()}"
+                state = f"active, expires {rfc3339(key.expires_at)}"
             else:
                 state = "active"
             if key.series_ids is not None:

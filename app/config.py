@@ -9,6 +9,8 @@ from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PLACEHOLDER_SECRETS = frozenset({"", "changeme", "change-me", "secret", "admin"})
+MIN_BOOTSTRAP_KEY_LENGTH = 24
+"""Shorter bootstrap keys are refused in production (and warned about by `vigil serve`)."""
 
 
 class Settings(BaseSettings):
@@ -158,12 +160,12 @@ class Settings(BaseSettings):
         key = self.bootstrap_admin_key
         if key is not None and (
             key.lower() in PLACEHOLDER_SECRETS
-            or len(key) < 24
+            or len(key) < MIN_BOOTSTRAP_KEY_LENGTH
             or any(marker in key.lower() for marker in ("changeme", "change-me"))
         ):
             raise ValueError(
-                "VIGIL_BOOTSTRAP_ADMIN_KEY is a placeholder or shorter than 24 characters; "
-                "set a random secret in production"
+                "VIGIL_BOOTSTRAP_ADMIN_KEY is a placeholder or shorter than "
+                f"{MIN_BOOTSTRAP_KEY_LENGTH} characters; set a random secret in production"
             )
         if "database_url" not in self.model_fields_set:
             raise ValueError("VIGIL_DATABASE_URL must be set explicitly in production")

@@ -16,6 +16,7 @@ from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 from starlette.routing import compile_path
 
+from app.schemas.common import SLUG_PATTERN
 from models import ModelError
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,13 @@ class InvalidInput(VigilError):
         errors = [{"loc": field.split("."), "msg": detail}] if field else None
         super().__init__(f"{field}: {detail}" if field else detail, errors=errors)
         self.field = field
+
+
+class NotEnoughPoints(VigilError):
+    """Too few stored points to train on; the detail says how many there are and are needed."""
+
+    status_code = 422
+    title = "Not enough data"
 
 
 class NotFound(VigilError):
@@ -134,21 +142,66 @@ def problem(
     )
 
 
+UNION_TAGS = frozenset({"range", "score"})
+"""Tags of the discriminated unions of request bodies (LabelCreate in app/schemas/labels.py).
+pydantic puts the tag into an error's `loc`, where it names nothing the client sent."""
+
+MESSAGES_BY_TYPE = {
+    "missing": "is required",
+    "extra_forbidden": "is not a field this request accepts; remove it",
+    "model_attributes_type": "must be a JSON object",
+    "model_type": "must be a JSON object",
+    "dict_type": "must be a JSON object",
+}
+"""pydantic's messages that name its internals, in words that say what to send instead."""
+
+PYDANTIC_PREFIXES = ("Value error, ", "Assertion failed, ")
+WHERE = {"query": "query parameter", "path": "path parameter", "header": "header"}
+
+
 def _describe_validation_errors(exc: RequestValidationError) -> tuple[str, list[dict[str, Any]]]:
     errors = []
     for err in exc.errors():
-        loc = [str(part) for part in err.get("loc", ())]
-        msg = err.get("msg", "invalid")
+        loc = [str(part) for part in err.get("loc", ()) if part not in UNION_TAGS]
+        msg = _message(err)
+        for prefix in PYDANTIC_PREFIXES:
+            msg = msg.removeprefix(prefix)
         if err.get("type") == "json_invalid":
             # FastAPI puts the character offset into `loc`; it belongs in the message.
             reason = (err.get("ctx") or {}).get("error", "malformed")
             msg = f"is not valid JSON: {reason} at character {loc[1] if len(loc) > 1 else 0}"
             loc = loc[:1]
         errors.append({"loc": loc, "msg": msg, "type": err.get("type")})
-    summary = "; ".join(f"{'.'.join(e['loc'])}: {e['msg']}" for e in errors[:5])
+    summary = "; ".join(_sentence(e["loc"], e["msg"]) for e in errors[:5])
     if len(errors) > 5:
         summary += f"; and {len(errors) - 5} more"
     return summary or "invalid request", errors
+
+
+def _message(err: Any) -> str:
+    kind = err.get("type", "")
+    ctx = err.get("ctx") or {}
+    if kind == "string_pattern_mismatch" and ctx.get("pattern") == SLUG_PATTERN:
+        return "must be 1 to 100 letters, digits, '-', '_' or '.'"
+    if kind in ("too_short", "too_long"):
+        bound = ctx.get("min_length" if kind == "too_short" else "max_length")
+        most = "least" if kind == "too_short" else "most"
+        items = "item" if bound == 1 else "items"
+        return f"must hold at {most} {bound} {items}, not {ctx.get('actual_length')}"
+    return MESSAGES_BY_TYPE.get(kind, str(err.get("msg", "invalid")))
+
+
+def _sentence(loc: list[str], msg: str) -> str:
+    """`windows[3]: ...`, `query parameter limit: ...`, or the body's own message."""
+    if not loc:
+        return msg
+    source, path = loc[0], loc[1:]
+    name = "".join(f"[{part}]" if part.isdigit() else f".{part}" for part in path).lstrip(".")
+    if source == "body":
+        if name:
+            return f"{name}: {msg}"
+        return f"the body {msg}" if msg.startswith(("is ", "must ")) else msg
+    return f"{WHERE.get(source, source)} {name}: {msg}" if name else f"{source}: {msg}"
 
 
 def error_response(exc: Exception, *, method: str, path: str) -> Response:

@@ -15,6 +15,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from app import __version__
 from app.api import api_router
 from app.api.deps import authorize_header
+from app.api.docs import install_docs
 from app.api.routes.scores import BINARY_HEADERS
 from app.api.score_endpoint import ScoreEndpoint
 from app.config import Settings, get_settings
@@ -75,9 +76,12 @@ def create_app(settings: Settings | None = None) -> Vigil:
         version=__version__,
         description=DESCRIPTION,
         lifespan=lifespan,
+        docs_url=None,  # install_docs serves them, with their assets (no CDN)
+        redoc_url=None,
     )
     install_error_handlers(app)
     app.include_router(api_router)
+    install_docs(app)
     _install_openapi(app)
     cors: dict[str, Any] = {
         "allow_origins": settings.cors_origins,

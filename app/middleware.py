@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import contextvars
 import functools
+import re
 import secrets
 import time
+import weakref
 from typing import Any
 
+from fastapi.routing import iter_route_contexts
+from starlette.routing import Mount, compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.errors import problem
@@ -100,9 +104,47 @@ def _request_metrics(method: str, route: str, status: int) -> tuple[Any, Any]:
 
 
 def _route_template(scope: Scope) -> str:
+    """The route's path template, also for requests that never reached FastAPI's routing
+    (an idempotent replay, answered by its middleware) or that Starlette served without
+    setting `scope["route"]` (/openapi.json, /docs and its assets). "unmatched" otherwise:
+    a label value per template, never per path, so that clients cannot grow the metrics."""
     route = scope.get("route")
     path = getattr(route, "path", None)
-    return path if isinstance(path, str) else "unmatched"
+    if isinstance(path, str):
+        return path
+    app = scope.get("app")
+    if app is None or not hasattr(app, "router"):
+        return "unmatched"
+    request_path = scope.get("path", "")
+    method = scope.get("method", "GET")
+    matched = "unmatched"
+    for pattern, template, methods in _templates(app):
+        if pattern.match(request_path):
+            if methods is None or method in methods:
+                return template
+            if matched == "unmatched":
+                matched = template  # the path exists; the method does not (405)
+    return matched
+
+
+_TEMPLATES: weakref.WeakKeyDictionary[Any, list[tuple[re.Pattern[str], str, frozenset[str] | None]]]
+_TEMPLATES = weakref.WeakKeyDictionary()
+
+
+def _templates(app: Any) -> list[tuple[re.Pattern[str], str, frozenset[str] | None]]:
+    """(path regex, template, methods) of every route of `app`, compiled once per app."""
+    found = _TEMPLATES.get(app)
+    if found is None:
+        found = []
+        for context in iter_route_contexts(app.router.routes):
+            if isinstance(context.original_route, Mount):
+                template = f"{context.path}/{{path:path}}"
+            else:
+                template = str(context.path)
+            methods = frozenset(context.methods) if context.methods else None
+            found.append((compile_path(template)[0], template, methods))
+        _TEMPLATES[app] = found
+    return found
 
 
 def _clean_request_id(raw: bytes | None) -> str | None:

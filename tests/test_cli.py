@@ -3,19 +3,26 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
+import sqlite3
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
 
+import psycopg
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 from typer.testing import CliRunner
 
-from app.cli import cli
+from app.cli import _announce, cli
 from app.config import Settings
 from app.db.models import ModelVersion
 from app.main import create_app
-from app.security import hash_key
+from app.security import create_key, hash_key
 from app.worker import Worker
+from tests.conftest import POSTGRES_ADMIN_URL
 from tests.utils.trained import NoHeartbeat, queue_job, trained_series
 
 
@@ -129,3 +136,107 @@ def test_models_list_and_promote_a_candidate_by_hand(
     assert statuses == {1: "retired", 2: "active"}
     missing = runner.invoke(cli, ["models", "activate", str(series_id), "9"])
     assert missing.exit_code == 2 and "no model version 9" in missing.output
+
+
+@pytest.fixture
+def unmigrated_url(database_url: str, tmp_path: Path) -> Iterator[str]:
+    """An existing database that has no schema yet, of the same kind as `database_url`."""
+    if database_url.startswith("sqlite"):
+        path = tmp_path / "empty.db"
+        sqlite3.connect(path).close()
+        yield f"sqlite:///{path}"
+        return
+    name = f"vigil_test_empty_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield database_url.rsplit("/", 1)[0] + f"/{name}"
+    finally:
+        with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+NOT_MIGRATED = "database not migrated: run `vigil migrate`"
+COMMANDS_THAT_NEED_THE_SCHEMA = [
+    ["keys", "list"],
+    ["keys", "create", "--name", "me", "--scopes", "admin"],
+    ["keys", "revoke", "1"],
+    ["worker"],
+]
+
+
+@pytest.mark.parametrize("command", COMMANDS_THAT_NEED_THE_SCHEMA, ids=" ".join)
+def test_from_another_directory_commands_say_to_migrate_and_create_no_database(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, command: list[str]
+) -> None:
+    monkeypatch.delenv("VIGIL_DATABASE_URL", raising=False)
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(cli, command)
+    assert result.exit_code == 1
+    assert NOT_MIGRATED in result.stderr
+    assert str(tmp_path / "vigil.db") in result.stderr  # says where it looked
+    assert "Traceback" not in result.output
+    assert not isinstance(result.exception, Exception) or isinstance(result.exception, SystemExit)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("command", COMMANDS_THAT_NEED_THE_SCHEMA, ids=" ".join)
+def test_an_unmigrated_database_is_named_not_a_traceback(
+    monkeypatch: pytest.MonkeyPatch, unmigrated_url: str, command: list[str]
+) -> None:
+    monkeypatch.setenv("VIGIL_DATABASE_URL", unmigrated_url)
+    result = CliRunner().invoke(cli, command)
+    assert result.exit_code == 1
+    assert result.stderr.strip() == f"error: {NOT_MIGRATED}"
+    assert "Traceback" not in result.output
+
+
+def test_migrate_then_keys_work(monkeypatch: pytest.MonkeyPatch, unmigrated_url: str) -> None:
+    monkeypatch.setenv("VIGIL_DATABASE_URL", unmigrated_url)
+    runner = CliRunner()
+    assert runner.invoke(cli, ["migrate"]).exit_code == 0
+    listed = runner.invoke(cli, ["keys", "list"])
+    assert listed.exit_code == 0, listed.output
+    assert listed.stdout == ""
+
+
+def test_serve_announces_its_urls_and_how_to_get_a_key(
+    database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="app.cli")
+    _announce(Settings(database_url=database_url, host="0.0.0.0", port=8123))
+    messages = [record.getMessage() for record in caplog.records]
+    assert messages[0] == (
+        "Vigil API at http://127.0.0.1:8123, interactive docs at http://127.0.0.1:8123/docs"
+    )
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert "no API key exists" in warning
+    assert "VIGIL_BOOTSTRAP_ADMIN_KEY" in warning and "vigil keys create" in warning
+
+
+def test_serve_is_quiet_about_keys_once_one_will_exist(
+    database_url: str, sessions: sessionmaker[Session], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="app.cli")
+    _announce(Settings(database_url=database_url, bootstrap_admin_key="k" * 32))
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    with sessions() as session, session.begin():
+        create_key(session=session, name="ops", scopes=["read"])
+    caplog.clear()
+    _announce(Settings(database_url=database_url))
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+def test_serve_warns_of_a_short_bootstrap_key_in_development(
+    database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    _announce(Settings(database_url=database_url, bootstrap_admin_key="short-key"))
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert "shorter than 24 characters" in warning and "production" in warning
+
+
+def test_serve_says_when_the_database_is_not_migrated(
+    unmigrated_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    _announce(Settings(database_url=unmigrated_url))
+    assert NOT_MIGRATED in [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]

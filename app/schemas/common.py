@@ -1,7 +1,9 @@
 """Types shared by the request and response schemas: names, class kinds and timestamps.
 
 Timestamps travel as ISO-8601 strings or epoch seconds and are kept as integer microseconds
-since the Unix epoch (UTC), the unit of the database (see app/db/models.py).
+since the Unix epoch (UTC), the unit of the database (see app/db/models.py). Every response
+gives them in one form: RFC 3339 in UTC with `Z`, with microseconds only when there are
+any (`2026-11-22T08:00:00Z`, `2026-11-22T08:00:00.250000Z`).
 """
 
 from __future__ import annotations
@@ -12,12 +14,14 @@ from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Final, Literal
 
+import numpy as np
 from fastapi import Path
 from pydantic import (
     AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
+    PlainSerializer,
     PlainValidator,
     StringConstraints,
     WithJsonSchema,
@@ -293,9 +297,58 @@ def to_us(value: object) -> int:
     raise TimestampError("must be an ISO-8601 string or a number of epoch seconds")
 
 
+def is_naive_iso(value: object) -> bool:
+    """True for an ISO-8601 date or date-time string without a UTC offset (taken as UTC)."""
+    if not isinstance(value, str) or not ISO_HINT.match(value):
+        return False
+    try:
+        return datetime.fromisoformat(value.strip()).tzinfo is None
+    except ValueError:
+        return False
+
+
+def naive_warning(subject: str, *, plural: bool) -> str:
+    """The warning for timestamps given without a UTC offset."""
+    were, them = ("were", "them") if plural else ("was", "it")
+    return (
+        f"{subject} had no UTC offset and {were} taken as UTC; end {them} with Z (or an "
+        "offset such as +01:00) to say which time is meant"
+    )
+
+
 def us_to_datetime(us: int) -> datetime:
     """Microseconds since the epoch -> an aware UTC datetime (exact)."""
     return EPOCH + timedelta(microseconds=us)
+
+
+def rfc3339(value: datetime) -> str:
+    """An aware datetime in the responses' one form: RFC 3339, UTC, `Z`."""
+    utc = value.astimezone(UTC)
+    text = utc.strftime("%Y-%m-%dT%H:%M:%S")
+    return f"{text}.{utc.microsecond:06d}Z" if utc.microsecond else f"{text}Z"
+
+
+def format_us(us: int) -> str:
+    """Microseconds since the epoch in the responses' one form (see `rfc3339`)."""
+    return rfc3339(us_to_datetime(us))
+
+
+def format_us_array(us: np.ndarray) -> list[str]:
+    """`format_us` of each element of an int64 array, vectorised (10^5 timestamps per read)."""
+    full = np.datetime_as_string(us.astype("datetime64[us]"), unit="us", timezone="UTC")
+    whole = us % 1_000_000 == 0
+    if whole.any():
+        full = np.where(whole, np.char.add(full.astype("<U19"), "Z"), full)
+    out: list[str] = full.tolist()
+    return out
+
+
+UtcDateTime = Annotated[
+    datetime,
+    PlainSerializer(rfc3339, return_type=str, when_used="json-unless-none"),
+    WithJsonSchema({"type": "string", "format": "date-time"}),
+]
+"""A response field holding an instant, serialised by `rfc3339`."""
 
 
 def _validate_timestamp(value: object) -> int:

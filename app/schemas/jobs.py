@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, computed_field
+
+from app.schemas.common import UtcDateTime
 
 
 class JobOut(BaseModel):
@@ -15,7 +16,7 @@ class JobOut(BaseModel):
     series_id: int
     status: Literal["queued", "running", "succeeded", "failed"]
     reason: str = Field(description="`manual` (API), or `labels` (queued after new labels).")
-    not_before: datetime | None = Field(
+    not_before: UtcDateTime | None = Field(
         default=None,
         description="A retrain queued by labels waits for quiet until then (null: due now).",
     )
@@ -43,9 +44,9 @@ class JobOut(BaseModel):
         )
     )
     attempts: int
-    created_at: datetime
-    started_at: datetime | None
-    finished_at: datetime | None
+    created_at: UtcDateTime
+    started_at: UtcDateTime | None
+    finished_at: UtcDateTime | None
 
     @computed_field(description="Same as `id`.")  # type: ignore[prop-decorator]
     @property
@@ -62,8 +63,8 @@ class ModelVersionOut(BaseModel):
     note: str | None
     sha256: str
     job_id: int | None
-    trained_at: datetime
-    activated_at: datetime | None
+    trained_at: UtcDateTime
+    activated_at: UtcDateTime | None
 
 
 class ModelVersionList(BaseModel):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
 from typing import TYPE_CHECKING, Annotated, Any, Self
 
 from pydantic import (
@@ -11,12 +10,22 @@ from pydantic import (
     ConfigDict,
     Discriminator,
     Field,
+    ModelWrapValidatorHandler,
+    PrivateAttr,
     StringConstraints,
     Tag,
     model_validator,
 )
 
-from app.schemas.common import DbId, Line, Text, TimestampUs, us_to_datetime
+from app.schemas.common import (
+    DbId,
+    Line,
+    Text,
+    TimestampUs,
+    UtcDateTime,
+    is_naive_iso,
+    us_to_datetime,
+)
 
 if TYPE_CHECKING:
     from app.db.models import Job, Label
@@ -37,12 +46,26 @@ class RangeLabelCreate(BaseModel):
     label: LabelName = Field(description="A class of the series.", examples=["bearing_fault"])
     author: Author | None = None
     note: Note | None = None
+    _naive: list[str] = PrivateAttr(default_factory=list)
+    """The fields given as ISO-8601 without a UTC offset (taken as UTC)."""
 
     @model_validator(mode="after")
     def _ordered(self) -> Self:
         if self.end < self.start:
             raise ValueError("end must not be before start")
         return self
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _note_naive_times(cls, data: Any, handler: ModelWrapValidatorHandler[Self]) -> Self:
+        label = handler(data)
+        if isinstance(data, dict):
+            label._naive = [name for name in ("start", "end") if is_naive_iso(data.get(name))]
+        return label
+
+    @property
+    def naive_fields(self) -> list[str]:
+        return list(self._naive)
 
 
 class ScoreLabelCreate(BaseModel):
@@ -79,7 +102,7 @@ class RetrainOut(BaseModel):
 
     job_id: int
     status: str = Field(description="queued, running, succeeded or failed.")
-    not_before: datetime | None = Field(
+    not_before: UtcDateTime | None = Field(
         description="A queued retrain waits for quiet until then; each new label moves it on."
     )
     model_version: int | None = Field(description="The version it produced.")
@@ -105,15 +128,15 @@ class RetrainOut(BaseModel):
 class LabelOut(BaseModel):
     id: int
     series_id: int
-    start: datetime | None = Field(description="Start of the labelled range (UTC), if any.")
-    end: datetime | None = Field(description="End of the labelled range (UTC), if any.")
+    start: UtcDateTime | None = Field(description="Start of the labelled range (UTC), if any.")
+    end: UtcDateTime | None = Field(description="End of the labelled range (UTC), if any.")
     label: str
     score_id: uuid.UUID | None
     model_version: int | None = Field(description="The model version whose score this is about.")
     author: str | None
     note: str | None
-    created_at: datetime
-    deleted_at: datetime | None = Field(description="Set once the label is deleted (soft).")
+    created_at: UtcDateTime
+    deleted_at: UtcDateTime | None = Field(description="Set once the label is deleted (soft).")
     retrain: RetrainOut | None = Field(
         default=None,
         description=(
@@ -125,7 +148,7 @@ class LabelOut(BaseModel):
     )
 
     @classmethod
-    def of(cls, label: Label, job: Job | None = None) -> LabelOut:
+    def of(cls, label: Label, job: Job | None = None, **extra: Any) -> Self:
         return cls(
             retrain=RetrainOut.of(job) if job is not None else None,
             id=label.id,
@@ -139,4 +162,23 @@ class LabelOut(BaseModel):
             note=label.note,
             created_at=label.created_at,
             deleted_at=label.deleted_at,
+            **extra,
         )
+
+
+class LabelCreatedOut(LabelOut):
+    """The label as stored, with what it covers and anything it does that may surprise."""
+
+    points: int | None = Field(
+        description="Stored points in the labelled range now (range labels; null for feedback "
+        "on a score). Points ingested into the range later are labelled too."
+    )
+    windows: int | None = Field(
+        description="Windows of `window_size` points, one every `stride`, that the range "
+        "holds now (range labels). A range shorter than a window still labels its points."
+    )
+    warnings: list[str] = Field(
+        description="What the label does that may not be what was meant: a range with no "
+        "stored points, times without a UTC offset taken as UTC, `false_positive` on a "
+        "window that raised no alarm (or `false_negative` on one that did)."
+    )

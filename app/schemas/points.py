@@ -39,12 +39,21 @@ class IngestResult(BaseModel):
     received: int = Field(description="Rows in the request.")
     inserted: int = Field(description="Timestamps that were new for the series.")
     updated: int = Field(
-        description="Timestamps that already existed; their values were overwritten."
+        description="Timestamps that already existed with other values, now overwritten."
+    )
+    unchanged: int = Field(
+        description="Timestamps that already existed with the same values (nothing written)."
+    )
+    warnings: list[str] = Field(
+        description="What was done that the request may not have meant, e.g. timestamps "
+        "without a UTC offset taken as UTC."
     )
 
 
 class PointsOut(BaseModel):
-    timestamps: list[str] = Field(description="ISO-8601 UTC timestamps, oldest first.")
+    timestamps: list[str] = Field(
+        description="RFC 3339 UTC timestamps (`2026-11-22T08:00:00Z`), oldest first."
+    )
     values: list[list[float]] = Field(description="One row per timestamp, in channel order.")
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Any, Final, Literal, Self
 
 from pydantic import (
@@ -14,7 +13,7 @@ from pydantic import (
     model_validator,
 )
 
-from app.schemas.common import BUILTIN_CLASSES, ClassKind, Slug
+from app.schemas.common import BUILTIN_CLASSES, ClassKind, Slug, UtcDateTime
 
 MAX_CHANNELS = 64
 MAX_USER_CLASSES = 64
@@ -217,5 +216,5 @@ class SeriesOut(BaseModel):
     def _defaults(cls, value: Any) -> Any:
         return {} if value is None else value
 
-    created_at: datetime
-    updated_at: datetime
+    created_at: UtcDateTime
+    updated_at: UtcDateTime

@@ -3,16 +3,27 @@ them back."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.config import Settings
 from app.db.base import utcnow
-from app.db.models import JOB_QUEUED, JOB_RUNNING, MODEL_ACTIVE, Job, ModelVersion, Series
-from app.errors import NotFound, SeriesNotFound
+from app.db.models import (
+    JOB_QUEUED,
+    JOB_RUNNING,
+    MODEL_ACTIVE,
+    Job,
+    Label,
+    ModelVersion,
+    Point,
+    Series,
+)
+from app.errors import NotEnoughPoints, NotFound, SeriesNotFound
+from app.training import cut_windows
 
 
 def open_job(*, session: Session, series_id: int) -> Job | None:
@@ -44,15 +55,88 @@ def enqueue_training(
     return job, True
 
 
-def queue_manual_training(*, session: Session, series_id: int) -> tuple[Job, bool]:
+@dataclass(frozen=True)
+class TrainingData:
+    """What a training job would find: stored points and the windows cut from them."""
+
+    points: int
+    windows: int
+    feedback_windows: int
+    """Windows that feedback on posted (not stored) windows adds, at most."""
+    windows_needed: int
+    points_needed: int
+
+    @property
+    def enough(self) -> bool:
+        return self.points >= self.points_needed
+
+
+def training_data(*, session: Session, series: Series, settings: Settings) -> TrainingData:
+    """How far the series' stored points are from the first training job's minimum.
+
+    The rule is app/training.py's: at least `min_train_windows` windows (`window_size`
+    points every `stride`), counting feedback on posted windows, and at least two windows of
+    stored points (one to validate on). The count stops at the points needed, so it costs
+    the same on a series of 10^7 points as on one of 10^3.
+    """
+    feedback = (
+        session.scalar(
+            select(func.count())
+            .select_from(Label)
+            .where(
+                Label.series_id == series.id,
+                Label.score_id.is_not(None),
+                Label.start_ts.is_(None),
+                Label.deleted_at.is_(None),
+            )
+        )
+        or 0
+    )
+    windows_needed = max(settings.min_train_windows - feedback, 2)
+    points_needed = series.window_size + (windows_needed - 1) * series.stride
+    capped = select(Point.ts).where(Point.series_id == series.id).limit(points_needed).subquery()
+    points = session.scalar(select(func.count()).select_from(capped)) or 0
+    windows = len(cut_windows(points, window_size=series.window_size, stride=series.stride))
+    return TrainingData(points, windows, feedback, windows_needed, points_needed)
+
+
+def not_enough_points(series: Series, data: TrainingData, settings: Settings) -> NotEnoughPoints:
+    feedback = (
+        f" (besides {data.feedback_windows} from feedback on posted windows)"
+        if data.feedback_windows
+        else ""
+    )
+    return NotEnoughPoints(
+        f"series {series.name!r} has {data.points} stored points, {data.windows} windows of "
+        f"{series.window_size} points every {series.stride}; training needs at least "
+        f"{data.windows_needed} windows{feedback}, that is {data.points_needed} points: "
+        f"ingest {data.points_needed - data.points} more (VIGIL_MIN_TRAIN_WINDOWS="
+        f"{settings.min_train_windows})"
+    )
+
+
+def queue_manual_training(
+    *, session: Session, series_id: int, settings: Settings
+) -> tuple[Job, bool]:
     """Queue a job asked for through the API (committed); True when a new one was created.
-    A retrain that labels armed and that is still waiting for quiet is due at once."""
+
+    A series with too few points for the job to succeed is refused at once (422) rather
+    than given a job that would fail a moment later. A retrain that labels armed and that is
+    still waiting for quiet is due at once.
+    """
     series = session.get(Series, series_id)
     if series is None:
         raise SeriesNotFound(series_id)
+    existing = open_job(session=session, series_id=series.id)
+    if existing is not None:
+        if existing.status == JOB_QUEUED and existing.not_before is not None:
+            existing.not_before = None
+            session.commit()
+        return existing, False
+    data = training_data(session=session, series=series, settings=settings)
+    if not data.enough:
+        raise not_enough_points(series, data, settings)
     job, created = enqueue_training(session=session, series=series, reason="manual")
-    if job.status == JOB_QUEUED and job.not_before is not None:
-        job.not_before = None
     session.commit()
     return job, created
 

@@ -5,18 +5,19 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from app.config import Settings
 from app.db.base import utcnow
-from app.db.models import Job, Label, ScoreRecord, Series
+from app.db.models import Job, Label, Point, ScoreRecord, Series
 from app.errors import InvalidInput, NotFound
 from app.metrics import FEEDBACK, LABELS
-from app.schemas.common import FEEDBACK_CLASSES
+from app.schemas.common import FEEDBACK_CLASSES, naive_warning
 from app.schemas.labels import RangeLabelCreate, ScoreLabelCreate
 from app.services.jobs import arm_retrain
 from app.services.series import get_series
+from models import FALSE_NEGATIVE, FALSE_POSITIVE
 
 
 @dataclass(frozen=True)
@@ -24,6 +25,11 @@ class LabelCreated:
     label: Label
     retrain_job: Job | None
     """The retrain this label queued or joined (it waits for quiet: services/jobs.py)."""
+    points: int | None = None
+    """Stored points in a range label's range (None for feedback on a score)."""
+    windows: int | None = None
+    """Windows of the series those points hold."""
+    warnings: tuple[str, ...] = ()
 
 
 def create_label(
@@ -40,6 +46,8 @@ def create_label(
     on a score made a moment ago finds it. `check_series` raises if the caller may not label
     the series (checked before anything is written).
     """
+    points = windows = None
+    warnings: list[str] = []
     if isinstance(spec, ScoreLabelCreate):
         score = _find_score(session=session, spec=spec, flush_scores=flush_scores)
         series = get_series(session=session, series_id=score.series_id)
@@ -50,9 +58,20 @@ def create_label(
             score_id=score.id,
             model_version=score.model_version,
         )
+        warnings.extend(_feedback_warnings(score, spec.label))
     else:
         series = get_series(session=session, series_id=spec.series_id)
         label = Label(series_id=series.id, start_ts=spec.start, end_ts=spec.end)
+        points = _points_between(session, series.id, spec.start, spec.end)
+        windows = window_count(points, window_size=series.window_size, stride=series.stride)
+        if points == 0:
+            warnings.append(
+                "the range holds no stored points yet, so this label teaches the model nothing "
+                "until points in it are ingested (check the range and its time zone)"
+            )
+        if spec.naive_fields:
+            subject = " and ".join(spec.naive_fields)
+            warnings.append(naive_warning(subject, plural=len(spec.naive_fields) > 1))
     check_series(series.id)
     _check_class(series, spec.label)
     label.label = spec.label
@@ -68,7 +87,41 @@ def create_label(
     if label.label in FEEDBACK_CLASSES:
         version = "none" if label.model_version is None else str(label.model_version)
         FEEDBACK.labels(series=series.name, model_version=version, kind=label.label).inc()
-    return LabelCreated(label=label, retrain_job=job)
+    return LabelCreated(
+        label=label, retrain_job=job, points=points, windows=windows, warnings=tuple(warnings)
+    )
+
+
+def window_count(points: int, *, window_size: int, stride: int) -> int:
+    """Windows cut from `points` consecutive points: len(app.training.cut_windows(...))."""
+    return 0 if points < window_size else (points - window_size) // stride + 1
+
+
+def _points_between(session: Session, series_id: int, start: int, end: int) -> int:
+    return (
+        session.scalar(
+            select(func.count())
+            .select_from(Point)
+            .where(Point.series_id == series_id, Point.ts >= start, Point.ts <= end)
+        )
+        or 0
+    )
+
+
+def _feedback_warnings(score: ScoreRecord, label: str) -> list[str]:
+    """Feedback that contradicts nothing the model said is kept, and said to be odd."""
+    if label == FALSE_POSITIVE and not score.is_anomaly:
+        return [
+            f"score {score.id} raised no alarm (adjusted score {score.adjusted_score:.4g} was "
+            "not above the threshold), so there was no false alarm to mark; the label is kept "
+            "and teaches the model that windows like it are normal"
+        ]
+    if label == FALSE_NEGATIVE and score.is_anomaly:
+        return [
+            f"score {score.id} raised an alarm, so no fault was missed; the label is kept and "
+            "teaches the model that windows like it are anomalies"
+        ]
+    return []
 
 
 def _find_score(

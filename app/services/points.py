@@ -6,7 +6,8 @@ and numpy in a handful of vectorised passes; the slow, row-by-row walk only runs
 the first bad row of a batch that has already failed.
 
 Upserts are keyed on (series, timestamp). Within one batch the last row of a repeated
-timestamp wins, so `inserted + updated` counts distinct timestamps while `received` counts rows.
+timestamp wins, so `inserted + updated + unchanged` counts distinct timestamps while
+`received` counts rows. A stored row whose values are the same is not written again.
 """
 
 from __future__ import annotations
@@ -43,7 +44,10 @@ from app.schemas.common import (
     MIN_TIMESTAMP_US,
     ONE_MICROSECOND,
     TimestampError,
+    format_us_array,
     is_decimal_text,
+    is_naive_iso,
+    naive_warning,
     to_us,
 )
 from app.schemas.points import IngestResult
@@ -65,6 +69,8 @@ class PointBatch:
 
     ts: Int64Array
     values: Float64Array
+    naive_timestamps: int = 0
+    """ISO-8601 timestamps without a UTC offset, taken as UTC."""
 
     @property
     def received(self) -> int:
@@ -77,9 +83,9 @@ class PointsPage:
     values: Float64Array
 
     def to_json(self) -> bytes:
-        """`{"timestamps": [ISO-8601 UTC, ...], "values": [[...], ...]}`."""
-        stamps = np.datetime_as_string(self.ts.astype("datetime64[us]"), unit="us", timezone="UTC")
-        return orjson.dumps({"timestamps": stamps.tolist(), "values": self.values.tolist()})
+        """`{"timestamps": [RFC 3339 UTC, ...], "values": [[...], ...]}`."""
+        stamps = format_us_array(self.ts)
+        return orjson.dumps({"timestamps": stamps, "values": self.values.tolist()})
 
 
 # -- the route's entry point ------------------------------------------------------------------
@@ -143,8 +149,8 @@ def parse_json_batch(body: bytes, *, channels: Sequence[str], max_rows: int) -> 
             field="values",
         )
     matrix = _json_values(values, channels)
-    ts = timestamps_to_us(timestamps, locate=lambda i: f"timestamps[{i}]")
-    return PointBatch(ts=ts, values=matrix)
+    ts, naive = timestamps_and_naive(timestamps, locate=lambda i: f"timestamps[{i}]")
+    return PointBatch(ts=ts, values=matrix, naive_timestamps=naive)
 
 
 @contextmanager
@@ -210,8 +216,10 @@ def parse_csv_batch(body: bytes, *, channels: Sequence[str], max_rows: int) -> P
             f"line {line_of(i)}, column {channels[j]!r}: "
             f"{_shown(cells[i][_source_column(order, j)])} is not a finite number"
         )
-    ts = timestamps_to_us([row[0] for row in rows], locate=lambda i: f"line {line_of(i)}")
-    return PointBatch(ts=ts, values=matrix)
+    ts, naive = timestamps_and_naive(
+        [row[0] for row in rows], locate=lambda i: f"line {line_of(i)}"
+    )
+    return PointBatch(ts=ts, values=matrix, naive_timestamps=naive)
 
 
 def _csv_line_numbers(
@@ -241,27 +249,37 @@ def _csv_line_numbers(
 
 
 def timestamps_to_us(items: Sequence[object], *, locate: Callable[[int], str]) -> Int64Array:
-    """ISO-8601 strings or epoch seconds -> (N,) int64 microseconds, each checked for range.
+    """ISO-8601 strings or epoch seconds -> (N,) int64 microseconds, each checked for range."""
+    return timestamps_and_naive(items, locate=locate)[0]
+
+
+def timestamps_and_naive(
+    items: Sequence[object], *, locate: Callable[[int], str]
+) -> tuple[Int64Array, int]:
+    """ISO-8601 strings or epoch seconds -> (N,) int64 microseconds, each checked for range,
+    and how many were ISO-8601 without a UTC offset (taken as UTC).
 
     Numbers take a vectorised path; strings are parsed one by one (C-speed fromisoformat).
+    The fast paths never see a string without an offset, so only the element-wise path
+    counts them.
     """
     kinds = set(map(type, items))
     if kinds == {str}:
         fast = _strings_to_us(items)
         if fast is not None:
-            return fast
+            return fast, 0
     try:
         if kinds <= {int}:
             seconds = np.array(items, dtype=np.int64)
             if not ((seconds >= 0) & (seconds < MAX_EPOCH_SECONDS)).all():
                 _raise_first_bad(items, locate)
-            return seconds * 1_000_000
+            return seconds * 1_000_000, 0
         if kinds <= {int, float}:
             floats = np.array(items, dtype=np.float64)
             if not ((floats >= 0) & (floats < MAX_EPOCH_SECONDS)).all():  # NaN fails too
                 _raise_first_bad(items, locate)
             # Same rounding as to_us(): round half to even of seconds * 1e6.
-            return np.rint(floats * 1_000_000).astype(np.int64)
+            return np.rint(floats * 1_000_000).astype(np.int64), 0
     except OverflowError:
         _raise_first_bad(items, locate)
     out = np.empty(len(items), dtype=np.int64)
@@ -270,7 +288,7 @@ def timestamps_to_us(items: Sequence[object], *, locate: Callable[[int], str]) -
             out[index] = to_us(item)
         except TimestampError as exc:
             raise InvalidInput(str(exc), field=locate(index)) from None
-    return out
+    return out, sum(map(is_naive_iso, items))
 
 
 def _strings_to_us(items: Sequence[Any]) -> Int64Array | None:
@@ -488,12 +506,22 @@ def upsert_points(*, session: Session, series: Series, batch: PointBatch) -> Ing
     rows = np.ascontiguousarray(values, dtype="<f8")
     with _driver_errors_as_unavailable(session):
         if session.get_bind().dialect.name == "postgresql":
-            inserted = _upsert_postgres(session, series.id, ts, rows)
+            inserted, updated = _upsert_postgres(session, series.id, ts, rows)
         else:
-            inserted = _upsert_sqlite(session, series.id, ts, rows)
+            inserted, updated = _upsert_sqlite(session, series.id, ts, rows)
     session.commit()
     POINTS_INGESTED.labels(series=series.name).inc(batch.received)
-    return IngestResult(received=batch.received, inserted=inserted, updated=len(ts) - inserted)
+    warnings = []
+    if naive := batch.naive_timestamps:
+        subject = f"{naive} timestamp{'s' if naive > 1 else ''}"
+        warnings.append(naive_warning(subject, plural=naive > 1))
+    return IngestResult(
+        received=batch.received,
+        inserted=inserted,
+        updated=updated,
+        unchanged=len(ts) - inserted - updated,
+        warnings=warnings,
+    )
 
 
 @contextmanager
@@ -534,13 +562,15 @@ _PG_STAGE = (
 )
 _PG_COPY_STAGED = 'COPY vigil_points_in (ts, "values") FROM STDIN (FORMAT BINARY)'
 # NOTE: a row version that was just inserted has xmax = 0; one that ON CONFLICT updated carries
-# the updating transaction's id, so this counts the inserts of this statement exactly.
+# the updating transaction's id, so this counts the inserts of this statement exactly. A row
+# whose values are unchanged is neither written again nor returned.
 _PG_UPSERT = (
     'WITH upserted AS (INSERT INTO points (series_id, ts, "values") '
     'SELECT %s, ts, "values" FROM vigil_points_in '
     'ON CONFLICT (series_id, ts) DO UPDATE SET "values" = EXCLUDED."values" '
+    'WHERE points."values" IS DISTINCT FROM EXCLUDED."values" '
     "RETURNING (xmax = 0) AS inserted) "
-    "SELECT count(*) FILTER (WHERE inserted) FROM upserted"
+    "SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted) FROM upserted"
 )
 _PGCOPY_HEADER: Final = b"PGCOPY\n\xff\r\n\x00" + struct.pack("!ii", 0, 0)
 _PGCOPY_TRAILER: Final = struct.pack("!h", -1)
@@ -571,7 +601,10 @@ def binary_copy_payload(
     return _PGCOPY_HEADER + tuples.tobytes() + _PGCOPY_TRAILER
 
 
-def _upsert_postgres(session: Session, series_id: int, ts: Int64Array, rows: Float64Array) -> int:
+def _upsert_postgres(
+    session: Session, series_id: int, ts: Int64Array, rows: Float64Array
+) -> tuple[int, int]:
+    """(inserted, updated) rows."""
     raw = session.connection().connection.driver_connection
     assert raw is not None
     with raw.cursor() as cursor:
@@ -585,19 +618,21 @@ def _upsert_postgres(session: Session, series_id: int, ts: Int64Array, rows: Flo
                 cursor.execute("ROLLBACK TO SAVEPOINT vigil_append")
             else:
                 cursor.execute("RELEASE SAVEPOINT vigil_append")
-                return len(ts)
+                return len(ts), 0
         cursor.execute(_PG_STAGE)
         with cursor.copy(_PG_COPY_STAGED) as copy:
             copy.write(binary_copy_payload(ts, rows))
         cursor.execute(_PG_UPSERT, (series_id,))
-        (inserted,) = cursor.fetchone()
+        inserted, updated = cursor.fetchone()
         cursor.execute("DROP TABLE vigil_points_in")
-    return int(inserted)
+    return int(inserted), int(updated)
 
 
+# A row whose values are unchanged is not written again, and not counted in total_changes.
 _SQLITE_UPSERT = (
     'INSERT INTO points (series_id, ts, "values") VALUES (?, ?, ?) '
-    'ON CONFLICT (series_id, ts) DO UPDATE SET "values" = excluded."values"'
+    'ON CONFLICT (series_id, ts) DO UPDATE SET "values" = excluded."values" '
+    'WHERE points."values" IS NOT excluded."values"'
 )
 # CROSS JOIN makes SQLite loop over the batch and probe the primary key for each timestamp:
 # the cost follows the batch, never the size of the series.
@@ -607,7 +642,10 @@ _SQLITE_COUNT_EXISTING = (
 )
 
 
-def _upsert_sqlite(session: Session, series_id: int, ts: Int64Array, rows: Float64Array) -> int:
+def _upsert_sqlite(
+    session: Session, series_id: int, ts: Int64Array, rows: Float64Array
+) -> tuple[int, int]:
+    """(inserted, updated) rows."""
     raw = session.connection().connection.driver_connection
     assert raw is not None
     if not raw.in_transaction:
@@ -618,8 +656,10 @@ def _upsert_sqlite(session: Session, series_id: int, ts: Int64Array, rows: Float
     batch_json = orjson.dumps(stamps).decode()
     existing = raw.execute(_SQLITE_COUNT_EXISTING, (batch_json, series_id)).fetchone()[0]
     blobs = rows.view(f"V{rows.shape[1] * 8}").reshape(len(ts)).tolist()
+    changes_before = raw.total_changes
     raw.executemany(_SQLITE_UPSERT, zip(itertools.repeat(series_id), stamps, blobs, strict=False))
-    return len(stamps) - int(existing)
+    inserted = len(stamps) - int(existing)
+    return inserted, raw.total_changes - changes_before - inserted
 
 
 # -- reading ----------------------------------------------------------------------------------

@@ -253,7 +253,8 @@ class Load:
             result = response.json()
             stamps = set(body["timestamps"])
             fresh = len(stamps - state.sent)
-            if (result["inserted"], result["updated"]) != (fresh, len(stamps) - fresh):
+            stored = result["updated"] + result["unchanged"]
+            if (result["inserted"], stored) != (fresh, len(stamps) - fresh):
                 with self.stats.lock:
                     self.stats.mismatches.append(f"series {state.id}: {result} for {fresh} new")
             state.sent |= stamps

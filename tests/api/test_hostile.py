@@ -257,6 +257,12 @@ def test_ids_out_of_range_are_422_on_every_route(
 def test_train_and_activate_ignore_a_body_and_name_unknown_ids(
     client: TestClient, admin: Headers, series: dict[str, Any], sessions: sessionmaker[Session]
 ) -> None:
+    ingested = client.post(
+        f"/v1/series/{series['id']}/points",
+        json={"timestamps": list(range(32)), "values": [[0.0, 1.0, 2.0]] * 32},
+        headers=admin,
+    )
+    assert ingested.status_code == 200, ingested.text
     response = client.post(
         f"/v1/series/{series['id']}/train", content=b"[" * 100_000, headers=admin
     )

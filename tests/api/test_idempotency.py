@@ -19,15 +19,22 @@ from app.db.models import IdempotencyRecord, Job
 from app.main import create_app
 from app.security import create_key, revoke_key
 from app.services import jobs as jobs_service
-from tests.utils.stream import create_series
+from tests.utils.stream import create_series, insert_points, make_stream
 
 Headers = dict[str, str]
+
+
+def trainable_series(sessions: sessionmaker[Session], name: str = "pump-1") -> int:
+    """A series with enough points to train on (fewer get 422 before any job is queued)."""
+    series_id = create_series(sessions, name=name)
+    insert_points(sessions, series_id, make_stream(64))
+    return series_id
 
 
 def test_a_repeat_returns_the_first_response(
     client: TestClient, admin: Headers, sessions: sessionmaker[Session]
 ) -> None:
-    series_id = create_series(sessions)
+    series_id = trainable_series(sessions)
     headers = {**admin, "Idempotency-Key": "train-1"}
     first = client.post(f"/v1/series/{series_id}/train", headers=headers)
     assert first.status_code == 202
@@ -45,8 +52,8 @@ def test_a_repeat_returns_the_first_response(
 def test_the_same_key_with_another_request_is_422(
     client: TestClient, admin: Headers, sessions: sessionmaker[Session]
 ) -> None:
-    a = create_series(sessions, name="a")
-    b = create_series(sessions, name="b")
+    a = trainable_series(sessions, "a")
+    b = trainable_series(sessions, "b")
     headers = {**admin, "Idempotency-Key": "k"}
     assert client.post(f"/v1/series/{a}/train", headers=headers).status_code == 202
     response = client.post(f"/v1/series/{b}/train", headers=headers)
@@ -89,7 +96,7 @@ def _jobs(sessions: sessionmaker[Session]) -> int:
 def test_a_repeat_while_the_first_is_in_flight_is_409(
     client: TestClient, admin: Headers, sessions: sessionmaker[Session]
 ) -> None:
-    series_id = create_series(sessions)
+    series_id = trainable_series(sessions)
     path = f"/v1/series/{series_id}/train"
     _pending(sessions, admin, path, "busy", lease=timedelta(seconds=30))
     response = client.post(path, headers={**admin, "Idempotency-Key": "busy"})
@@ -104,6 +111,7 @@ def test_a_key_whose_request_died_is_free_once_its_lease_lapses(
     """The process that held the key was killed before it did anything (issue 12, item 1):
     a retry performs the operation, once."""
     series_id = create_series(sessions)
+    insert_points(sessions, series_id, make_stream(100))
     path = f"/v1/series/{series_id}/train"
     _pending(sessions, admin, path, "orphan", lease=-timedelta(seconds=1))
     headers = {**admin, "Idempotency-Key": "orphan"}
@@ -121,6 +129,7 @@ def test_a_committed_operation_is_not_performed_again_when_its_response_was_lost
 ) -> None:
     """Killed between the operation's commit and the recording of its response."""
     series_id = create_series(sessions)
+    insert_points(sessions, series_id, make_stream(100))
     path = f"/v1/series/{series_id}/train"
     _pending(sessions, admin, path, "lost", lease=-timedelta(seconds=1), committed=True)
     response = client.post(path, headers={**admin, "Idempotency-Key": "lost"})
@@ -133,6 +142,7 @@ def test_the_operation_commits_with_its_key_marked(
     client: TestClient, admin: Headers, sessions: sessionmaker[Session]
 ) -> None:
     series_id = create_series(sessions)
+    insert_points(sessions, series_id, make_stream(100))
     response = client.post(
         f"/v1/series/{series_id}/train", headers={**admin, "Idempotency-Key": "marked"}
     )
@@ -153,12 +163,13 @@ def test_a_request_that_lost_its_key_to_a_retry_changes_nothing(
     """A request that outlived its lease (a stalled process) must not commit after a retry
     took its key over: the retry is the one that performs the operation."""
     series_id = create_series(sessions)
+    insert_points(sessions, series_id, make_stream(100))
     original = jobs_service.queue_manual_training
 
-    def stalled(*, session: Session, series_id: int) -> Any:
+    def stalled(*, session: Session, series_id: int, settings: Settings) -> Any:
         with sessions() as other, other.begin():  # meanwhile, a retry takes the key over
             other.execute(update(IdempotencyRecord).values(lease_owner="the-retry"))
-        return original(session=session, series_id=series_id)
+        return original(session=session, series_id=series_id, settings=settings)
 
     monkeypatch.setattr(jobs_routes, "queue_manual_training", stalled)
     response = client.post(
@@ -171,6 +182,7 @@ def test_a_request_that_lost_its_key_to_a_retry_changes_nothing(
 
 def test_a_revoked_key_gets_no_replay(client: TestClient, sessions: sessionmaker[Session]) -> None:
     series_id = create_series(sessions)
+    insert_points(sessions, series_id, make_stream(100))
     with sessions() as session, session.begin():
         record, plain = create_key(session=session, name="soon-revoked", scopes=["train"])
     headers = {"Authorization": f"Bearer {plain}", "Idempotency-Key": "r"}
@@ -186,6 +198,7 @@ def test_replays_count_against_the_rate_limit(
     settings: Settings, admin: Headers, sessions: sessionmaker[Session]
 ) -> None:
     series_id = create_series(sessions)
+    insert_points(sessions, series_id, make_stream(100))
     headers = {**admin, "Idempotency-Key": "counted"}
     limited = settings.model_copy(update={"rate_limit_per_minute": 2})
     with TestClient(create_app(limited)) as client:
@@ -202,6 +215,7 @@ def test_the_key_length_is_the_header_as_sent(
 ) -> None:
     """openapi.json says 1 to 255 characters; quotes are characters too."""
     series_id = create_series(sessions)
+    insert_points(sessions, series_id, make_stream(100))
     path = f"/v1/series/{series_id}/train"
     longest = client.post(path, headers={**admin, "Idempotency-Key": "k" * 255})
     assert longest.status_code == 202
@@ -213,7 +227,7 @@ def test_the_key_length_is_the_header_as_sent(
 def test_keys_are_scoped_to_the_api_key(
     client: TestClient, make_headers: Callable[..., Headers], sessions: sessionmaker[Session]
 ) -> None:
-    series_id = create_series(sessions)
+    series_id = trainable_series(sessions)
     first = client.post(
         f"/v1/series/{series_id}/train", headers={**make_headers("train"), "Idempotency-Key": "x"}
     )
@@ -228,7 +242,7 @@ def test_keys_are_scoped_to_the_api_key(
 def test_unauthorised_attempts_are_not_remembered(
     client: TestClient, admin: Headers, sessions: sessionmaker[Session]
 ) -> None:
-    series_id = create_series(sessions)
+    series_id = trainable_series(sessions)
     denied = client.post(
         f"/v1/series/{series_id}/train",
         headers={"Authorization": "Bearer wrong", "Idempotency-Key": "z"},

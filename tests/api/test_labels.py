@@ -15,6 +15,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from app.config import Settings
 from app.db.models import Job, Label, ScoreRecord
 from app.main import create_app
+from app.services.labels import window_count
+from app.training import cut_windows
 from models import ScoreBatch
 from tests.utils.api_helpers import Headers, assert_problem, counter_value, create_series
 
@@ -44,6 +46,7 @@ def store_score(
     *,
     model_version: int = 3,
     span: tuple[int, int] | None = (T0_US, T0_US + 7_000_000),
+    alarmed: bool = True,
 ) -> uuid.UUID:
     """A scored window as the score log writes it."""
     score_id = uuid.uuid4()
@@ -57,8 +60,8 @@ def store_score(
                 end_ts=span[1] if span else None,
                 window=np.zeros((8, 3), dtype="<f4").tobytes(),
                 raw_score=4.0,
-                adjusted_score=3.5,
-                is_anomaly=True,
+                adjusted_score=3.5 if alarmed else 0.5,
+                is_anomaly=alarmed,
             )
         )
     return score_id
@@ -71,6 +74,8 @@ def test_a_range_label_is_stored(
     response = client.post("/v1/labels", json=body, headers=make_headers("label"))
     assert response.status_code == 201
     label = response.json()
+    assert (label.pop("points"), label.pop("windows")) == (0, 0)
+    assert len(label.pop("warnings")) == 1  # no stored points
     assert response.headers["location"] == f"/v1/labels/{label['id']}"
     assert label["series_id"] == series["id"]
     assert label["start"] == "2026-01-01T00:00:00.500000Z"
@@ -86,6 +91,51 @@ def test_a_range_label_is_stored(
     assert client.get("/v1/labels", headers=reader).json() == [label]
     assert client.get(response.headers["location"], headers=reader).json() == label
     assert_problem(client.get("/v1/labels/999", headers=reader), 404, "label 999 does not exist")
+
+
+def test_a_range_label_says_what_it_covers(
+    client: TestClient, series: dict[str, Any], admin: Headers
+) -> None:
+    """pump-7's windows are 8 points every 4: 21 points in the range hold 4 windows."""
+    seconds = T0_US // 1_000_000
+    ingested = client.post(
+        f"/v1/series/{series['id']}/points",
+        json={"timestamps": list(range(seconds, seconds + 30)), "values": [[0, 1, 2]] * 30},
+        headers=admin,
+    )
+    assert ingested.status_code == 200, ingested.text
+    body = range_label(series["id"], start=seconds + 5, end="2026-01-01T00:00:25Z")
+    created = client.post("/v1/labels", json=body, headers=admin).json()
+    assert (created["points"], created["windows"], created["warnings"]) == (21, 4, [])
+    short = client.post(
+        "/v1/labels", json=range_label(series["id"], start=seconds, end=seconds + 6), headers=admin
+    ).json()
+    assert (short["points"], short["windows"], short["warnings"]) == (7, 0, [])
+
+
+def test_a_range_with_no_points_is_stored_with_a_warning(
+    client: TestClient, series: dict[str, Any], admin: Headers
+) -> None:
+    response = client.post("/v1/labels", json=range_label(series["id"]), headers=admin)
+    assert response.status_code == 201
+    created = response.json()
+    assert (created["points"], created["windows"]) == (0, 0)
+    (warning,) = created["warnings"]
+    assert warning.startswith("the range holds no stored points yet")
+
+
+def test_times_without_an_offset_are_utc_and_the_response_says_so(
+    client: TestClient, series: dict[str, Any], admin: Headers
+) -> None:
+    body = range_label(series["id"], start="2026-01-01T00:00:00", end="2026-01-01 00:10:00")
+    created = client.post("/v1/labels", json=body, headers=admin).json()
+    assert created["start"] == "2026-01-01T00:00:00Z"
+    assert created["warnings"][1].startswith(
+        "start and end had no UTC offset and were taken as UTC"
+    )
+    body = range_label(series["id"], end="2026-01-01T00:00:00")
+    created = client.post("/v1/labels", json={**body, "start": 1_767_139_200}, headers=admin)
+    assert created.json()["warnings"][1].startswith("end had no UTC offset and was taken as UTC")
 
 
 def test_notes_keep_line_breaks(client: TestClient, series: dict[str, Any], admin: Headers) -> None:
@@ -170,7 +220,8 @@ def test_missing_fields_are_named(
 ) -> None:
     response = client.post("/v1/labels", json={"series_id": series["id"]}, headers=admin)
     body = assert_problem(response, 422, "start", "end", "label")
-    assert ["body", "range", "label"] in [e["loc"] for e in body["errors"]]
+    assert ["body", "label"] in [e["loc"] for e in body["errors"]]
+    assert body["detail"] == "start: is required; end: is required; label: is required"
     response = client.post(
         "/v1/labels", json={"score_id": "not-a-uuid", "label": "x"}, headers=admin
     )
@@ -202,6 +253,30 @@ def test_feedback_on_a_score_copies_its_series_version_and_span(
     assert counter_value(
         client, "vigil_feedback", series="pump-7", model_version="3", kind="false_positive"
     ) == (feedback_before + 1)
+
+
+def test_feedback_that_contradicts_nothing_is_kept_and_said_to_be(
+    client: TestClient, series: dict[str, Any], admin: Headers, sessions: sessionmaker[Session]
+) -> None:
+    quiet = store_score(sessions, series["id"], alarmed=False)
+    response = client.post(
+        "/v1/labels", json={"score_id": str(quiet), "label": "false_positive"}, headers=admin
+    )
+    assert response.status_code == 201
+    created = response.json()
+    assert (created["points"], created["windows"]) == (None, None)
+    (warning,) = created["warnings"]
+    assert f"score {quiet} raised no alarm (adjusted score 0.5" in warning
+    assert "the label is kept" in warning
+    alarmed = store_score(sessions, series["id"])
+    missed = client.post(
+        "/v1/labels", json={"score_id": str(alarmed), "label": "false_negative"}, headers=admin
+    ).json()
+    assert missed["warnings"][0].startswith(f"score {alarmed} raised an alarm")
+    agreed = client.post(
+        "/v1/labels", json={"score_id": str(alarmed), "label": "false_positive"}, headers=admin
+    ).json()
+    assert agreed["warnings"] == []
 
 
 def test_feedback_may_name_a_class_and_a_score_without_span(
@@ -400,3 +475,11 @@ def test_an_idempotency_key_replays_the_first_label(
     assert other.status_code == 422
     with sessions() as session:
         assert session.scalar(select(func.count()).select_from(Label)) == 1
+
+
+def test_window_count_is_the_trainers() -> None:
+    for points in range(0, 60):
+        for window_size, stride in [(8, 4), (8, 8), (5, 1), (16, 3)]:
+            assert window_count(points, window_size=window_size, stride=stride) == len(
+                cut_windows(points, window_size=window_size, stride=stride)
+            )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -53,8 +54,21 @@ def stored_count(sessions: sessionmaker[Session]) -> int:
         return int(session.scalar(select(func.count()).select_from(Point)) or 0)
 
 
+def ingested(
+    received: int, *, inserted: int, updated: int = 0, unchanged: int = 0, warnings: Any = ()
+) -> dict[str, Any]:
+    return {
+        "received": received,
+        "inserted": inserted,
+        "updated": updated,
+        "unchanged": unchanged,
+        "warnings": list(warnings),
+    }
+
+
 def iso(seconds: int) -> str:
-    return np.datetime_as_string(np.datetime64(seconds * 1_000_000, "us"), timezone="UTC")
+    """The form of every timestamp in a response: RFC 3339, UTC, Z."""
+    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def test_json_batch_is_stored_and_read_back(
@@ -73,13 +87,20 @@ def test_json_batch_is_stored_and_read_back(
     }
     response = post_json(client, series["id"], body, make_headers("ingest"))
     assert response.status_code == 200
-    assert response.json() == {"received": 6, "inserted": 6, "updated": 0}
+    assert response.json() == ingested(
+        6,
+        inserted=6,
+        warnings=[
+            "1 timestamp had no UTC offset and was taken as UTC; end it with Z (or an offset "
+            "such as +01:00) to say which time is meant"
+        ],
+    )
     stored = read_back(client, series["id"], make_headers("read"))
     assert stored["timestamps"] == [
-        "2026-01-01T00:00:00.000000Z",
-        "2026-01-01T00:00:01.000000Z",
-        "2026-01-01T00:00:02.000000Z",
-        "2026-01-01T00:00:03.000000Z",
+        "2026-01-01T00:00:00Z",
+        "2026-01-01T00:00:01Z",
+        "2026-01-01T00:00:02Z",
+        "2026-01-01T00:00:03Z",
         "2026-01-01T00:00:03.250000Z",
         "2026-01-01T00:00:04.000001Z",
     ]
@@ -100,11 +121,11 @@ def test_resending_a_batch_changes_nothing(
     values = rng.normal(size=(2000, 3))
     body = {"timestamps": [T0 + i for i in range(2000)], "values": values.tolist()}
     first = post_json(client, series["id"], body, admin)
-    assert first.json() == {"received": 2000, "inserted": 2000, "updated": 0}
+    assert first.json() == ingested(2000, inserted=2000)
     before = read_back(client, series["id"], admin, limit=5000)
     second = post_json(client, series["id"], body, admin)
     assert second.status_code == 200
-    assert second.json() == {"received": 2000, "inserted": 0, "updated": 2000}
+    assert second.json() == ingested(2000, inserted=0, unchanged=2000)
     after = read_back(client, series["id"], admin, limit=5000)
     assert after == before
     assert stored_count(sessions) == 2000
@@ -117,9 +138,41 @@ def test_an_overlapping_batch_overwrites_and_counts_each_side(
     post_json(client, series["id"], {"timestamps": [T0, T0 + 1], "values": [[1, 1, 1]] * 2}, admin)
     body = {"timestamps": [T0 + 1, T0 + 2, T0 + 3], "values": [[2, 2, 2], [3, 3, 3], [4, 4, 4]]}
     response = post_json(client, series["id"], body, admin)
-    assert response.json() == {"received": 3, "inserted": 2, "updated": 1}
+    assert response.json() == ingested(3, inserted=2, updated=1)
     stored = read_back(client, series["id"], admin)
     assert stored["values"] == [[1, 1, 1], [2, 2, 2], [3, 3, 3], [4, 4, 4]]
+
+
+def test_a_batch_that_changes_some_values_counts_only_those_as_updated(
+    client: TestClient, series: dict[str, Any], admin: Headers
+) -> None:
+    body = {"timestamps": [T0 + i for i in range(4)], "values": [[i, i, i] for i in range(4)]}
+    post_json(client, series["id"], body, admin)
+    body["values"][1] = [9, 9, 9]
+    body["timestamps"].append(T0 + 4)
+    body["values"].append([4, 4, 4])
+    response = post_json(client, series["id"], body, admin)
+    assert response.json() == ingested(5, inserted=1, updated=1, unchanged=3)
+    assert read_back(client, series["id"], admin)["values"][1] == [9, 9, 9]
+
+
+def test_timestamps_without_an_offset_are_utc_and_the_response_says_so(
+    client: TestClient, series: dict[str, Any], admin: Headers
+) -> None:
+    body = {
+        "timestamps": ["2026-01-01T00:00:00", "2026-01-01T00:00:01Z", "2026-01-01 00:00:02"],
+        "values": [[1, 1, 1]] * 3,
+    }
+    response = post_json(client, series["id"], body, admin)
+    (warning,) = response.json()["warnings"]
+    assert warning.startswith("2 timestamps had no UTC offset and were taken as UTC")
+    stored = read_back(client, series["id"], admin)
+    assert stored["timestamps"] == [iso(T0), iso(T0 + 1), iso(T0 + 2)]
+    text = "timestamp,flow,pressure,temperature\n2026-01-01T00:00:03,1,1,1\n"
+    csv = post_raw(client, series["id"], text.encode(), "text/csv", admin)
+    assert csv.json()["warnings"][0].startswith("1 timestamp had no UTC offset and was taken")
+    aware = {"timestamps": ["2026-01-01T00:00:04+00:00", T0 + 5], "values": [[1, 1, 1]] * 2}
+    assert post_json(client, series["id"], aware, admin).json()["warnings"] == []
 
 
 def test_a_repeated_timestamp_within_a_batch_keeps_its_last_row(
@@ -130,7 +183,7 @@ def test_a_repeated_timestamp_within_a_batch_keeps_its_last_row(
         "values": [[1, 1, 1], [2, 2, 2], [3, 3, 3], [4, 4, 4]],
     }
     response = post_json(client, series["id"], body, admin)
-    assert response.json() == {"received": 4, "inserted": 3, "updated": 0}
+    assert response.json() == ingested(4, inserted=3)
     stored = read_back(client, series["id"], admin)
     assert stored["timestamps"] == [iso(T0), iso(T0 + 1), iso(T0 + 5)]
     assert stored["values"] == [[2, 2, 2], [4, 4, 4], [3, 3, 3]]
@@ -148,18 +201,18 @@ def test_csv_columns_in_any_order_are_put_in_channel_order(
     )
     response = post_raw(client, series["id"], text.encode(), "text/csv", make_headers("ingest"))
     assert response.status_code == 200, response.text
-    assert response.json() == {"received": 3, "inserted": 3, "updated": 0}
+    assert response.json() == ingested(3, inserted=3)
     stored = read_back(client, series["id"], make_headers("read"))
     assert stored["timestamps"] == [
-        "2026-01-01T00:00:00.000000Z",
-        "2026-01-01T00:00:01.000000Z",
+        "2026-01-01T00:00:00Z",
+        "2026-01-01T00:00:01Z",
         "2026-01-01T00:00:02.500000Z",
     ]
     assert stored["values"] == [[1.0, 2.0, 30.5], [1.5, 2.5, 31.0], [-0.001, 2.0, 32.0]]
     again = post_raw(
         client, series["id"], text.encode(), "text/csv; charset=utf-8", make_headers("ingest")
     )
-    assert again.json() == {"received": 3, "inserted": 0, "updated": 3}
+    assert again.json() == ingested(3, inserted=0, unchanged=3)
 
 
 def test_read_back_honours_start_end_and_limit(
@@ -464,6 +517,6 @@ def test_a_concurrent_writer_in_the_batch_span_falls_back_to_the_upsert(
     finally:
         committer.join()
         other.close()
-    assert response.json() == {"received": 10, "inserted": 9, "updated": 1}
+    assert response.json() == ingested(10, inserted=9, updated=1)
     stored = read_back(client, series["id"], admin)
     assert stored["values"] == [[i, i, i] for i in range(10)]

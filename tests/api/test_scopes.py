@@ -243,6 +243,12 @@ def _seed_series_one(client: TestClient, admin: Headers) -> dict[str, Any]:
     assert series["id"] == 1
     label = client.post("/v1/labels", json=BODIES["POST /v1/labels"], headers=admin)
     assert label.status_code == 201 and label.json()["id"] == 1
+    ingested = client.post(
+        "/v1/series/1/points",
+        json={"timestamps": [1_767_225_600 + i for i in range(12)], "values": [[0.0]] * 12},
+        headers=admin,
+    )
+    assert ingested.status_code == 200, ingested.text
     job = client.post("/v1/series/1/train", headers=admin)
     assert job.status_code == 202 and job.json()["id"] == 1
     return {

@@ -130,12 +130,12 @@ def test_scores_a_stored_range(
     results = response.json()["results"]
     # 40 points, windows of 16 every 8: starts 0, 8, 16, 24
     assert [r["start"] for r in results] == [
-        "2026-01-01T00:00:00+00:00",
-        "2026-01-01T00:00:08+00:00",
-        "2026-01-01T00:00:16+00:00",
-        "2026-01-01T00:00:24+00:00",
+        "2026-01-01T00:00:00Z",
+        "2026-01-01T00:00:08Z",
+        "2026-01-01T00:00:16Z",
+        "2026-01-01T00:00:24Z",
     ]
-    assert results[0]["end"] == "2026-01-01T00:00:15+00:00"
+    assert results[0]["end"] == "2026-01-01T00:00:15Z"
 
 
 def test_no_model_yet_is_409(

@@ -7,8 +7,8 @@ import threading
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.config import Settings
-from app.db.models import Job
-from app.services.jobs import queue_manual_training
+from app.db.models import Job, Series
+from app.services.jobs import enqueue_training
 from app.worker import Worker
 from tests.utils.stream import Stream, create_series, insert_points, make_stream
 
@@ -23,9 +23,14 @@ class NoHeartbeat:
 
 
 def queue_job(sessions: sessionmaker[Session], series_id: int) -> int:
-    """Queue a training job (or find the open one, due now) as the API does; returns its id."""
-    with sessions() as session:
-        job, _ = queue_manual_training(session=session, series_id=series_id)
+    """Queue a training job (or find the open one and make it due now) as the API does,
+    without its check for enough points; returns its id."""
+    with sessions() as session, session.begin():
+        series = session.get(Series, series_id)
+        assert series is not None
+        job, _ = enqueue_training(session=session, series=series, reason="manual")
+        job.not_before = None
+        session.flush()
         return job.id
 
 

@@ -6,7 +6,7 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Response, status
 
-from app.api.deps import Reader, SessionDep, Trainer
+from app.api.deps import Reader, RuntimeDep, SessionDep, Trainer
 from app.schemas.common import (
     AUTH_RESPONSES,
     IDEMPOTENCY_KEY_PARAMETER,
@@ -27,19 +27,35 @@ router = APIRouter(prefix="/v1", tags=["jobs"], responses=AUTH_RESPONSES)
     summary="Queue a retrain of the series' model",
     description=(
         "Queues a training job and returns 202 with its `Location`. If a job for the series is "
-        "already queued or running, that job is returned with 200 instead. Send an "
-        "`Idempotency-Key` to make a retry safe."
+        "already queued or running, that job is returned with 200 instead. A series with too "
+        "few stored points to train on gets 422 at once, saying how many points and windows "
+        "it has and needs: `VIGIL_MIN_TRAIN_WINDOWS` windows (default 8) of `window_size` "
+        "points every `stride`, so `window_size + (VIGIL_MIN_TRAIN_WINDOWS - 1) × stride` "
+        "points. Send an `Idempotency-Key` to make a retry safe."
     ),
     openapi_extra={"parameters": [IDEMPOTENCY_KEY_PARAMETER]},
     responses={
         200: {"model": JobOut, "description": "A job was already queued or running"},
         404: {"description": "The series does not exist"},
         **IDEMPOTENCY_RESPONSES,
-        422: {"description": "Invalid series id, or an Idempotency-Key reused for another request"},
+        422: {
+            "description": (
+                "Too few stored points to train on, an invalid series id, or an "
+                "Idempotency-Key reused for another request"
+            )
+        },
     },
 )
-def train(series_id: SeriesIdPath, session: SessionDep, _: Trainer, response: Response) -> JobOut:
-    job, created = queue_manual_training(session=session, series_id=series_id)
+def train(
+    series_id: SeriesIdPath,
+    session: SessionDep,
+    runtime: RuntimeDep,
+    _: Trainer,
+    response: Response,
+) -> JobOut:
+    job, created = queue_manual_training(
+        session=session, series_id=series_id, settings=runtime.settings
+    )
     response.headers["Location"] = f"/v1/jobs/{job.id}"
     if not created:
         response.status_code = status.HTTP_200_OK

@@ -15,7 +15,7 @@ from app.schemas.common import (
     SLUG_PATTERN,
     LabelIdPath,
 )
-from app.schemas.labels import LabelCreate, LabelOut
+from app.schemas.labels import LabelCreate, LabelCreatedOut, LabelOut
 from app.services.labels import (
     create_label,
     delete_label,
@@ -39,7 +39,10 @@ router = APIRouter(prefix="/v1", tags=["labels"], responses=AUTH_RESPONSES)
         "a retrain (after `VIGIL_RETRAIN_AFTER_LABELS` new labels) that starts once no "
         "label has arrived for `VIGIL_RETRAIN_QUIET_SECONDS`, so a batch of verdicts trains "
         "one version with all of them; `retrain` in the answer names that job. Send an "
-        "`Idempotency-Key` to make a retry safe."
+        "`Idempotency-Key` to make a retry safe. "
+        "The response adds the stored points and windows a range covers and `warnings`: a "
+        "range with no stored points, times without a UTC offset (taken as UTC), or feedback "
+        "that contradicts nothing the model said are accepted, and said to be."
     ),
     openapi_extra={"parameters": [IDEMPOTENCY_KEY_PARAMETER]},
     responses={
@@ -59,7 +62,7 @@ def create(
     runtime: RuntimeDep,
     response: Response,
     key: Labeller,
-) -> LabelOut:
+) -> LabelCreatedOut:
     created = create_label(
         session=session,
         spec=body,
@@ -68,7 +71,13 @@ def create(
         check_series=key.require_series,
     )
     response.headers["Location"] = f"/v1/labels/{created.label.id}"
-    return LabelOut.of(created.label, created.retrain_job)
+    return LabelCreatedOut.of(
+        created.label,
+        created.retrain_job,
+        points=created.points,
+        windows=created.windows,
+        warnings=list(created.warnings),
+    )
 
 
 @router.get(

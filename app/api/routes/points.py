@@ -23,8 +23,10 @@ MAX_READ_POINTS = 100_000
     summary="Ingest a batch of points (JSON or CSV)",
     description=(
         "Upserts rows on (series, timestamp): re-sending a batch changes nothing and reports "
-        "every row as `updated`. When a timestamp repeats within one batch, its last row wins, "
-        "so `inserted + updated` counts distinct timestamps and `received` counts rows. "
+        "every row as `unchanged`; `updated` counts stored rows whose values changed. When a "
+        "timestamp repeats within one batch, its last row wins, so `inserted + updated + "
+        "unchanged` counts distinct timestamps and `received` counts rows. ISO-8601 "
+        "timestamps without a UTC offset are taken as UTC, and `warnings` says how many. "
         "The whole batch is validated before anything is written; an invalid batch writes "
         "nothing and the error names the field and row (JSON) or line (CSV). At most "
         "`VIGIL_MAX_POINTS_ROWS` rows per request (413 beyond)."

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-from datetime import UTC, datetime
 from itertools import chain
 from typing import Any, Final
 
@@ -18,7 +17,7 @@ from app.api.deps import RuntimeDep, Scorer
 from app.errors import InvalidInput, UnsupportedMediaType
 from app.metrics import observe_many, series_metrics
 from app.runtime import Principal, Runtime
-from app.schemas.common import FEEDBACK_CLASSES, MAX_DB_ID
+from app.schemas.common import FEEDBACK_CLASSES, MAX_DB_ID, format_us
 from app.schemas.scores import ScoreRangeRequest, ScoreResponse, ScoreWindowsRequest
 from app.scorelog import Record
 from app.scoring import ActiveModel, SeriesInfo, serving_samples
@@ -295,7 +294,7 @@ def _results(
 
 
 def _iso(micros: int) -> str:
-    return datetime.fromtimestamp(micros / 1e6, tz=UTC).isoformat()
+    return format_us(micros)
 
 
 # -- parsing -------------------------------------------------------------------------------
