@@ -115,7 +115,7 @@ def run(vigil: Vigil, seeds: list[int], *, quick: bool) -> list[dict[str, Any]]:
         log(
             f"(a) Vigil {d.name} held-out {d.classes[case.held_out]} seed {case.seed}: "
             f"ROC-AUC {metrics['roc_auc']:.3f} (job {case.job_id}, {info.get('stopped')} "
-            f"after {info.get('epochs_run')} epochs)"
+            f"after {info.get('steps')} steps)"
         )
     return rows
 
