@@ -22,7 +22,7 @@ from app.main import create_app
 from app.security import create_key
 from tests.conftest import IN_CI
 from tests.utils.proc import Cluster, serve
-from tests.utils.stream import create_series, make_stream, windows_of
+from tests.utils.stream import create_series, insert_points, make_stream, windows_of
 from tests.utils.trained import train_now
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
@@ -138,6 +138,7 @@ def test_idempotent_requests_get_503_when_the_database_dies_under_them(cluster: 
     with sessions() as session, session.begin():
         _, key = create_key(session=session, name="ops", scopes=["train"])
     series_id = create_series(sessions)
+    insert_points(sessions, series_id, make_stream(200))
     engine.dispose()
     path = f"/v1/series/{series_id}/train"
     headers = {"Authorization": f"Bearer {key}", "Idempotency-Key": "train-during-outage"}

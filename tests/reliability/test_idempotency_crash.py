@@ -21,7 +21,7 @@ from app.idempotency import LEASE
 from app.security import create_key
 from tests.conftest import truncate_all
 from tests.utils.proc import serve
-from tests.utils.stream import create_series
+from tests.utils.stream import create_series, insert_points, make_stream
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 
@@ -49,6 +49,7 @@ def test_a_key_left_pending_by_a_killed_server_is_retried_exactly_once(url: str)
     with sessions() as session, session.begin():
         _, plain = create_key(session=session, name="ops", scopes=["train"])
     series_id = create_series(sessions)
+    insert_points(sessions, series_id, make_stream(200))
     headers = {"Authorization": f"Bearer {plain}", "Idempotency-Key": "train-after-crash"}
     path = f"/v1/series/{series_id}/train"
 
