@@ -68,8 +68,9 @@ class DataProfile:
         outside = ((x > self.high + margin) | (x < self.low - margin)).any(axis=1)
         dropout = np.zeros_like(stuck)
         rare_zero = self.zero_share <= DROPOUT_ZERO_SHARE
-        if rare_zero.any():
-            run = longest_run(x[:, :, rare_zero] == 0.0)  # (N, F')
+        zeros = x[:, :, rare_zero] == 0.0  # (N, T, F')
+        if zeros.any():  # NOTE: the step-by-step run length only for batches that need it
+            run = longest_run(zeros)  # (N, F')
             dropout[:, rare_zero] = run >= max(DROPOUT_MIN_STEPS, T // 4)
         codes = stuck * STUCK | outside * OUT_OF_RANGE | dropout * DROPOUT
         return np.asarray(codes, dtype=np.uint8)
