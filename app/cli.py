@@ -154,7 +154,7 @@ def _start_embedded_worker() -> Any:
 def _embedded_worker_main() -> None:
     from app.config import Settings
     from app.logs import configure
-    from app.worker import Worker
+    from app.training.worker import Worker
 
     settings = Settings()
     configure(settings.log_level, settings.log_format)
@@ -200,7 +200,7 @@ def worker() -> None:
 
     from app.db.migrate import schema_state
     from app.logs import configure
-    from app.worker import Worker
+    from app.training.worker import Worker
 
     settings = _settings()
     state = schema_state(settings.database_url)
@@ -252,7 +252,7 @@ def models_list(
 ) -> None:
     """A series' model versions: status, what the job reported, and why a candidate waits."""
     from app.errors import VigilError
-    from app.services.versions import list_versions
+    from app.training.versions import list_versions
 
     try:
         with _sessions()() as session:
@@ -274,7 +274,7 @@ def models_activate(
     gate refused, an operator may still choose. Every API process serves it from its next
     request on."""
     from app.errors import VigilError
-    from app.services.versions import activate_version
+    from app.training.versions import activate_version
 
     try:
         with _sessions()() as session:

@@ -113,9 +113,9 @@ class Settings(BaseSettings):
     """torch threads of each API process for scoring."""
 
     score_process: bool = True
-    """Run the model in a child process of each API process (`python -m app.scorer`), where it
-    does not share the GIL with the event loop. false scores on a thread of the API process:
-    ~280 MiB less memory and one process fewer, but at high request rates the model then
+    """Run the model in a child process of each API process (`python -m app.scoring.process`),
+    where it does not share the GIL with the event loop. false scores on a thread of the API
+    process: ~280 MiB less memory and one process fewer, but at high request rates the model then
     waits for the event loop's GIL (threaded scoring as session 2 left it reached two thirds
     of the child's throughput at concurrency 32; benchmarks/RESULTS.md)."""
 

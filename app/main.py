@@ -16,7 +16,6 @@ from app import __version__
 from app.api import api_router
 from app.api.deps import authorize_header
 from app.api.docs import install_docs
-from app.api.routes.scores import BINARY_HEADERS
 from app.api.score_endpoint import ScoreEndpoint
 from app.config import Settings, get_settings
 from app.errors import PROBLEM_JSON, install_error_handlers
@@ -24,6 +23,7 @@ from app.idempotency import IdempotencyMiddleware
 from app.middleware import RequestContextMiddleware
 from app.runtime import Runtime
 from app.schemas.common import AUTH_RESPONSES, BODY_RESPONSES, ProblemDetails
+from app.schemas.score_codecs import BINARY_HEADERS
 from app.schemas.scores import SCORE_RESPONSES
 
 DESCRIPTION = """

@@ -21,9 +21,10 @@ from app.db.base import utcnow
 from app.db.models import Activations, ApiKey
 from app.db.session import make_engine, make_sessionmaker, transaction
 from app.errors import Forbidden
-from app.scorelog import ScoreLog
-from app.scorer import REPLY_TIMEOUT, ScorerProcess
-from app.scoring import MicroBatcher, ModelRegistry
+from app.scoring.batcher import MicroBatcher
+from app.scoring.log import ScoreLog
+from app.scoring.process import REPLY_TIMEOUT, ScorerProcess
+from app.scoring.registry import ModelRegistry
 from app.security import ensure_bootstrap_key, hash_key
 
 log = logging.getLogger(__name__)

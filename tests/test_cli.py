@@ -21,7 +21,7 @@ from app.config import Settings
 from app.db.models import ModelVersion
 from app.main import create_app
 from app.security import create_key, hash_key
-from app.worker import Worker
+from app.training.worker import Worker
 from tests.conftest import POSTGRES_ADMIN_URL
 from tests.utils.trained import NoHeartbeat, queue_job, trained_series
 

@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.config import Settings
 from app.main import create_app
-from app.worker import Worker
+from app.training.worker import Worker
 from tests.utils.stream import make_stream
 
 pytestmark = pytest.mark.slow

@@ -24,10 +24,11 @@ from starlette.routing import BaseRoute
 from starlette.types import Message, Receive, Scope, Send
 
 from app.api.deps import authorize, bearer_token
-from app.api.routes.scores import detail_steps, score_body
 from app.errors import error_response
 from app.middleware import BodyTooLarge
 from app.runtime import Runtime
+from app.schemas.score_codecs import detail_steps
+from app.scoring.service import score_body
 
 PATH = "/v1/score"
 METHOD = "POST"

@@ -196,7 +196,7 @@ class Job(Base):
 class Activations(Base):
     """One row: a counter bumped in the same transaction as every change of a series' active
     version. Each API request's key lookup reads it too, so an API process learns of a new
-    version before it scores a request that arrived after the change (app/scoring.py)."""
+    version before it scores a request that arrived after the change (app/scoring/registry.py)."""
 
     __tablename__ = "activations"
 

@@ -15,8 +15,8 @@ from app.errors import InvalidInput, NotFound
 from app.metrics import FEEDBACK, LABELS
 from app.schemas.common import FEEDBACK_CLASSES, naive_warning
 from app.schemas.labels import RangeLabelCreate, ScoreLabelCreate
-from app.services.jobs import arm_retrain
 from app.services.series import get_series
+from app.training.jobs import arm_retrain
 from models import FALSE_NEGATIVE, FALSE_POSITIVE
 
 

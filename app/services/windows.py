@@ -11,8 +11,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from app.db.models import Point
 from app.errors import InvalidInput
 from app.schemas.common import TimestampError, to_us
-from app.scoring import SeriesInfo
-from app.training import cut_windows, gather
+from app.scoring.registry import SeriesInfo
+from app.training.pipeline import cut_windows, gather
 
 
 def parse_instant(value: Any, *, field: str) -> int:

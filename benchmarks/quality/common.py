@@ -332,7 +332,7 @@ def job_summary(job: dict[str, Any]) -> dict[str, Any]:
     )
     return {
         "job_id": job["id"],
-        "seed": job["id"],  # app/worker.py: train_version(seed=claimed.job_id)
+        "seed": job["id"],  # app/training/worker.py: train_version(seed=claimed.job_id)
         "reason": job["reason"],
         "status": job["status"],
         "error": job["error"],

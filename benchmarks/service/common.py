@@ -211,8 +211,10 @@ class Server:
         return serving or [self.process.pid]
 
     def scorer_pids(self) -> list[int]:
-        """The scoring children (`python -m app.scorer`) of the serving processes."""
-        return [c for p in self.api_pids() for c in children(p) if "app.scorer" in cmdline(c)]
+        """The scoring children (`python -m app.scoring.process`) of the serving processes."""
+        return [
+            c for p in self.api_pids() for c in children(p) if "app.scoring.process" in cmdline(c)
+        ]
 
     def serving_pids(self) -> list[int]:
         """The API processes and their scoring children: what a request costs in CPU and memory."""
@@ -386,8 +388,8 @@ def train_in_process(url: str, series_id: int, *, steps: int = 20) -> int:
     from app.config import Settings
     from app.db.models import Series
     from app.db.session import make_engine, make_sessionmaker
-    from app.services.jobs import enqueue_training
-    from app.worker import Worker
+    from app.training.jobs import enqueue_training
+    from app.training.worker import Worker
 
     settings = Settings(
         database_url=url,

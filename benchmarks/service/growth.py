@@ -203,7 +203,7 @@ def inner_memory(mode: str, url: str, series_id: int, points: int) -> None:
     from app.config import Settings
     from app.db.models import Series
     from app.db.session import make_engine, make_sessionmaker
-    from app.training import build_dataset
+    from app.training.pipeline import build_dataset
 
     windows = (points - WINDOW) // STRIDE + 1
     settings = Settings(database_url=url, train_max_windows=max(16, windows))

@@ -45,8 +45,8 @@ STAGES: list[tuple[str, tuple[str, ...]]] = [
     ("idle (waiting for work)", ()),  # see IDLE_LEAVES
     ("metrics (prometheus_client)", ("prometheus_client/",)),
     ("model (TrainedModel.score, torch)", ("models/", "torch/")),
-    ("score log (append, flush)", ("ScoreLog", "app/scorelog.py")),
-    ("scoring child: pipe and framing", ("app/scorer.py",)),
+    ("score log (append, flush)", ("ScoreLog", "app/scoring/log.py")),
+    ("scoring child: pipe and framing", ("app/scoring/process.py",)),
     ("auth (key lookup in the database)", ("authenticate", "app/api/deps.py", "security.py")),
     ("database driver, SQLAlchemy", ("sqlalchemy/", "psycopg/", "sqlite3")),
     (
@@ -54,7 +54,7 @@ STAGES: list[tuple[str, tuple[str, ...]]] = [
         ("_parse_json", "_windows_from_json", "_parse_binary", "_check_shape"),
     ),
     ("response building", ("_results", "orjson", "_score (app/api")),
-    ("micro-batcher", ("MicroBatcher", "app/scoring.py")),
+    ("micro-batcher", ("MicroBatcher", "app/scoring/registry.py")),
     ("middleware (request id, body limit)", ("app/middleware.py", "app/idempotency.py")),
     ("FastAPI, Starlette (routing, dependencies)", ("fastapi/", "starlette/", "anyio/")),
     ("uvicorn, HTTP parsing", ("uvicorn/", "httptools", "h11/")),
@@ -70,7 +70,7 @@ IDLE_LEAVES = (
     "Runner.run (asyncio/runners.py",
     "run (uvloop/",
     "sleep",
-    "_read_exactly (app/scorer.py",  # the scoring child waiting for its next batch
+    "_read_exactly (app/scoring/process.py",  # the scoring child waiting for its next batch
 )
 
 
@@ -149,7 +149,7 @@ def profile(
                     "-o",
                     str(raw_path),
                     "--threads",
-                    "--subprocesses",  # the scoring child (app/scorer.py) too
+                    "--subprocesses",  # the scoring child (app/scoring/process.py) too
                     *(["--gil"] if gil else []),
                 ],
                 check=True,

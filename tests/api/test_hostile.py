@@ -391,7 +391,7 @@ def test_a_declared_length_over_the_limit_is_413_before_anything_is_read(
 
 
 # -- series ids of /v1/score ------------------------------------------------------------------
-# Found here: both reached SQL and gave 500s, until app/api/routes/scores.py bounded them.
+# Found here: both reached SQL and gave 500s, until app/schemas/score_codecs.py bounded them.
 def test_a_score_with_a_series_id_beyond_32_bits_is_422(
     client: TestClient, admin: Headers, unchanged: None
 ) -> None:

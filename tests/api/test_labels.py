@@ -16,7 +16,7 @@ from app.config import Settings
 from app.db.models import Job, Label, ScoreRecord
 from app.main import create_app
 from app.services.labels import window_count
-from app.training import cut_windows
+from app.training.pipeline import cut_windows
 from models import ScoreBatch
 from tests.utils.api_helpers import Headers, assert_problem, counter_value, create_series
 

@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from app.config import Settings
 from app.db.models import Job
 from app.main import create_app
-from app.worker import Worker
+from app.training.worker import Worker
 from tests.utils.stream import Stream
 from tests.utils.trained import trained_series
 

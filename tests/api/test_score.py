@@ -15,11 +15,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.api.routes import scores as scores_route
 from app.config import Settings
 from app.db.models import ModelVersion, ScoreRecord
 from app.main import create_app
-from app.scoring import load_artifact
+from app.schemas import score_codecs
+from app.scoring.registry import load_artifact
 from tests.utils.stream import create_series, windows_of
 from tests.utils.trained import train_now, trained_series
 
@@ -534,10 +534,10 @@ def test_regular_json_windows_are_copied_from_the_parsed_document() -> None:
     as the same float32 array the lists would give."""
     windows = np.random.default_rng(3).normal(size=(4, 16, 3)).astype(np.float32)
     body = orjson.dumps({"series_id": 1, "windows": windows.tolist()})
-    payload = scores_route._parse_json(body)
+    payload = score_codecs.parse_json(body)
     assert payload["series_id"] == 1
     assert isinstance(payload["windows"], simdjson.Array)
-    got = scores_route._regular_windows(payload["windows"], 16, 3, body.count(b"["))
+    got = score_codecs._regular_windows(payload["windows"], 16, 3, body.count(b"["))
     assert got is not None and got.dtype == np.float32
     assert np.array_equal(got, windows)
 

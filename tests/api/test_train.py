@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from app.config import Settings
 from app.db.models import Job
 from app.main import create_app
-from app.training import cut_windows
+from app.training.pipeline import cut_windows
 from tests.utils.api_helpers import assert_problem
 from tests.utils.stream import create_series, insert_points, make_stream
 

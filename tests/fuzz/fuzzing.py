@@ -19,7 +19,7 @@ from app.config import Settings
 from app.db.models import JOB_QUEUED, JOB_RUNNING, Base, Job, Label, Series
 from app.main import create_app
 from app.security import create_key
-from app.services.jobs import enqueue_training
+from app.training.jobs import enqueue_training
 from tests.utils.stream import T0_US, create_series, insert_points, make_stream
 
 NOT_COMPARED: Final = frozenset({"idempotency_keys", "rate_limits"})
@@ -120,7 +120,7 @@ class KnownIssue:
 
 KNOWN_ISSUES: Final[tuple[KnownIssue, ...]] = ()
 """None open. The first, a series_id beyond 32 bits reaching SQL from POST /v1/score (a 500 on
-Postgres), was fixed in app/api/routes/scores.py."""
+Postgres), was fixed in app/schemas/score_codecs.py."""
 
 
 def known_issue(case: Any) -> KnownIssue | None:

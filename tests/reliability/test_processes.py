@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from app.config import Settings
 from app.db.models import JOB_RUNNING, JOB_SUCCEEDED, ModelVersion, ScoreRecord
 from app.security import create_key
-from app.worker import Worker
+from app.training.worker import Worker
 from tests.utils.proc import VIGIL, serve, vigil_env
 from tests.utils.stream import create_series, insert_points, make_stream, windows_of
 from tests.utils.trained import queue_job, read_job, trained_series

@@ -10,8 +10,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.db.models import ScoreRecord
-from app.scorelog import Record, Scored, ScoreLog
-from app.scoring import MicroBatcher
+from app.scoring.batcher import MicroBatcher
+from app.scoring.log import Record, Scored, ScoreLog
 from models import BUILTIN_CLASSES, InvalidInput, TrainConfig, TrainedModel, TrainingData, fit
 from tests.utils.stream import create_series, make_stream, windows_of
 

@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from app.api.routes.scores import _regular_windows
+from app.schemas.score_codecs import _regular_windows
 
 
 def test_regular_windows_equal_numpys_conversion() -> None:

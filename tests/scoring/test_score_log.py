@@ -10,7 +10,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.db.models import ScoreRecord
-from app.scorelog import ScoreLog
+from app.scoring.log import ScoreLog
 from models import ScoreBatch
 from tests.utils.stream import create_series
 

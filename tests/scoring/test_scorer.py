@@ -1,4 +1,4 @@
-"""The scoring child process (app/scorer.py): same scores as the model in-process, its own
+"""The scoring child process (app/scoring/process.py): same scores as the model in-process, its own
 model cache, and what happens when it fails or dies."""
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from app.config import Settings
 from app.db.models import ScoreRecord
 from app.errors import ServiceUnavailable
 from app.main import create_app
-from app.scorelog import NO_SPAN
-from app.scorer import ScorerProcess
+from app.scoring.log import NO_SPAN
+from app.scoring.process import ScorerProcess
 from models import BUILTIN_CLASSES, ScoreBatch, TrainedModel, TrainingData, fit
 from tests.models.models_testkit import CHANNELS, inject_faults, quick, sine_windows, tiny_config
 from tests.utils.stream import create_series, windows_of

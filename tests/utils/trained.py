@@ -8,8 +8,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.config import Settings
 from app.db.models import Job, Series
-from app.services.jobs import enqueue_training
-from app.worker import Worker
+from app.training.jobs import enqueue_training
+from app.training.worker import Worker
 from tests.utils.stream import Stream, create_series, insert_points, make_stream
 
 

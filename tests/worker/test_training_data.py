@@ -7,7 +7,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.config import Settings
 from app.db.models import Label, Series
-from app.training import build_dataset
+from app.training.pipeline import build_dataset
 from tests.utils.stream import STEP_US, T0_US, create_series, insert_points, make_stream
 
 

@@ -21,8 +21,8 @@ from app.db.models import (
     Job,
     ModelVersion,
 )
-from app.training import decide_activation, decide_feedback_activation
-from app.worker import LeaseLost, Worker
+from app.training.pipeline import decide_activation, decide_feedback_activation
+from app.training.worker import LeaseLost, Worker
 from tests.utils.stream import create_series, insert_points, make_stream
 from tests.utils.trained import NoHeartbeat, queue_job, read_job
 
@@ -230,7 +230,7 @@ def test_training_runs_at_a_lower_priority_and_the_caller_keeps_its_own() -> Non
     import os
     import threading
 
-    from app.training import at_lower_priority
+    from app.training.pipeline import at_lower_priority
 
     caller = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
     inside = at_lower_priority(
@@ -251,7 +251,7 @@ def test_training_runs_at_a_lower_priority_and_the_caller_keeps_its_own() -> Non
 def test_training_can_run_only_on_idle_cpu_time() -> None:
     import threading
 
-    from app.training import at_lower_priority
+    from app.training.pipeline import at_lower_priority
 
     caller = os.sched_getscheduler(threading.get_native_id())
     inside = at_lower_priority(

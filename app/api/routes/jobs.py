@@ -16,7 +16,7 @@ from app.schemas.common import (
     SeriesIdPath,
 )
 from app.schemas.jobs import JobOut
-from app.services.jobs import get_job, list_jobs, queue_manual_training
+from app.training.jobs import get_job, list_jobs, queue_manual_training
 
 router = APIRouter(prefix="/v1", tags=["jobs"], responses=AUTH_RESPONSES)
 

@@ -7,7 +7,7 @@ from fastapi import APIRouter
 from app.api.deps import Reader, RuntimeDep, SessionDep, Trainer
 from app.schemas.common import AUTH_RESPONSES, SeriesIdPath, VersionPath
 from app.schemas.jobs import ModelVersionList, ModelVersionOut
-from app.services.versions import activate_version, list_versions
+from app.training.versions import activate_version, list_versions
 
 router = APIRouter(
     prefix="/v1/series/{series_id}/models", tags=["models"], responses=AUTH_RESPONSES

@@ -23,7 +23,7 @@ from app.db.models import (
     Series,
 )
 from app.errors import NotEnoughPoints, NotFound, SeriesNotFound
-from app.training import cut_windows
+from app.training.pipeline import cut_windows
 
 
 def open_job(*, session: Session, series_id: int) -> Job | None:
@@ -74,7 +74,7 @@ class TrainingData:
 def training_data(*, session: Session, series: Series, settings: Settings) -> TrainingData:
     """How far the series' stored points are from the first training job's minimum.
 
-    The rule is app/training.py's: at least `min_train_windows` windows (`window_size`
+    The rule is app/training/pipeline.py's: at least `min_train_windows` windows (`window_size`
     points every `stride`), counting feedback on posted windows, and at least two windows of
     stored points (one to validate on). The count stops at the points needed, so it costs
     the same on a series of 10^7 points as on one of 10^3.

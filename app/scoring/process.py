@@ -7,7 +7,7 @@ load each of those waits for the event loop to yield, up to the interpreter's 5 
 interval: at concurrency 32 a batch of 16 windows that computes in 2.9 ms took 5.4 ms, plus
 1.7 ms before it started, and the two threads between them kept about one of two cores busy.
 A model server keeps inference out of the web process for this reason, and so does Vigil:
-the API process sends each micro-batch to a child process (`python -m app.scorer`) over a
+the API process sends each micro-batch to a child process (`python -m app.scoring.process`) over a
 pipe and awaits the reply on its event loop; the child has a GIL of its own.
 
 The parent keeps its loaded `TrainedModel`s (it validates requests and thresholds against
@@ -16,7 +16,7 @@ them); the child keeps its own bounded cache, keyed by (series id, model version
 (safetensors: loading it runs no code). If the child dies or stops answering, the batch in
 flight fails with 503 and the next one starts a new child.
 
-The child also keeps the score log (`app/scorelog.py`): it holds the windows already, so it
+The child also keeps the score log (`app/scoring/log.py`): it holds the windows already, so it
 decides each window's id and alarm flag beside the model call, returns them with the scores,
 and writes the rows on a thread of its own; on SQLite each row written on a thread of the API
 process cost that process's event loop a GIL hand-over (17 % of its throughput at
@@ -48,7 +48,7 @@ from typing import Any, BinaryIO
 import numpy as np
 import orjson
 
-from app.scorelog import ScoreLog, log_scores
+from app.scoring.log import ScoreLog, log_scores
 from models import ScoreBatch, TrainedModel
 
 log = logging.getLogger(__name__)
@@ -171,7 +171,7 @@ class ScorerProcess:
             self._process = process = await asyncio.create_subprocess_exec(
                 sys.executable,
                 "-m",
-                "app.scorer",
+                "app.scoring.process",
                 "--threads",
                 str(self.threads),
                 "--cache-size",
@@ -412,7 +412,7 @@ def _last_flush(score_log: ScoreLog) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m app.scorer", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m app.scoring.process", description=__doc__)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--cache-size", type=int, default=64)
     args = parser.parse_args(argv)

@@ -1,6 +1,6 @@
 """The score log: every scored window, kept for feedback, written in bulk off the request path.
 
-It lives where the model runs: in the scoring child when there is one (`app/scorer.py`), so
+It lives where the model runs: in the scoring child when there is one (`app/scoring/process.py`), so
 that the API process's event loop never builds a row or shares its GIL with a database
 driver, else on the API process's scoring thread. Either way `log_scores` decides, beside the
 model call, the id of each window and whether it is an alarm, and the client is told exactly

@@ -42,10 +42,10 @@ from app.db.session import make_engine, make_sessionmaker
 from app.idempotency import TTL as IDEMPOTENCY_TTL
 from app.metrics import JOBS, TRAINING_DURATION
 from app.ratelimit import purge_windows
-from app.scoring import load_artifact
-from app.services.jobs import arm_retrain
-from app.services.versions import count_activation, lock_series
-from app.training import Outcome, build_dataset, train_version
+from app.scoring.registry import load_artifact
+from app.training.jobs import arm_retrain
+from app.training.pipeline import Outcome, build_dataset, train_version
+from app.training.versions import count_activation, lock_series
 from models import ModelError, Progress, TrainedModel, TrainingCancelled
 
 log = logging.getLogger(__name__)

@@ -33,7 +33,7 @@ from sqlalchemy.orm import Session
 
 from app.config import Settings
 from app.db.models import Label, Point, ScoreRecord, Series
-from app.scoring import serving_samples
+from app.scoring.registry import serving_samples
 from models import (
     BUILTIN_CLASSES,
     ClassSpec,

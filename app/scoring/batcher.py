@@ -1,184 +1,25 @@
-"""The scoring runtime of an API process: which model is active, a bounded cache of loaded
-models, and the micro-batcher that merges concurrent requests into one model call and logs
-their windows beside it (`app/scorelog.py`).
-"""
+"""The micro-batcher: merges concurrent scoring requests for the same model into one model
+call, and logs their windows beside it (`app/scoring/log.py`)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
-import threading
 import uuid
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
-from sqlalchemy import select
-from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.orm import Session, sessionmaker
 
-from app.db.models import MODEL_ACTIVE, ModelVersion, Series
-from app.errors import NoTrainedModel, SeriesNotFound, ServiceUnavailable
 from app.metrics import SCORE_BATCH_SIZE
-from app.scorelog import Record, Scored, ScoreLog, log_scores, spans_array
-from app.scorer import ScorerProcess
-from models import ArtifactError, ScoreBatch, TrainedModel
+from app.scoring.log import Record, Scored, ScoreLog, log_scores, spans_array
+from app.scoring.process import ScorerProcess
+from app.scoring.registry import serving_samples
+from models import ScoreBatch, TrainedModel
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class SeriesInfo:
-    """What the hot path needs to know of a series, cached per process."""
-
-    id: int
-    name: str
-    channels: tuple[str, ...]
-    window_size: int
-    stride: int
-    classes: dict[str, str]
-    threshold_quantile: float
-
-    @classmethod
-    def of(cls, series: Series) -> SeriesInfo:
-        return cls(
-            id=series.id,
-            name=series.name,
-            channels=tuple(series.channels),
-            window_size=series.window_size,
-            stride=series.stride,
-            classes=dict(series.classes),
-            threshold_quantile=series.threshold_quantile,
-        )
-
-
-@dataclass(frozen=True)
-class ActiveModel:
-    series_id: int
-    version: int
-    model: TrainedModel
-
-
-def load_artifact(blob: bytes, sha256: str, *, what: str) -> TrainedModel:
-    """Verify an artifact's stored hash, then load it (safetensors: no code runs)."""
-    digest = hashlib.sha256(blob).hexdigest()
-    if digest != sha256:
-        raise ArtifactError(f"{what}: artifact hash {digest[:12]} does not match {sha256[:12]}")
-    return TrainedModel.from_bytes(blob)
-
-
-def serving_samples(model: TrainedModel, default: int) -> int:
-    """L a model is served at: its series' training option, else the service's setting."""
-    return model.train_config.score_samples or default
-
-
-class ModelRegistry:
-    """Active versions and series metadata, refreshed by polling; models cached LRU.
-
-    Thread-safe: it is read from the event loop and filled from the thread pool.
-    """
-
-    def __init__(self, sessions: sessionmaker[Session], *, cache_size: int) -> None:
-        self._sessions = sessions
-        self._cache_size = cache_size
-        self._lock = threading.Lock()
-        self._catching_up: asyncio.Lock | None = None
-        self.generation = 0  # the activation generation the active versions reflect
-        self._series: dict[int, SeriesInfo] = {}
-        self._active: dict[int, int] = {}
-        self._models: OrderedDict[tuple[int, int], TrainedModel] = OrderedDict()
-
-    # -- cached lookups (cheap, no I/O) -------------------------------------------------------
-    def cached_series(self, series_id: int) -> SeriesInfo | None:
-        return self._series.get(series_id)
-
-    def cached_active(self, series_id: int) -> ActiveModel | None:
-        version = self._active.get(series_id)
-        if version is None:
-            return None
-        with self._lock:
-            model = self._models.get((series_id, version))
-            if model is None:
-                return None
-            self._models.move_to_end((series_id, version))
-        return ActiveModel(series_id, version, model)
-
-    # -- loads (database I/O; call from a thread) ---------------------------------------------
-    def load_series(self, series_id: int) -> SeriesInfo:
-        with self._sessions() as session:
-            series = session.get(Series, series_id)
-            if series is None:
-                raise SeriesNotFound(series_id)
-            info = SeriesInfo.of(series)
-        self._series[series_id] = info
-        return info
-
-    def load_active(self, series: SeriesInfo) -> ActiveModel:
-        with self._sessions() as session:
-            row = session.execute(
-                select(ModelVersion.version, ModelVersion.artifact, ModelVersion.sha256).where(
-                    ModelVersion.series_id == series.id, ModelVersion.status == MODEL_ACTIVE
-                )
-            ).one_or_none()
-        if row is None:
-            self._active.pop(series.id, None)
-            raise NoTrainedModel(series.name)
-        version, blob, sha256 = row
-        model = load_artifact(blob, sha256, what=f"series {series.name} version {version}")
-        with self._lock:
-            self._models[(series.id, version)] = model
-            self._models.move_to_end((series.id, version))
-            while len(self._models) > self._cache_size:
-                self._models.popitem(last=False)
-        self._active[series.id] = version
-        return ActiveModel(series.id, version, model)
-
-    def refresh(self) -> None:
-        """Re-read series metadata and active versions: the hot-swap poll."""
-        with self._sessions() as session:
-            series = {s.id: SeriesInfo.of(s) for s in session.scalars(select(Series))}
-            rows = session.execute(
-                select(ModelVersion.series_id, ModelVersion.version).where(
-                    ModelVersion.status == MODEL_ACTIVE
-                )
-            )
-            active = {series_id: version for series_id, version in rows}
-        self._series = series
-        self._active = active
-
-    async def catch_up(self, generation: int) -> None:
-        """Re-read the active versions if an activation newer than this registry's was
-        committed: `generation` comes from the request's own key lookup, so once a job says
-        its version is active, every later request scores with it (read-your-writes)."""
-        if generation <= self.generation:
-            return
-        if self._catching_up is None:
-            self._catching_up = asyncio.Lock()
-        async with self._catching_up:
-            if generation <= self.generation:
-                return
-            await asyncio.to_thread(self.refresh)
-            self.generation = max(self.generation, generation)
-
-    def forget_series(self, series_id: int) -> None:
-        self._series.pop(series_id, None)
-
-    def forget_active(self, series_id: int) -> None:
-        """Drop the cached active version, so that the next request asks the database."""
-        self._active.pop(series_id, None)
-
-    async def poll(self, interval: float) -> None:
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                await asyncio.to_thread(self.refresh)
-            except SQLAlchemyError as exc:
-                log.warning("model registry refresh failed: %s", exc.__class__.__name__)
-            except Exception:
-                log.exception("model registry refresh failed")
 
 
 @dataclass
@@ -377,10 +218,4 @@ def slice_batch(batch: ScoreBatch, start: int, stop: int) -> ScoreBatch:
         step_contributions=batch.step_contributions[start:stop],
         quality=batch.quality[start:stop],
         threshold=batch.threshold,
-    )
-
-
-def database_unavailable(exc: SQLAlchemyError) -> ServiceUnavailable:
-    return ServiceUnavailable(
-        f"the database is unavailable ({exc.__class__.__name__}); retry shortly"
     )
