@@ -223,7 +223,7 @@ class OutboxCollector(Collector):
                 .where(WebhookDelivery.status == DELIVERY_PENDING)
                 .group_by(WebhookDelivery.event)
             )
-            pending = dict(counts.tuples().all())
+            pending = {event: int(count) for event, count in counts}
         for event in sorted({*EVENTS, *pending}):
             backlog.add_metric([event], float(pending.get(event, 0)))
         yield backlog

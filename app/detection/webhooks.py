@@ -74,7 +74,7 @@ BACKOFF_FACTOR: Final = 3.0
 JITTER: Final = 0.2
 """Each wait is drawn from +/-20 % around its nominal value, so that deliveries that failed
 together (a receiver's outage) do not all retry in the same second."""
-LEASE_MARGIN_SECONDS: Final = 5.0
+LEASE_MARGIN_SECONDS: Final = 1.0
 MAX_ERROR_CHARS: Final = 300
 EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -241,6 +241,14 @@ def signature(secret: str, timestamp: int, body: bytes) -> str:
     return f"t={timestamp},v1={mac.hexdigest()}"
 
 
+def lease_seconds(settings: Settings) -> float:
+    """How long a claimed delivery stays with its deliverer: an attempt connects, sends and
+    waits for the answer's first bytes, each within `webhook_timeout_seconds`. Past it,
+    the deliverer is taken for dead and another may send the delivery again (the receiver
+    deduplicates on `Vigil-Delivery`)."""
+    return settings.webhook_timeout_seconds * 3 + LEASE_MARGIN_SECONDS
+
+
 def backoff_seconds(attempt: int, settings: Settings, *, rng: random.Random | None = None) -> float:
     """The wait after failed attempt number `attempt` (1-based): base × 3^(attempt-1), capped,
     with jitter."""
@@ -361,7 +369,7 @@ class Deliverer:
     # -- claiming --------------------------------------------------------------------------
     def claim(self, limit: int) -> list[Claimed]:
         now = utcnow()
-        lease = timedelta(seconds=self.settings.webhook_timeout_seconds * 2 + LEASE_MARGIN_SECONDS)
+        lease = timedelta(seconds=lease_seconds(self.settings))
         with self.sessions() as session, session.begin():
             due = (
                 select(WebhookDelivery.id)
@@ -447,6 +455,7 @@ class Deliverer:
             "status_code": result.status_code,
             "error": result.error,
             "duration_ms": round(result.duration_ms, 1),
+            "worker": self.name,
         }
         gone = claimed.url is None
         values: dict[str, Any] = {

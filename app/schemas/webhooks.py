@@ -71,6 +71,7 @@ class DeliveryAttempt(BaseModel):
     status_code: int | None = Field(description="The receiver's HTTP status; null: no answer.")
     error: str | None = Field(description="Why the attempt failed; null when it succeeded.")
     duration_ms: float
+    worker: str | None = Field(default=None, description="The worker that made the attempt.")
 
 
 class DeliveryOut(BaseModel):
