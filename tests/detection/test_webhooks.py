@@ -6,11 +6,13 @@ from __future__ import annotations
 import hashlib
 import hmac
 import itertools
+import re
 import threading
 import time
 import uuid
 from collections.abc import Callable
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -334,3 +336,31 @@ def test_model_activated_and_job_failed_reach_the_receiver(
     assert failed["job_id"] == failed_job
     assert failed["series_id"] == empty_id
     assert failed["error"]
+
+
+def readme_verify() -> Callable[[str, str, bytes], bool]:
+    """The `verify` function of the README's "Notifications" section, exactly as printed."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme.split("## Notifications", 1)[1].split("\n## ", 1)[0]
+    (code,) = re.findall(r"```python\n(.*?)```", section, flags=re.DOTALL)
+    namespace: dict[str, Any] = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    function: Callable[[str, str, bytes], bool] = namespace["verify"]
+    return function
+
+
+def test_the_readme_snippet_verifies_a_real_delivery(
+    sessions: sessionmaker[Session], fast: Settings
+) -> None:
+    with receiver() as hook:
+        add_webhook(sessions, hook.url)
+        emit_now(sessions, "alarm.opened", alarm_id=11, note="ünïcode ✓")
+        Deliverer(fast, sessions=sessions, name="d1").run_once()
+        (request,) = hook.wait_for(1)
+    verify_snippet = readme_verify()
+    header = request.headers["vigil-signature"]
+    assert verify_snippet(SECRET, header, request.body)
+    assert not verify_snippet("whsec_not-the-secret-00000", header, request.body)
+    assert not verify_snippet(SECRET, header, request.body + b" ")
+    stale = f"t={int(time.time()) - 3600},{header.split(',', 1)[1]}"
+    assert not verify_snippet(SECRET, stale, request.body)
