@@ -169,6 +169,9 @@ class Settings(BaseSettings):
     webhook_poll_seconds: float = Field(default=1.0, gt=0)
     """How often a worker's deliverer looks for due webhook deliveries when idle."""
 
+    webhook_retention_hours: float = Field(default=24.0 * 30, gt=0)
+    """How long delivered and failed webhook deliveries stay listed before they are purged."""
+
     webhook_concurrency: int = Field(default=4, ge=1, le=64)
     """Webhook deliveries one worker posts at once (a slow receiver holds up one of them)."""
 

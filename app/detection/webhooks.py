@@ -37,7 +37,7 @@ from urllib.parse import urlsplit
 
 import httpx
 import orjson
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import and_, delete, or_, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -229,6 +229,19 @@ def list_deliveries(
         rows, limit=limit, key=lambda row: (_micros(row.created_at), str(row.id))
     )
     return DeliveryList(deliveries=[_delivery_out(row) for row in items], next_cursor=next_cursor)
+
+
+def purge_deliveries(*, session: Session, settings: Settings) -> int:
+    """Delete the finished deliveries older than `webhook_retention_hours` (worker
+    housekeeping); returns how many."""
+    cutoff = utcnow() - timedelta(hours=settings.webhook_retention_hours)
+    result = session.execute(
+        delete(WebhookDelivery).where(
+            WebhookDelivery.status.in_((DELIVERY_DELIVERED, DELIVERY_FAILED)),
+            WebhookDelivery.created_at < cutoff,
+        )
+    )
+    return int(result.rowcount or 0)  # type: ignore[attr-defined]
 
 
 # -- signing ------------------------------------------------------------------------------------

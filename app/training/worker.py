@@ -40,7 +40,7 @@ from app.db.models import (
 )
 from app.db.session import make_engine, make_sessionmaker
 from app.detection import events
-from app.detection.webhooks import Deliverer
+from app.detection.webhooks import Deliverer, purge_deliveries
 from app.idempotency import TTL as IDEMPOTENCY_TTL
 from app.metrics import JOBS, TRAINING_DURATION
 from app.ratelimit import purge_windows
@@ -407,6 +407,7 @@ class Worker:
                 )
             )
             purge_windows(session=session)
+            purge_deliveries(session=session, settings=self.settings)
 
 
 class _Heartbeat:

@@ -11,7 +11,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -226,6 +226,7 @@ def test_outbox_rows_survive_a_worker_restart(
 ) -> None:
     """Events queued while receivers fail, and one claimed by a worker that died mid-attempt,
     are all delivered by a new worker (new engine, new Worker) once the receiver is back."""
+    fast = fast.model_copy(update={"webhook_timeout_seconds": 0.5})  # a 2.5 s lease
     with receiver(default=503) as hook:
         add_webhook(sessions, hook.url)
         for number in range(3):
@@ -364,3 +365,20 @@ def test_the_readme_snippet_verifies_a_real_delivery(
     assert not verify_snippet(SECRET, header, request.body + b" ")
     stale = f"t={int(time.time()) - 3600},{header.split(',', 1)[1]}"
     assert not verify_snippet(SECRET, stale, request.body)
+
+
+def test_housekeeping_purges_old_finished_deliveries_only(
+    sessions: sessionmaker[Session], fast: Settings
+) -> None:
+    add_webhook(sessions, closed_port_url())
+    for number in range(3):
+        emit_now(sessions, "alarm.opened", alarm_id=number)
+    old = datetime.now(UTC) - timedelta(hours=fast.webhook_retention_hours + 1)
+    with sessions() as session, session.begin():
+        rows = session.scalars(select(WebhookDelivery).order_by(WebhookDelivery.body)).all()
+        rows[0].status, rows[0].created_at = DELIVERY_DELIVERED, old
+        rows[1].status, rows[1].created_at = DELIVERY_FAILED, old
+        rows[2].created_at = old  # still pending: kept, however old
+        pending_id = rows[2].id
+    Worker(fast, sessions=sessions)._housekeeping()
+    assert [row.id for row in deliveries(sessions)] == [pending_id]
