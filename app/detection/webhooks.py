@@ -83,17 +83,20 @@ EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def _validate(body: WebhookCreate) -> None:
-    parts = urlsplit(body.url)
+    if any(ch.isspace() or not ch.isprintable() for ch in body.url):
+        raise InvalidInput("must not contain spaces or control characters", field="url")
+    try:
+        parts = urlsplit(body.url)
+        parts.port  # noqa: B018 (raises ValueError for a port out of range or not a number)
+        host = httpx.URL(body.url).host
+    except (ValueError, httpx.InvalidURL) as exc:
+        raise InvalidInput(f"is not a valid URL ({exc})", field="url") from None
     if parts.scheme not in ("http", "https"):
         raise InvalidInput(
             f"must be an absolute http or https URL, not {body.url[:100]!r}", field="url"
         )
-    if not parts.hostname:
+    if not host:
         raise InvalidInput("has no host name", field="url")
-    try:
-        parts.port  # noqa: B018 (raises ValueError for a port out of range or not a number)
-    except ValueError:
-        raise InvalidInput("has an invalid port", field="url") from None
     for index, event in enumerate(body.events):
         if event not in EVENTS:
             raise InvalidInput(

@@ -66,7 +66,17 @@ def test_create_read_list_and_delete(client: TestClient, admin: Headers) -> None
 
 
 def test_bad_urls_and_events_get_422_naming_them(client: TestClient, admin: Headers) -> None:
-    for url in ("ftp://example.com/x", "example.com/hook", "http://", "http://h:99999/", ""):
+    for url in (
+        "ftp://example.com/x",
+        "example.com/hook",
+        "http://",
+        "http://h:99999/",
+        "",
+        "http://[::1/",
+        "http://exa mple.com/",
+        "http://ex\x00ample.com/",
+        "https://ops.example.com:port/",
+    ):
         response = client.post("/v1/webhooks", json={**HOOK, "url": url}, headers=admin)
         assert_problem(response, 422, "url")
     response = client.post(
