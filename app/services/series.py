@@ -31,6 +31,7 @@ def create_series(*, session: Session, spec: SeriesCreate) -> Series:
         threshold_quantile=spec.threshold_quantile,
         labels_since_train=0,
         training=spec.training.model_dump(exclude_none=True) if spec.training else None,
+        max_gap=spec.max_gap,
     )
     try:
         with session.begin_nested():
@@ -96,5 +97,11 @@ def update_series(*, session: Session, series_id: int, update: SeriesUpdate) -> 
         series.threshold_quantile = update.threshold_quantile
     if update.training is not None:
         series.training = update.training.model_dump(exclude_none=True) or None
+    if update.reset_max_gap:
+        if update.max_gap is not None:
+            raise InvalidInput("send either max_gap or reset_max_gap, not both", field="max_gap")
+        series.max_gap = None
+    elif update.max_gap is not None and update.max_gap != series.max_gap:
+        series.max_gap = update.max_gap
     session.commit()
     return series

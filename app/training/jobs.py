@@ -23,7 +23,7 @@ from app.db.models import (
     Series,
 )
 from app.errors import NotEnoughPoints, NotFound, SeriesNotFound
-from app.training.pipeline import cut_windows
+from app.training.pipeline import window_count
 
 
 def open_job(*, session: Session, series_id: int) -> Job | None:
@@ -96,7 +96,7 @@ def training_data(*, session: Session, series: Series, settings: Settings) -> Tr
     points_needed = series.window_size + (windows_needed - 1) * series.stride
     capped = select(Point.ts).where(Point.series_id == series.id).limit(points_needed).subquery()
     points = session.scalar(select(func.count()).select_from(capped)) or 0
-    windows = len(cut_windows(points, window_size=series.window_size, stride=series.stride))
+    windows = window_count(points, window_size=series.window_size, stride=series.stride)
     return TrainingData(points, windows, feedback, windows_needed, points_needed)
 
 

@@ -44,7 +44,7 @@ from app.metrics import JOBS, TRAINING_DURATION
 from app.ratelimit import purge_windows
 from app.scoring.registry import load_artifact
 from app.training.jobs import arm_retrain
-from app.training.pipeline import Outcome, build_dataset, train_version
+from app.training.pipeline import SAMPLING_INTERVAL_KEY, Outcome, build_dataset, train_version
 from app.training.versions import count_activation, lock_series
 from models import ModelError, Progress, TrainedModel, TrainingCancelled
 
@@ -239,7 +239,7 @@ class Worker:
                 raise LeaseLost
             return self.stop_event.is_set()
 
-        return train_version(
+        outcome = train_version(
             dataset=dataset,
             series=series,
             settings=self.settings,
@@ -248,6 +248,9 @@ class Worker:
             progress=progress,
             should_stop=should_stop,
         )
+        if dataset.interval_us is not None:  # scoring derives the gap limit from it
+            outcome.model.metadata[SAMPLING_INTERVAL_KEY] = str(dataset.interval_us)
+        return outcome
 
     def _active_model(self, session: Session, series_id: int) -> TrainedModel | None:
         row = session.execute(
@@ -277,7 +280,11 @@ class Worker:
                 or 0
             ) + 1
             blob = outcome.model.to_bytes(
-                metadata={"series_id": str(claimed.series_id), "version": str(number)}
+                metadata={
+                    **outcome.model.metadata,
+                    "series_id": str(claimed.series_id),
+                    "version": str(number),
+                }
             )
             if outcome.activate:
                 lock_series(session=session, series_id=claimed.series_id)

@@ -481,5 +481,10 @@ def test_window_count_is_the_trainers() -> None:
     for points in range(0, 60):
         for window_size, stride in [(8, 4), (8, 8), (5, 1), (16, 3)]:
             assert window_count(points, window_size=window_size, stride=stride) == len(
-                cut_windows(points, window_size=window_size, stride=stride)
+                cut_windows(
+                    np.arange(points, dtype=np.int64),
+                    window_size=window_size,
+                    stride=stride,
+                    max_gap_us=None,
+                )
             )
