@@ -59,6 +59,9 @@ class PointsOut(BaseModel):
     values: list[list[float | None]] = Field(
         description="One row per timestamp, in channel order; null where a value is missing."
     )
+    next_cursor: str | None = Field(
+        default=None, description="Pass as `cursor` for the next page; null: no more."
+    )
 
 
 CSV_DESCRIPTION = (

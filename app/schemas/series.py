@@ -236,3 +236,10 @@ class SeriesOut(BaseModel):
 
     created_at: UtcDateTime
     updated_at: UtcDateTime
+
+
+class SeriesPage(BaseModel):
+    series: list[SeriesOut] = Field(description="A page of series, oldest first.")
+    next_cursor: str | None = Field(
+        description="Pass as `cursor` for the next page; null: no more."
+    )

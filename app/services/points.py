@@ -55,6 +55,7 @@ from app.schemas.common import (
     naive_warning,
     to_us,
 )
+from app.schemas.paging import decode_cursor, page_of
 from app.schemas.points import IngestResult
 from app.services.series import get_series
 
@@ -86,11 +87,15 @@ class PointBatch:
 class PointsPage:
     ts: Int64Array
     values: Float64Array
+    next_cursor: str | None = None
 
     def to_json(self) -> bytes:
-        """`{"timestamps": [RFC 3339 UTC, ...], "values": [[...], ...]}`."""
+        """`{"timestamps": [RFC 3339 UTC, ...], "values": [[...], ...], "next_cursor"}`;
+        a missing value (NaN) is null."""
         stamps = format_us_array(self.ts)
-        return orjson.dumps({"timestamps": stamps, "values": self.values.tolist()})
+        return orjson.dumps(
+            {"timestamps": stamps, "values": self.values.tolist(), "next_cursor": self.next_cursor}
+        )
 
 
 # -- the route's entry point ------------------------------------------------------------------
@@ -678,17 +683,28 @@ def _upsert_sqlite(
 
 # -- reading ----------------------------------------------------------------------------------
 def read_points(
-    *, session: Session, series_id: int, start: int | None, end: int | None, limit: int
+    *,
+    session: Session,
+    series_id: int,
+    start: int | None,
+    end: int | None,
+    limit: int,
+    cursor: str | None = None,
 ) -> PointsPage:
-    """Up to `limit` points with start <= ts <= end (microseconds), oldest first."""
+    """Up to `limit` points with start <= ts <= end (microseconds), oldest first, and the
+    cursor of the next page."""
     series = get_series(session=session, series_id=series_id)
+    after = decode_cursor(cursor, arity=1)
     query = select(Point.ts, Point.values).where(Point.series_id == series.id)
     if start is not None:
         query = query.where(Point.ts >= start)
     if end is not None:
         query = query.where(Point.ts <= end)
-    found = session.execute(query.order_by(Point.ts).limit(limit)).all()
+    if after is not None:
+        query = query.where(Point.ts > int(after[0]))
+    rows = session.execute(query.order_by(Point.ts).limit(limit + 1)).all()
+    found, next_cursor = page_of(rows, limit=limit, key=lambda row: (int(row[0]),))
     ts = np.fromiter((row[0] for row in found), dtype=np.int64, count=len(found))
     blob = b"".join(row[1] for row in found)
     values = np.frombuffer(blob, dtype="<f8").reshape(len(found), len(series.channels))
-    return PointsPage(ts=ts, values=values.astype(np.float64))
+    return PointsPage(ts=ts, values=values.astype(np.float64), next_cursor=next_cursor)

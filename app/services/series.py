@@ -9,6 +9,7 @@ from sqlalchemy.orm import Session
 from app.db.models import Series
 from app.errors import Conflict, InvalidInput, SeriesNotFound
 from app.schemas.common import BUILTIN_CLASSES
+from app.schemas.paging import decode_cursor, page_of
 from app.schemas.series import MAX_USER_CLASSES, SeriesCreate, SeriesUpdate
 
 MAX_CLASSES = MAX_USER_CLASSES + len(BUILTIN_CLASSES)
@@ -51,13 +52,21 @@ def get_series(*, session: Session, series_id: int) -> Series:
 
 
 def list_series(
-    *, session: Session, limit: int, offset: int, only: frozenset[int] | None = None
-) -> list[Series]:
-    """Series by id; with `only`, just those among them."""
-    query = select(Series).order_by(Series.id).limit(limit).offset(offset)
+    *,
+    session: Session,
+    limit: int,
+    cursor: str | None = None,
+    offset: int = 0,
+    only: frozenset[int] | None = None,
+) -> tuple[list[Series], str | None]:
+    """A page of series by id, and the cursor of the next; with `only`, just those."""
+    after = decode_cursor(cursor, arity=1)
+    query = select(Series).order_by(Series.id).limit(limit + 1).offset(offset)
+    if after is not None:
+        query = query.where(Series.id > int(after[0]))
     if only is not None:
         query = query.where(Series.id.in_(sorted(only)))
-    return list(session.scalars(query))
+    return page_of(list(session.scalars(query)), limit=limit, key=lambda s: (s.id,))
 
 
 def update_series(*, session: Session, series_id: int, update: SeriesUpdate) -> Series:
