@@ -165,6 +165,11 @@ class Settings(BaseSettings):
     points_retention_days: float | None = Field(default=None, gt=0)
     """Points older than this many days are deleted by the worker (unset: kept forever)."""
 
+    scores_retention_days: float | None = Field(default=None, gt=0)
+    """Window scores of the detection history older than this many days are deleted by the
+    worker (unset: kept forever). The score log that feedback points at keeps
+    `score_retention_hours`."""
+
     alarms_retention_days: float | None = Field(default=None, gt=0)
     """Alarms older than this many days are deleted by the worker (unset: kept forever)."""
 

@@ -35,7 +35,6 @@ from app.db.models import (
     IdempotencyRecord,
     Job,
     ModelVersion,
-    ScoreRecord,
     Series,
 )
 from app.db.session import make_engine, make_sessionmaker
@@ -43,6 +42,7 @@ from app.idempotency import TTL as IDEMPOTENCY_TTL
 from app.metrics import JOBS, TRAINING_DURATION
 from app.ratelimit import purge_windows
 from app.scoring.registry import load_artifact
+from app.services.retention import enforce_retention
 from app.training.jobs import arm_retrain
 from app.training.pipeline import SAMPLING_INTERVAL_KEY, Outcome, build_dataset, train_version
 from app.training.versions import count_activation, lock_series
@@ -192,8 +192,11 @@ class Worker:
             return
         except LeaseLost:
             log.warning(
-                "job %d: lease lost to another worker; result dropped",
+                "job %d: %s; result dropped",
                 claimed.job_id,
+                "its series was deleted"
+                if self._series_gone(claimed.series_id)
+                else "lease lost to another worker",
                 extra=context,
             )
             return
@@ -251,6 +254,10 @@ class Worker:
         if dataset.interval_us is not None:  # scoring derives the gap limit from it
             outcome.model.metadata[SAMPLING_INTERVAL_KEY] = str(dataset.interval_us)
         return outcome
+
+    def _series_gone(self, series_id: int) -> bool:
+        with self.sessions() as session:
+            return session.get(Series, series_id) is None
 
     def _active_model(self, session: Session, series_id: int) -> TrainedModel | None:
         row = session.execute(
@@ -376,9 +383,8 @@ class Worker:
             return
         self._last_housekeeping = now_mono
         now = utcnow()
+        enforce_retention(sessions=self.sessions, settings=self.settings, now=now)
         with self.sessions() as session, session.begin():
-            cutoff = now - timedelta(hours=self.settings.score_retention_hours)
-            session.execute(delete(ScoreRecord).where(ScoreRecord.created_at < cutoff))
             session.execute(
                 delete(IdempotencyRecord).where(
                     IdempotencyRecord.created_at < now - IDEMPOTENCY_TTL
