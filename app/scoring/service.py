@@ -28,9 +28,9 @@ from app.schemas.score_codecs import (
 from app.scoring.log import Record
 from app.scoring.registry import ActiveModel, SeriesInfo, serving_samples
 from app.services.points import gc_paused
-from app.services.windows import load_range_windows, parse_instant
+from app.services.windows import load_range_windows, parse_instant, prepare_for_scoring
 from app.training.pipeline import SAMPLING_INTERVAL_KEY
-from models import ScoreBatch, TrainedModel, impute_missing, missing_fraction
+from models import ScoreBatch, TrainedModel
 from models.quality import describe
 
 MISSING_DATA = "missing_data"
@@ -147,12 +147,14 @@ async def _score(
     )
     # Missing values (stored ranges only): windows with too many are not scored; the others
     # are imputed (models.data.impute_missing) exactly as training imputed its windows.
-    missing = missing_fraction(windows)
-    scored = missing <= runtime.settings.max_missing_fraction
+    ready = prepare_for_scoring(
+        windows,
+        fill=active.model.normalisation.mean,
+        max_missing=runtime.settings.max_missing_fraction,
+    )
+    chosen, scored, missing = ready.windows, ready.scored, ready.missing
     results: list[dict[str, Any]] = []
     if scored.any():
-        chosen = windows if scored.all() else windows[scored]
-        chosen = impute_missing(chosen, active.model.normalisation.mean)
         chosen_spans = spans if spans is None or scored.all() else _kept(spans, scored)
         outcome = await runtime.batcher.score(
             (info.id, active.version), active.model, chosen, Record(threshold, chosen_spans)

@@ -15,6 +15,7 @@ from app.schemas.common import TimestampError, to_us
 from app.schemas.paging import decode_cursor, encode_cursor
 from app.scoring.registry import SeriesInfo
 from app.training.pipeline import cut_windows, gap_limit_us, gather
+from models import impute_missing, missing_fraction
 
 
 def parse_instant(value: Any, *, field: str) -> int:
@@ -37,6 +38,30 @@ class RangeWindows:
     """Each window's first and last timestamp, µs."""
     next_cursor: str | None
     """Resumes at the first window this page did not hold; None: the range is done."""
+
+
+@dataclass(frozen=True)
+class ScoringInput:
+    """Windows of stored points made ready for the model: the rule for missing values."""
+
+    windows: np.ndarray
+    """(M, T, F) the windows to score (M <= N), missing values imputed."""
+    scored: np.ndarray
+    """(N,) bool: which of the N windows are scored; the others have too much missing."""
+    missing: np.ndarray
+    """(N,) the share of each window's values that was missing."""
+
+
+def prepare_for_scoring(
+    windows: np.ndarray, *, fill: np.ndarray, max_missing: float
+) -> ScoringInput:
+    """Leave out the windows with more than `max_missing` of their values missing and impute
+    the rest (models.data.impute_missing; `fill` (F,): the model's training means,
+    `model.normalisation.mean`). Every caller that scores stored windows goes through here."""
+    missing = missing_fraction(windows)
+    scored = missing <= max_missing
+    chosen = windows if bool(scored.all()) else windows[scored]
+    return ScoringInput(impute_missing(chosen, fill), scored, missing)
 
 
 def load_range_windows(
