@@ -29,8 +29,8 @@ from app.scoring.log import Record
 from app.scoring.registry import ActiveModel, SeriesInfo, serving_samples
 from app.services.points import gc_paused
 from app.services.windows import load_range_windows, parse_instant, prepare_for_scoring
-from app.training.pipeline import SAMPLING_INTERVAL_KEY
-from models import ScoreBatch, TrainedModel
+from app.training.pipeline import recorded_interval
+from models import ScoreBatch
 from models.quality import describe
 
 MISSING_DATA = "missing_data"
@@ -107,12 +107,6 @@ async def score_body(
         )
         return await _score(runtime, info, page.windows, page.spans, steps, page.next_cursor)
     raise InvalidInput("send either `windows` or `start` and `end`", field="windows")
-
-
-def recorded_interval(model: TrainedModel) -> int | None:
-    """The median sampling interval (µs) the model's training points had, if it recorded one."""
-    raw = model.metadata.get(SAMPLING_INTERVAL_KEY)
-    return int(raw) if raw is not None and raw.isdigit() and int(raw) > 0 else None
 
 
 async def _series(runtime: Runtime, series_id: int) -> SeriesInfo:

@@ -122,6 +122,13 @@ def median_interval_us(ts: np.ndarray) -> int | None:
     return int(np.median(np.diff(ts)))
 
 
+def recorded_interval(model: TrainedModel) -> int | None:
+    """The median sampling interval (µs) of the model's training points, if it recorded one
+    (models trained before it was recorded did not: the points' own median is used then)."""
+    raw = model.metadata.get(SAMPLING_INTERVAL_KEY)
+    return int(raw) if raw is not None and raw.isdigit() and int(raw) > 0 else None
+
+
 def gap_limit_us(
     ts: np.ndarray, *, max_gap: float | None, factor: float, interval_us: int | None = None
 ) -> int | None:

@@ -13,10 +13,11 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.config import Settings
-from app.db.models import Point, Series
+from app.db.models import ModelVersion, Point, Series
 from app.main import create_app
 from app.schemas.common import format_us
-from app.training.pipeline import build_dataset, cut_windows, load_points
+from app.training.pipeline import build_dataset, cut_windows, load_points, recorded_interval
+from models import TrainedModel
 from tests.utils.api_helpers import Headers, assert_problem, create_series
 from tests.utils.stream import STEP_US, Stream, insert_points, make_stream
 from tests.utils.stream import create_series as seed_series
@@ -157,6 +158,14 @@ def test_a_series_with_a_gap_and_missing_values_trains_scores_and_pages(
     assert job.metrics["gaps"] == 1
     # Two runs of 200 points: 24 windows each, none across the pause.
     assert job.metrics["windows"] == 48
+    with sessions() as session:
+        blob = session.scalar(
+            select(ModelVersion.artifact).where(ModelVersion.series_id == series_id)
+        )
+    model = TrainedModel.from_bytes(blob)
+    assert recorded_interval(model) == STEP_US  # the gap limit at scoring: 3 s
+    model.metadata.pop("sampling_interval_us")
+    assert recorded_interval(model) is None  # an older artifact: the points' median is used
     # 64 more points after the end, two windows' worth of them missing entirely.
     tail = make_stream(64, seed=seed)
     tail.ts = stream.ts[-1] + STEP_US * (1 + np.arange(64, dtype=np.int64))
