@@ -11,9 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from vigil_client import Client
 
 from tests.utils.proc import serve
-from vigil_client import Client
 
 
 @dataclass(frozen=True)

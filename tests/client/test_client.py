@@ -11,9 +11,6 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 import pandas as pd
 import pytest
-
-from tests.client.conftest import LiveVigil, unique
-from tests.utils.stream import make_stream, windows_of
 from vigil_client import (
     AsyncClient,
     Client,
@@ -23,6 +20,9 @@ from vigil_client import (
     Unauthorized,
 )
 from vigil_client.models import Job, LabelCreated, ScoreResponse, Series
+
+from tests.client.conftest import LiveVigil, unique
+from tests.utils.stream import make_stream, windows_of
 
 CHANNELS = ["flow", "pressure", "temperature"]
 WINDOW, STRIDE = 16, 8
@@ -107,7 +107,9 @@ def test_series_round_trip_and_paging(vigil: Client) -> None:
     assert first.classes["bearing_wear"] == "anomaly" and first.classes["normal"] == "normal"
     assert vigil.get_series(first.id) == first
 
-    updated = vigil.update_series(first.id, threshold_quantile=0.9, classes={"seal_leak": "anomaly"})
+    updated = vigil.update_series(
+        first.id, threshold_quantile=0.9, classes={"seal_leak": "anomaly"}
+    )
     assert updated.threshold_quantile == pytest.approx(0.9)
     assert updated.classes["seal_leak"] == "anomaly"
 
