@@ -410,20 +410,31 @@ class Simulation:
             start = iso(self._stamp(run.next_window))
             end = iso(self._stamp(last_step) + self.stamp_period / 2)
             try:
-                response = self.client.score_range(run.series_id, start=start, end=end)
+                version, results = self._score_range(run.series_id, start, end)
             except Conflict:
                 return  # no model yet: the backlog waits for it
-            if not response.results:
+            if not results:
                 raise SimulatorError(
                     f"POST /v1/score returned no windows for {run.series_name} [{start}, {end}]"
                 )
-            self._note_model(run, response.model_version)
+            self._note_model(run, version)
             starts = []
-            for position, result in enumerate(response.results):
+            for position, result in enumerate(results):
                 window_start = self._result_step(result, run.next_window + position * stride)
                 starts.append(window_start)
                 self._judge(run, result, window_start)
             run.next_window = max(starts) + stride
+
+    def _score_range(self, series_id: Id, start: str, end: str) -> tuple[int, list[ScoreResult]]:
+        """The model version and every window of [start, end], page by page."""
+        response = self.client.score_range(series_id, start=start, end=end)
+        results = list(response.results)
+        while response.next_cursor and response.results:
+            response = self.client.score_range(
+                series_id, start=start, end=end, cursor=response.next_cursor
+            )
+            results.extend(response.results)
+        return response.model_version, results
 
     def _result_step(self, result: ScoreResult, fallback: int) -> int:
         if result.start is None:
@@ -447,6 +458,9 @@ class Simulation:
         """Count a scored window against the truth; without the alarms API the operator
         answers flagged windows here."""
         size = self.config.window_size
+        if not result.scored or result.score_id is None:  # too much missing data
+            run.tally.unscored += 1
+            return
         verdict, fault, share = window_truth(start, size, self.plant.faults_of(run.index))
         flagged = result.is_anomaly
         tally = run.tally

@@ -26,6 +26,7 @@ class Tally:
     partial: int = 0
     faults_detected: int = 0
     faults_missed: int = 0
+    unscored: int = 0  # windows the service did not score (too much missing data)
     alarm_events_true: int = 0
     alarm_events_false: int = 0
 

@@ -43,6 +43,8 @@ def live(sqlite_template: Path, tmp_path_factory: pytest.TempPathFactory) -> Ite
         VIGIL_RETRAIN_AFTER_LABELS="0",
         VIGIL_JOB_POLL_SECONDS="0.2",
         VIGIL_SCORE_LOG_FLUSH_SECONDS="0.2",
+        VIGIL_DETECT_POLL_SECONDS="0.1",
+        VIGIL_WEBHOOK_POLL_SECONDS="0.2",
     ) as (url, _process):
         yield LiveVigil(url=url, key=key)
 

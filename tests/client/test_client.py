@@ -152,7 +152,7 @@ def test_dataframe_ingest_and_read_back(vigil: Client) -> None:
     result = vigil.ingest_frame(series.id, frame, rows_per_request=100)  # 3 requests
     assert (result.received, result.inserted) == (250, 250)
 
-    back = vigil.read_frame(series.id)
+    back = vigil.read_frame(series.id, page_size=100)  # three pages
     assert list(back.columns) == CHANNELS
     assert back.index.tz is not None and back.index[0] == index[0]
     pd.testing.assert_frame_equal(
@@ -300,7 +300,10 @@ def test_the_async_client_does_the_same(live: LiveVigil, trained: Trained) -> No
                 assert b.score == pytest.approx(j.score, rel=1e-5, abs=1e-6)
             job = await vigil.get_job(trained.job.id)
             assert job == trained.job
-            frame = await vigil.read_frame(trained.series.id, limit=5)
+            frame = await vigil.read_frame(
+                trained.series.id, start=T0, end=T0 + timedelta(seconds=4), page_size=2
+            )
             assert frame.shape == (5, 3)
+            assert frame.to_numpy().tolist() == trained.values[:5].tolist()
 
     asyncio.run(main())

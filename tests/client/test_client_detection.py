@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from vigil_client import Client, InvalidInput, NotFound, verify_signature
+from vigil_client import Client, Conflict, InvalidInput, NotFound, verify_signature
 from vigil_client.models import Alarm, AlarmDetail, Series
 
 from tests.client.conftest import LiveVigil, unique
@@ -131,23 +131,27 @@ def test_alarms_list_read_verdict_and_acknowledge(alarming: Plant) -> None:
 
     detail = vigil.get_alarm(alarm.id)
     assert isinstance(detail, AlarmDetail) and detail.id == alarm.id
-    per_window = detail.scores or [
-        v for v in (detail.model_extra or {}).values() if isinstance(v, list) and v
-    ]
-    assert per_window, "the alarm's own read lists the scores of its windows"
-
-    judged = vigil.alarm_verdict(alarm.id, "bearing_wear", note="seen on inspection")
-    assert judged.id == alarm.id and judged.verdict
-    assert "bearing_wear" in json.dumps(judged.verdict, default=str)
-    again = [a for a in vigil.iter_alarms(series_id=alarming.series.id) if a.id == alarm.id]
-    assert again and again[0].verdict
-
-    acknowledged = vigil.acknowledge_alarm(alarm.id)
-    assert acknowledged.id == alarm.id
+    assert detail.scores, "the alarm's own read lists the scores of its windows"
+    assert any(w.is_anomaly for w in detail.scores)
+    assert detail.scores[0].start <= alarm.start
 
     with pytest.raises(InvalidInput) as caught:
-        vigil.alarm_verdict(alarm.id, "not a class!")
+        vigil.alarm_verdict(alarm.id, "normal")  # neither false_positive nor an anomaly class
     assert caught.value.field == "label"
+
+    acknowledged = vigil.acknowledge_alarm(alarm.id)
+    assert acknowledged.id == alarm.id and acknowledged.acknowledged_at is not None
+
+    judged = vigil.alarm_verdict(alarm.id, "bearing_wear", note="seen on inspection")
+    assert judged.alarm.id == alarm.id and judged.alarm.verdict == "bearing_wear"
+    assert judged.label_ids, "a verdict labels the alarm's span"
+    assert vigil.get_label(judged.label_ids[0]).label == "bearing_wear"
+    again = [a for a in vigil.iter_alarms(series_id=alarming.series.id) if a.id == alarm.id]
+    assert again and again[0].verdict == "bearing_wear"
+    assert again[0].verdict_note == "seen on inspection"
+
+    with pytest.raises(Conflict):  # one verdict per alarm
+        vigil.alarm_verdict(alarm.id, "false_positive")
     with pytest.raises(NotFound):
         vigil.get_alarm(10**9)
 
@@ -161,8 +165,9 @@ def test_stored_scores_of_a_series(alarming: Plant) -> None:
         if len(scores) >= 19 or time.monotonic() > deadline:
             break
         time.sleep(0.3)
-    assert len(scores) >= 19, "the 19 windows scored from the stored range are listed"
-    assert len({s.score_id for s in scores}) == len(scores), "no window twice across pages"
+    assert len(scores) >= 19, "detection on ingest stored the new points' windows"
+    assert len({s.start for s in scores}) == len(scores), "no window twice across pages"
+    assert [s.start for s in scores] == sorted(s.start for s in scores), "oldest first"
     assert any(s.is_anomaly for s in scores)
     first = vigil.list_scores(alarming.series.id, limit=2)
     assert len(first.items) == 2 and first.next_cursor
@@ -228,21 +233,15 @@ def receiver() -> Iterator[Receiver]:
         httpd.server_close()
 
 
-def webhook_events(vigil: Client) -> list[str]:
-    """The event names the service's schema allows (all of them), or `alarm.opened`."""
-    text = json.dumps(vigil.openapi().get("components", {}).get("schemas", {}))
-    names = sorted(set(re.findall(r'"(alarm\.[a-z_]+)"', text)))
-    return names or ["alarm.opened"]
-
-
 def test_webhooks_receive_signed_alarm_deliveries(live: LiveVigil, receiver: Receiver) -> None:
     with live.client() as vigil:
         require(vigil, "post", "/v1/webhooks")
         require(vigil, "get", "/v1/webhooks/{webhook_id}/deliveries")
         require(vigil, "get", "/v1/alarms")
         secret = "client-test-secret-0123456789"
-        hook = vigil.create_webhook(receiver.url, secret=secret, events=webhook_events(vigil))
-        assert hook.url == receiver.url
+        hook = vigil.create_webhook(receiver.url, secret=secret, events=["alarm.opened"])
+        assert hook.url == receiver.url and hook.secret_hint == secret[-4:]
+        assert vigil.get_webhook(hook.id).events == hook.events
         assert str(hook.id) in {str(h.id) for h in vigil.iter_webhooks()}
 
         plant = trained_plant(vigil)
@@ -255,10 +254,13 @@ def test_webhooks_receive_signed_alarm_deliveries(live: LiveVigil, receiver: Rec
         assert verify_signature(secret, delivery.body, delivery.signature)
         assert not verify_signature("another-secret", delivery.body, delivery.signature)
         payload: Any = json.loads(delivery.body)
-        assert str(plant.series.id) in json.dumps(payload)
+        assert payload["event"] == "alarm.opened"
+        assert payload["data"]["series_id"] == plant.series.id  # the alarm as GET shows it
 
         deliveries = list(vigil.iter_deliveries(hook.id))
         assert deliveries, "the service lists what it delivered"
+        delivered = list(vigil.iter_deliveries(hook.id, status="delivered"))
+        assert delivered and all(d.webhook_id == hook.id for d in delivered)
 
         vigil.delete_webhook(hook.id)
         assert str(hook.id) not in {str(h.id) for h in vigil.iter_webhooks()}

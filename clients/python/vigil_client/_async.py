@@ -30,9 +30,12 @@ from vigil_client.models import (
     Points,
     Readiness,
     ScoreResponse,
+    ScoreResult,
     Series,
     StoredScore,
+    Verdict,
     Webhook,
+    WebhookCreated,
 )
 
 T = TypeVar("T")
@@ -165,6 +168,7 @@ class AsyncClient:
         classes: Mapping[str, str] | None = None,
         threshold_quantile: float | None = None,
         training: Mapping[str, Any] | None = None,
+        max_gap: float | None = None,
     ) -> Series:
         return await self.send(
             _calls.create_series(
@@ -175,6 +179,7 @@ class AsyncClient:
                 classes=classes,
                 threshold_quantile=threshold_quantile,
                 training=training,
+                max_gap=max_gap,
             )
         )
 
@@ -196,6 +201,8 @@ class AsyncClient:
         classes: Mapping[str, str | None] | None = None,
         threshold_quantile: float | None = None,
         training: Mapping[str, Any] | None = None,
+        max_gap: float | None = None,
+        reset_max_gap: bool | None = None,
     ) -> Series:
         return await self.send(
             _calls.update_series(
@@ -203,6 +210,8 @@ class AsyncClient:
                 classes=classes,
                 threshold_quantile=threshold_quantile,
                 training=training,
+                max_gap=max_gap,
+                reset_max_gap=reset_max_gap,
             )
         )
 
@@ -246,8 +255,31 @@ class AsyncClient:
         start: Instant | None = None,
         end: Instant | None = None,
         limit: int | None = None,
+        cursor: str | None = None,
     ) -> Points:
-        return await self.send(_calls.read_points(series_id, start=start, end=end, limit=limit))
+        """One page of stored points (`next_cursor` for the next; None where missing)."""
+        return await self.send(
+            _calls.read_points(series_id, start=start, end=end, limit=limit, cursor=cursor)
+        )
+
+    async def iter_point_pages(
+        self,
+        series_id: Id,
+        *,
+        start: Instant | None = None,
+        end: Instant | None = None,
+        page_size: int = 10_000,
+    ) -> AsyncIterator[Points]:
+        """Every page of stored points in [start, end]."""
+        cursor: str | None = None
+        while True:
+            page = await self.read_points(
+                series_id, start=start, end=end, limit=page_size, cursor=cursor
+            )
+            yield page
+            cursor, start = _frames.next_points(page, page_size, start)
+            if cursor is None and start is None:
+                return
 
     async def read_frame(
         self,
@@ -255,12 +287,18 @@ class AsyncClient:
         *,
         start: Instant | None = None,
         end: Instant | None = None,
-        limit: int | None = None,
+        page_size: int = 10_000,
     ) -> Any:
-        """Stored points as a DataFrame (UTC DatetimeIndex, a column per channel)."""
+        """Every stored point in [start, end] as a DataFrame (UTC DatetimeIndex, a column per
+        channel, NaN where a value is missing), read `page_size` points a request."""
         channels = (await self.get_series(series_id)).channels
-        points = await self.read_points(series_id, start=start, end=end, limit=limit)
-        return _frames.points_frame(points, channels)
+        pages = [
+            p
+            async for p in self.iter_point_pages(
+                series_id, start=start, end=end, page_size=page_size
+            )
+        ]
+        return _frames.points_frame(pages, channels)
 
     # -- scoring ---------------------------------------------------------------------------
 
@@ -280,10 +318,33 @@ class AsyncClient:
         return await self.send(_calls.score_windows(series_id, windows, detail=detail))
 
     async def score_range(
-        self, series_id: Id, *, start: Instant, end: Instant, detail: str | None = None
+        self,
+        series_id: Id,
+        *,
+        start: Instant,
+        end: Instant,
+        detail: str | None = None,
+        cursor: str | None = None,
     ) -> ScoreResponse:
-        """Score the stored windows of [start, end]."""
-        return await self.send(_calls.score_range(series_id, start=start, end=end, detail=detail))
+        """Score the stored windows of [start, end]: one page (`next_cursor` for the next)."""
+        return await self.send(
+            _calls.score_range(series_id, start=start, end=end, detail=detail, cursor=cursor)
+        )
+
+    async def iter_score_range(
+        self, series_id: Id, *, start: Instant, end: Instant, detail: str | None = None
+    ) -> AsyncIterator[ScoreResult]:
+        """Score every stored window of [start, end], page by page."""
+        cursor: str | None = None
+        while True:
+            page = await self.score_range(
+                series_id, start=start, end=end, detail=detail, cursor=cursor
+            )
+            for item in page.results:
+                yield item
+            if not page.next_cursor or not page.results:
+                return
+            cursor = page.next_cursor
 
     async def list_scores(
         self,
@@ -455,8 +516,23 @@ class AsyncClient:
                 )
             await self._sleep(poll)
 
-    async def list_models(self, series_id: Id) -> ModelVersions:
-        return await self.send(_calls.list_models(series_id))
+    async def list_models(
+        self, series_id: Id, *, limit: int | None = None, cursor: str | None = None
+    ) -> ModelVersions:
+        """The series' model versions (a page of them) and which one is active."""
+        return await self.send(_calls.list_models(series_id, limit=limit, cursor=cursor))
+
+    async def iter_models(
+        self, series_id: Id, *, page_size: int = 100
+    ) -> AsyncIterator[ModelVersion]:
+        cursor: str | None = None
+        while True:
+            page = await self.list_models(series_id, limit=page_size, cursor=cursor)
+            for item in page.versions:
+                yield item
+            if not page.next_cursor or not page.versions:
+                return
+            cursor = page.next_cursor
 
     async def activate_model(self, series_id: Id, version: int) -> ModelVersion:
         return await self.send(_calls.activate_model(series_id, version))
@@ -514,15 +590,14 @@ class AsyncClient:
         *,
         note: str | None = None,
         idempotency_key: str | None = None,
-    ) -> AlarmDetail:
-        """An operator's verdict: `false_positive`, or the fault class the alarm caught."""
+    ) -> Verdict:
+        """An operator's verdict: `false_positive` (dismisses the alarm), or the anomaly class
+        it caught (confirms it). It labels the alarm's span; one verdict per alarm."""
         return await self.send(
             _calls.alarm_verdict(alarm_id, label=label, note=note, key=idempotency_key)
         )
 
-    async def acknowledge_alarm(
-        self, alarm_id: Id, *, idempotency_key: str | None = None
-    ) -> AlarmDetail:
+    async def acknowledge_alarm(self, alarm_id: Id, *, idempotency_key: str | None = None) -> Alarm:
         return await self.send(_calls.acknowledge_alarm(alarm_id, key=idempotency_key))
 
     async def watch_alarms(
@@ -557,13 +632,21 @@ class AsyncClient:
         self,
         url: str,
         *,
-        secret: str,
         events: Sequence[str],
+        secret: str | None = None,
+        enabled: bool | None = None,
         idempotency_key: str | None = None,
-    ) -> Webhook:
+    ) -> WebhookCreated:
+        """Subscribe `url` to events (`alarm.opened`, ...); without a `secret` the service
+        makes one and returns it in `.secret`, this once."""
         return await self.send(
-            _calls.create_webhook(url=url, secret=secret, events=events, key=idempotency_key)
+            _calls.create_webhook(
+                url=url, events=events, secret=secret, enabled=enabled, key=idempotency_key
+            )
         )
+
+    async def get_webhook(self, webhook_id: Id) -> Webhook:
+        return await self.send(_calls.get_webhook(webhook_id))
 
     async def list_webhooks(
         self, *, limit: int | None = None, cursor: str | None = None
@@ -577,9 +660,20 @@ class AsyncClient:
         await self.send(_calls.delete_webhook(webhook_id))
 
     async def list_deliveries(
-        self, webhook_id: Id, *, limit: int | None = None, cursor: str | None = None
+        self,
+        webhook_id: Id,
+        *,
+        status: str | None = None,
+        limit: int | None = None,
+        cursor: str | None = None,
     ) -> Page[Delivery]:
-        return await self.send(_calls.list_deliveries(webhook_id, limit=limit, cursor=cursor))
+        return await self.send(
+            _calls.list_deliveries(webhook_id, status=status, limit=limit, cursor=cursor)
+        )
 
-    def iter_deliveries(self, webhook_id: Id, *, page_size: int = 100) -> AsyncIterator[Delivery]:
-        return self._pages(lambda c: _calls.list_deliveries(webhook_id, limit=page_size, cursor=c))
+    def iter_deliveries(
+        self, webhook_id: Id, *, status: str | None = None, page_size: int = 100
+    ) -> AsyncIterator[Delivery]:
+        return self._pages(
+            lambda c: _calls.list_deliveries(webhook_id, status=status, limit=page_size, cursor=c)
+        )

@@ -33,7 +33,9 @@ from vigil_client.models import (
     ScoreResponse,
     Series,
     StoredScore,
+    Verdict,
     Webhook,
+    WebhookCreated,
 )
 
 T = TypeVar("T")
@@ -222,6 +224,7 @@ def create_series(
     classes: Mapping[str, str] | None = None,
     threshold_quantile: float | None = None,
     training: Mapping[str, Any] | None = None,
+    max_gap: float | None = None,
 ) -> Call[Series]:
     body = _body(
         name=name,
@@ -231,6 +234,7 @@ def create_series(
         classes=dict(classes) if classes is not None else None,
         threshold_quantile=threshold_quantile,
         training=dict(training) if training is not None else None,
+        max_gap=max_gap,
     )
     # Not replay_safe: a repeat after a lost answer would find the name taken (409).
     return Call("POST", "/v1/series", _model(Series), json=body, replay_safe=False)
@@ -250,11 +254,15 @@ def update_series(
     classes: Mapping[str, str | None] | None = None,
     threshold_quantile: float | None = None,
     training: Mapping[str, Any] | None = None,
+    max_gap: float | None = None,
+    reset_max_gap: bool | None = None,
 ) -> Call[Series]:
     body = _body(
         classes=dict(classes) if classes is not None else None,
         threshold_quantile=threshold_quantile,
         training=dict(training) if training is not None else None,
+        max_gap=max_gap,
+        reset_max_gap=reset_max_gap,
     )
     return Call("PATCH", f"/v1/series/{series_id}", _model(Series), json=body)
 
@@ -291,11 +299,13 @@ def read_points(
     start: Instant | None = None,
     end: Instant | None = None,
     limit: int | None = None,
+    cursor: str | None = None,
 ) -> Call[Points]:
     params = _query(
         start=None if start is None else instant(start),
         end=None if end is None else instant(end),
         limit=limit,
+        cursor=cursor,
     )
     return Call("GET", f"/v1/series/{series_id}/points", _model(Points), params=params)
 
@@ -326,9 +336,14 @@ def score_array(series_id: Id, windows: Any, *, detail: str | None = None) -> Ca
 
 
 def score_range(
-    series_id: Id, *, start: Instant, end: Instant, detail: str | None = None
+    series_id: Id,
+    *,
+    start: Instant,
+    end: Instant,
+    detail: str | None = None,
+    cursor: str | None = None,
 ) -> Call[ScoreResponse]:
-    body = {"series_id": series_id, "start": instant(start), "end": instant(end)}
+    body = _body(series_id=series_id, start=instant(start), end=instant(end), cursor=cursor)
     return Call("POST", "/v1/score", _model(ScoreResponse), json=body, params=_query(detail=detail))
 
 
@@ -428,8 +443,15 @@ def get_job(job_id: Id) -> Call[Job]:
     return Call("GET", f"/v1/jobs/{job_id}", _model(Job))
 
 
-def list_models(series_id: Id) -> Call[ModelVersions]:
-    return Call("GET", f"/v1/series/{series_id}/models", _model(ModelVersions))
+def list_models(
+    series_id: Id, *, limit: int | None = None, cursor: str | None = None
+) -> Call[ModelVersions]:
+    return Call(
+        "GET",
+        f"/v1/series/{series_id}/models",
+        _model(ModelVersions),
+        params=paging(limit, cursor),
+    )
 
 
 def activate_model(series_id: Id, version: int) -> Call[ModelVersion]:
@@ -466,25 +488,34 @@ def get_alarm(alarm_id: Id) -> Call[AlarmDetail]:
 
 def alarm_verdict(
     alarm_id: Id, *, label: str, note: str | None = None, key: str | None = None
-) -> Call[AlarmDetail]:
+) -> Call[Verdict]:
     body = _body(label=label, note=note)
-    return _idempotent_post(f"/v1/alarms/{alarm_id}/verdict", _model(AlarmDetail), body, key)
+    # Not replay_safe: one verdict per alarm, so a repeat after a lost answer gets 409.
+    return _idempotent_post(
+        f"/v1/alarms/{alarm_id}/verdict", _model(Verdict), body, key, replay_safe=False
+    )
 
 
-def acknowledge_alarm(alarm_id: Id, *, key: str | None = None) -> Call[AlarmDetail]:
-    return _idempotent_post(f"/v1/alarms/{alarm_id}/acknowledge", _model(AlarmDetail), None, key)
+def acknowledge_alarm(alarm_id: Id, *, key: str | None = None) -> Call[Alarm]:
+    # Acknowledging again changes nothing: safe to repeat.
+    return _idempotent_post(f"/v1/alarms/{alarm_id}/acknowledge", _model(Alarm), None, key)
 
 
 # -- webhooks ----------------------------------------------------------------------------------
 
 
 def create_webhook(
-    *, url: str, secret: str, events: Sequence[str], key: str | None = None
-) -> Call[Webhook]:
-    body = {"url": url, "secret": secret, "events": list(events)}
+    *,
+    url: str,
+    events: Sequence[str],
+    secret: str | None = None,
+    enabled: bool | None = None,
+    key: str | None = None,
+) -> Call[WebhookCreated]:
+    body = _body(url=url, secret=secret, events=list(events), enabled=enabled)
     # Not replay_safe unless the service keeps Idempotency-Keys for it: a repeat after a lost
     # answer could register the receiver twice.
-    return _idempotent_post("/v1/webhooks", _model(Webhook), body, key, replay_safe=False)
+    return _idempotent_post("/v1/webhooks", _model(WebhookCreated), body, key, replay_safe=False)
 
 
 def list_webhooks(*, limit: int | None = None, cursor: str | None = None) -> Call[Page[Webhook]]:
@@ -495,14 +526,22 @@ def delete_webhook(webhook_id: Id) -> Call[None]:
     return Call("DELETE", f"/v1/webhooks/{webhook_id}", _none)
 
 
+def get_webhook(webhook_id: Id) -> Call[Webhook]:
+    return Call("GET", f"/v1/webhooks/{webhook_id}", _model(Webhook))
+
+
 def list_deliveries(
-    webhook_id: Id, *, limit: int | None = None, cursor: str | None = None
+    webhook_id: Id,
+    *,
+    status: str | None = None,
+    limit: int | None = None,
+    cursor: str | None = None,
 ) -> Call[Page[Delivery]]:
     return Call(
         "GET",
         f"/v1/webhooks/{webhook_id}/deliveries",
         _page(Delivery, "deliveries"),
-        params=paging(limit, cursor),
+        params={**_query(status=status), **paging(limit, cursor)},
     )
 
 

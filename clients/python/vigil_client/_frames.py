@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import io
+import math
 from collections.abc import Iterator, Sequence
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -37,11 +39,19 @@ def _is_array(value: object) -> bool:
     return hasattr(value, "__array__") and hasattr(value, "shape") and hasattr(value, "dtype")
 
 
-def rows(values: Any) -> list[list[float]]:
+def _value(value: Any) -> float | None:
+    """A value for a JSON body: None and NaN are a missing value (JSON has no NaN)."""
+    if value is None:
+        return None
+    number = float(value)
+    return None if math.isnan(number) else number
+
+
+def rows(values: Any) -> list[list[float | None]]:
     """Rows of values for a JSON body, from nested sequences or a 2-D array."""
     if _is_array(values):
-        return [[float(v) for v in row] for row in values.tolist()]
-    return [[float(v) for v in row] for row in values]
+        values = values.tolist()
+    return [[_value(v) for v in row] for row in values]
 
 
 def windows_json(windows: Any) -> list[Any]:
@@ -91,12 +101,32 @@ def frame_csv_chunks(frame: Any, *, rows_per_request: int = MAX_CSV_ROWS) -> Ite
         yield out.getvalue().encode()
 
 
-def points_frame(points: Points, channels: Sequence[str]) -> Any:
-    """Points as a DataFrame: a UTC DatetimeIndex named `timestamp`, a column per channel."""
+def next_points(page: Points, page_size: int, start: Any) -> tuple[str | None, Any]:
+    """(cursor, start) of the page after `page`, or (None, None) after the last one.
+
+    A service from before cursor paging sends no `next_cursor`: a full page is then followed
+    by the points after its last timestamp.
+    """
+    if page.next_cursor:
+        return page.next_cursor, start
+    if "next_cursor" in page.model_fields_set or len(page.timestamps) < page_size:
+        return None, None
+    last = page.timestamps[-1]
+    return None, last + timedelta(microseconds=1)
+
+
+def points_frame(pages: Sequence[Points], channels: Sequence[str]) -> Any:
+    """Points as a DataFrame: a UTC DatetimeIndex named `timestamp`, a column per channel,
+    NaN where a value is missing."""
     pd = _pandas()
-    index = pd.DatetimeIndex(points.timestamps, name="timestamp")
+    stamps = [t for page in pages for t in page.timestamps]
+    values = [row for page in pages for row in page.values]
+    index = pd.DatetimeIndex(stamps, name="timestamp")
     index = index.tz_localize("UTC") if index.tz is None else index.tz_convert("UTC")
-    return pd.DataFrame(points.values, index=index, columns=list(channels), dtype="float64")
+    frame = pd.DataFrame(values, index=index, columns=list(channels), dtype="float64")
+    if len(frame) == 0:
+        frame = pd.DataFrame(index=index, columns=list(channels), dtype="float64")
+    return frame
 
 
 def score_frame(response: ScoreResponse) -> Any:

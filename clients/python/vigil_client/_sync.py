@@ -28,9 +28,12 @@ from vigil_client.models import (
     Points,
     Readiness,
     ScoreResponse,
+    ScoreResult,
     Series,
     StoredScore,
+    Verdict,
     Webhook,
+    WebhookCreated,
 )
 
 T = TypeVar("T")
@@ -179,6 +182,7 @@ class Client:
         classes: Mapping[str, str] | None = None,
         threshold_quantile: float | None = None,
         training: Mapping[str, Any] | None = None,
+        max_gap: float | None = None,
     ) -> Series:
         return self.send(
             _calls.create_series(
@@ -189,6 +193,7 @@ class Client:
                 classes=classes,
                 threshold_quantile=threshold_quantile,
                 training=training,
+                max_gap=max_gap,
             )
         )
 
@@ -208,6 +213,8 @@ class Client:
         classes: Mapping[str, str | None] | None = None,
         threshold_quantile: float | None = None,
         training: Mapping[str, Any] | None = None,
+        max_gap: float | None = None,
+        reset_max_gap: bool | None = None,
     ) -> Series:
         return self.send(
             _calls.update_series(
@@ -215,6 +222,8 @@ class Client:
                 classes=classes,
                 threshold_quantile=threshold_quantile,
                 training=training,
+                max_gap=max_gap,
+                reset_max_gap=reset_max_gap,
             )
         )
 
@@ -256,8 +265,29 @@ class Client:
         start: Instant | None = None,
         end: Instant | None = None,
         limit: int | None = None,
+        cursor: str | None = None,
     ) -> Points:
-        return self.send(_calls.read_points(series_id, start=start, end=end, limit=limit))
+        """One page of stored points (`next_cursor` for the next; None where missing)."""
+        return self.send(
+            _calls.read_points(series_id, start=start, end=end, limit=limit, cursor=cursor)
+        )
+
+    def iter_point_pages(
+        self,
+        series_id: Id,
+        *,
+        start: Instant | None = None,
+        end: Instant | None = None,
+        page_size: int = 10_000,
+    ) -> Iterator[Points]:
+        """Every page of stored points in [start, end]."""
+        cursor: str | None = None
+        while True:
+            page = self.read_points(series_id, start=start, end=end, limit=page_size, cursor=cursor)
+            yield page
+            cursor, start = _frames.next_points(page, page_size, start)
+            if cursor is None and start is None:
+                return
 
     def read_frame(
         self,
@@ -265,12 +295,13 @@ class Client:
         *,
         start: Instant | None = None,
         end: Instant | None = None,
-        limit: int | None = None,
+        page_size: int = 10_000,
     ) -> Any:
-        """Stored points as a DataFrame (UTC DatetimeIndex, a column per channel)."""
+        """Every stored point in [start, end] as a DataFrame (UTC DatetimeIndex, a column per
+        channel, NaN where a value is missing), read `page_size` points a request."""
         channels = self.get_series(series_id).channels
-        points = self.read_points(series_id, start=start, end=end, limit=limit)
-        return _frames.points_frame(points, channels)
+        pages = list(self.iter_point_pages(series_id, start=start, end=end, page_size=page_size))
+        return _frames.points_frame(pages, channels)
 
     # -- scoring ---------------------------------------------------------------------------
 
@@ -288,10 +319,30 @@ class Client:
         return self.send(_calls.score_windows(series_id, windows, detail=detail))
 
     def score_range(
-        self, series_id: Id, *, start: Instant, end: Instant, detail: str | None = None
+        self,
+        series_id: Id,
+        *,
+        start: Instant,
+        end: Instant,
+        detail: str | None = None,
+        cursor: str | None = None,
     ) -> ScoreResponse:
-        """Score the stored windows of [start, end]."""
-        return self.send(_calls.score_range(series_id, start=start, end=end, detail=detail))
+        """Score the stored windows of [start, end]: one page (`next_cursor` for the next)."""
+        return self.send(
+            _calls.score_range(series_id, start=start, end=end, detail=detail, cursor=cursor)
+        )
+
+    def iter_score_range(
+        self, series_id: Id, *, start: Instant, end: Instant, detail: str | None = None
+    ) -> Iterator[ScoreResult]:
+        """Score every stored window of [start, end], page by page."""
+        cursor: str | None = None
+        while True:
+            page = self.score_range(series_id, start=start, end=end, detail=detail, cursor=cursor)
+            yield from page.results
+            if not page.next_cursor or not page.results:
+                return
+            cursor = page.next_cursor
 
     def list_scores(
         self,
@@ -463,8 +514,20 @@ class Client:
                 )
             self._sleep(poll)
 
-    def list_models(self, series_id: Id) -> ModelVersions:
-        return self.send(_calls.list_models(series_id))
+    def list_models(
+        self, series_id: Id, *, limit: int | None = None, cursor: str | None = None
+    ) -> ModelVersions:
+        """The series' model versions (a page of them) and which one is active."""
+        return self.send(_calls.list_models(series_id, limit=limit, cursor=cursor))
+
+    def iter_models(self, series_id: Id, *, page_size: int = 100) -> Iterator[ModelVersion]:
+        cursor: str | None = None
+        while True:
+            page = self.list_models(series_id, limit=page_size, cursor=cursor)
+            yield from page.versions
+            if not page.next_cursor or not page.versions:
+                return
+            cursor = page.next_cursor
 
     def activate_model(self, series_id: Id, version: int) -> ModelVersion:
         return self.send(_calls.activate_model(series_id, version))
@@ -522,13 +585,14 @@ class Client:
         *,
         note: str | None = None,
         idempotency_key: str | None = None,
-    ) -> AlarmDetail:
-        """An operator's verdict: `false_positive`, or the fault class the alarm caught."""
+    ) -> Verdict:
+        """An operator's verdict: `false_positive` (dismisses the alarm), or the anomaly class
+        it caught (confirms it). It labels the alarm's span; one verdict per alarm."""
         return self.send(
             _calls.alarm_verdict(alarm_id, label=label, note=note, key=idempotency_key)
         )
 
-    def acknowledge_alarm(self, alarm_id: Id, *, idempotency_key: str | None = None) -> AlarmDetail:
+    def acknowledge_alarm(self, alarm_id: Id, *, idempotency_key: str | None = None) -> Alarm:
         return self.send(_calls.acknowledge_alarm(alarm_id, key=idempotency_key))
 
     def watch_alarms(
@@ -562,13 +626,21 @@ class Client:
         self,
         url: str,
         *,
-        secret: str,
         events: Sequence[str],
+        secret: str | None = None,
+        enabled: bool | None = None,
         idempotency_key: str | None = None,
-    ) -> Webhook:
+    ) -> WebhookCreated:
+        """Subscribe `url` to events (`alarm.opened`, ...); without a `secret` the service
+        makes one and returns it in `.secret`, this once."""
         return self.send(
-            _calls.create_webhook(url=url, secret=secret, events=events, key=idempotency_key)
+            _calls.create_webhook(
+                url=url, events=events, secret=secret, enabled=enabled, key=idempotency_key
+            )
         )
+
+    def get_webhook(self, webhook_id: Id) -> Webhook:
+        return self.send(_calls.get_webhook(webhook_id))
 
     def list_webhooks(
         self, *, limit: int | None = None, cursor: str | None = None
@@ -582,9 +654,20 @@ class Client:
         self.send(_calls.delete_webhook(webhook_id))
 
     def list_deliveries(
-        self, webhook_id: Id, *, limit: int | None = None, cursor: str | None = None
+        self,
+        webhook_id: Id,
+        *,
+        status: str | None = None,
+        limit: int | None = None,
+        cursor: str | None = None,
     ) -> Page[Delivery]:
-        return self.send(_calls.list_deliveries(webhook_id, limit=limit, cursor=cursor))
+        return self.send(
+            _calls.list_deliveries(webhook_id, status=status, limit=limit, cursor=cursor)
+        )
 
-    def iter_deliveries(self, webhook_id: Id, *, page_size: int = 100) -> Iterator[Delivery]:
-        return self._pages(lambda c: _calls.list_deliveries(webhook_id, limit=page_size, cursor=c))
+    def iter_deliveries(
+        self, webhook_id: Id, *, status: str | None = None, page_size: int = 100
+    ) -> Iterator[Delivery]:
+        return self._pages(
+            lambda c: _calls.list_deliveries(webhook_id, status=status, limit=page_size, cursor=c)
+        )

@@ -32,7 +32,9 @@ __all__ = [
     "ScoreResult",
     "Series",
     "StoredScore",
+    "Verdict",
     "Webhook",
+    "WebhookCreated",
 ]
 
 T = TypeVar("T")
@@ -62,6 +64,7 @@ class Series(Model):
     threshold_quantile: float
     labels_since_train: int = 0
     training: dict[str, Any] = Field(default_factory=dict)
+    max_gap: float | None = None
     created_at: datetime
     updated_at: datetime
 
@@ -75,8 +78,11 @@ class IngestResult(Model):
 
 
 class Points(Model):
+    """Stored points, oldest first; None where a value is missing."""
+
     timestamps: list[datetime]
-    values: list[list[float]]
+    values: list[list[float | None]]
+    next_cursor: str | None = None
 
 
 # -- scoring ----------------------------------------------------------------------------------
@@ -88,13 +94,18 @@ class DataQualityCheck(Model):
 
 
 class ScoreResult(Model):
-    score_id: str
-    raw_score: float
-    score: float
-    p_false_positive: float = 0.0
-    p_false_negative: float = 0.0
-    adjusted_score: float
+    """One window's score. A window of a stored range with too much missing data is not
+    scored (`scored` false): its numbers are None and it raises no alarm."""
+
+    score_id: str | None
+    raw_score: float | None
+    score: float | None
+    p_false_positive: float | None = 0.0
+    p_false_negative: float | None = 0.0
+    adjusted_score: float | None
     is_anomaly: bool
+    scored: bool = True
+    missing_fraction: float = 0.0
     class_probabilities: dict[str, float] = Field(default_factory=dict)
     feedback_probabilities: dict[str, float] = Field(default_factory=dict)
     channel_contributions: dict[str, float] = Field(default_factory=dict)
@@ -109,6 +120,8 @@ class ScoreResponse(Model):
     model_version: int
     threshold: float
     results: list[ScoreResult]
+    next_cursor: str | None = None
+    """Range requests: more windows remain; `score_range(..., cursor=)` gets them."""
 
     def to_frame(self) -> Any:
         """The results as a pandas DataFrame, one row per window (needs pandas)."""
@@ -118,17 +131,20 @@ class ScoreResponse(Model):
 
 
 class StoredScore(Model):
-    """A window the service scored and kept (GET /v1/series/{id}/scores)."""
+    """A window that detection on ingest scored (GET /v1/series/{id}/scores, and the
+    windows of an alarm)."""
 
-    score_id: str | None = None
-    series_id: int | None = None
-    start: datetime | None = None
-    end: datetime | None = None
+    start: datetime
+    end: datetime
+    model_version: int | None = None
+    raw_score: float | None = None
     score: float | None = None
     adjusted_score: float | None = None
     threshold: float | None = None
-    is_anomaly: bool | None = None
-    model_version: int | None = None
+    is_anomaly: bool = False
+    data_quality: list[DataQualityCheck] = Field(default_factory=list)
+    channel_contributions: dict[str, float] = Field(default_factory=dict)
+    scored_at: datetime | None = None
 
 
 # -- labels, jobs, models -------------------------------------------------------------------
@@ -204,6 +220,7 @@ class ModelVersions(Model):
     series_id: int
     active_version: int | None
     versions: list[ModelVersion]
+    next_cursor: str | None = None
 
 
 class Readiness(Model):
@@ -216,7 +233,7 @@ class Readiness(Model):
         return self.status == "ok"
 
 
-# -- alarms -----------------------------------------------------------------------------------
+# -- alarms ---------------------------------------------------------------------------------
 
 
 class AlarmChannel(Model):
@@ -225,9 +242,14 @@ class AlarmChannel(Model):
 
 
 class Alarm(Model):
-    """An alarm: a run of anomalous windows of one series, from `start` to `end`."""
+    """An alarm: consecutive flagged windows of one series, as one event.
 
-    id: int | str
+    `status` is `open`, `closed`, `acknowledged`, `dismissed` (a `false_positive` verdict)
+    or `confirmed` (a fault class); `kind` is `model` or `data_quality` (then `check` names
+    it); `verdict` is the label an operator gave it.
+    """
+
+    id: int
     series_id: int
     start: datetime
     end: datetime | None = None
@@ -239,7 +261,14 @@ class Alarm(Model):
     model_version: int | None = None
     windows: int | None = None
     channels: list[AlarmChannel] = Field(default_factory=list)
-    verdict: Any = None
+    verdict: str | None = None
+    verdict_note: str | None = None
+    opened_at: datetime | None = None
+    closed_at: datetime | None = None
+    acknowledged_at: datetime | None = None
+    verdict_at: datetime | None = None
+    label_ids: list[int] = Field(default_factory=list)
+    retrain_job_id: int | None = None
 
     def fingerprint(self) -> tuple[Any, ...]:
         """What changes when the alarm does (for `watch_alarms`)."""
@@ -248,15 +277,25 @@ class Alarm(Model):
             self.end,
             self.peak_score,
             self.windows,
-            repr(self.verdict),
-            repr(self.model_extra),
+            self.verdict,
+            self.acknowledged_at,
+            self.closed_at,
         )
 
 
 class AlarmDetail(Alarm):
-    """One alarm with the scores of its windows."""
+    """One alarm with the scores of every window it spans, flagged or not, oldest first."""
 
-    scores: list[dict[str, Any]] = Field(default_factory=list)
+    scores: list[StoredScore] = Field(default_factory=list)
+
+
+class Verdict(Model):
+    """What a verdict did: the alarm as it now is, the range labels it created over the
+    alarm's span, and the retrain those queued or joined."""
+
+    alarm: Alarm
+    label_ids: list[int] = Field(default_factory=list)
+    retrain: Retrain | None = None
 
 
 class AlarmEvent(Model):
@@ -270,17 +309,31 @@ class AlarmEvent(Model):
 
 
 class Webhook(Model):
-    id: int | str
+    id: int
     url: str
     events: list[str] = Field(default_factory=list)
+    enabled: bool = True
+    secret_hint: str | None = None
     created_at: datetime | None = None
+
+
+class WebhookCreated(Webhook):
+    secret: str | None = None
+    """The secret the service made when none was given; shown only in this answer."""
 
 
 class Delivery(Model):
-    id: int | str
-    webhook_id: int | str | None = None
-    event: str | None = None
-    status: str | None = None
-    attempts: int | None = None
-    response_status: int | None = None
+    """One event for one webhook, and every attempt at delivering it."""
+
+    id: str
+    webhook_id: int
+    event: str
+    status: str
+    attempts: int = 0
+    last_status_code: int | None = None
+    last_error: str | None = None
+    next_attempt_at: datetime | None = None
     created_at: datetime | None = None
+    delivered_at: datetime | None = None
+    history: list[dict[str, Any]] = Field(default_factory=list)
+    payload: dict[str, Any] = Field(default_factory=dict)
