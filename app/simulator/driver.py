@@ -131,6 +131,7 @@ class SimulationConfig:
     max_windows_per_request: int = 64
     max_points_per_request: int = 5000
     alarm_poll_s: float = 2.0  # wall seconds between two listings of the service's alarms
+    detection_timeout_s: float = 60.0  # at the end: wait for detection on ingest this long
     use_alarms: bool | None = None  # None: when the service has the alarms API
     policy: OperatorPolicy = field(default_factory=OperatorPolicy)
 
@@ -288,13 +289,27 @@ class Simulation:
                 due = self.plant.step + 8 * config.stride
             if config.steps is not None:
                 due = min(due, config.steps)
+            holding = self._awaiting_first_model()
+            if holding:
+                due = self.plant.step
             if due > self.plant.step:
                 self._emit(self.plant.advance(due - self.plant.step))
             self._service_round()
             self._refresh(live)
+            if holding:
+                time.sleep(0.5)
             if config.speed > 0:
                 next_step_at = started + self.plant.step * config.sample_period_s / config.speed
                 time.sleep(min(1.0, max(0.05, next_step_at - time.monotonic())))
+
+    def _awaiting_first_model(self) -> bool:
+        """Unpaced runs on a service that detects on ingest hold the stream after the warm-up
+        until every first model is trained: the service scores (and alarms on) only points
+        that arrive once a series has an active model, and a backfill would otherwise have
+        sent them all before then. Paced runs stream on, as a plant does."""
+        if self.config.speed > 0 or not self.alarms_api:
+            return False
+        return any(run.train_requested and run.trainings == 0 for run in self.runs)
 
     def _drain(self, live: Live) -> None:
         """After the last point: wait for pending training and score what is left."""
@@ -317,10 +332,35 @@ class Simulation:
         else:
             self._event(f"drain timed out after {self.config.drain_timeout_s:.0f}s")
         if self.alarms_api:
+            self._await_detection(live)
             self._poll_alarms(force=True)
             self._send_decisions()
         for run in self.runs:
             self._close_faults(run, final=True)
+
+    def _await_detection(self, live: Live) -> None:
+        """Wait (at most `detection_timeout_s`) until the service has scored every series'
+        last window on ingest, so that the alarms of the last points are seen too."""
+        deadline = time.monotonic() + self.config.detection_timeout_s
+        pending = [run for run in self.runs if run.trainings > 0]
+        while pending and time.monotonic() < deadline:
+            pending = [run for run in pending if not self._detected_to_the_end(run)]
+            self._poll_alarms()
+            self._send_decisions()
+            self._refresh(live)
+            if pending:
+                time.sleep(0.5)
+        if pending:
+            names = ", ".join(run.series_name for run in pending)
+            self._event(f"detection on ingest had not caught up with {names}")
+
+    def _detected_to_the_end(self, run: MachineRun) -> bool:
+        size, stride = self.config.window_size, self.config.stride
+        if run.posted < size:
+            return True
+        last_start = (run.posted - size) // stride * stride
+        since = iso(self._stamp(last_start) - self.stamp_period / 2)
+        return bool(self.client.list_scores(run.series_id, start=since, limit=1).items)
 
     def _service_round(self) -> None:
         self._send_decisions()

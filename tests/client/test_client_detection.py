@@ -240,7 +240,7 @@ def test_webhooks_receive_signed_alarm_deliveries(live: LiveVigil, receiver: Rec
         require(vigil, "get", "/v1/alarms")
         secret = "client-test-secret-0123456789"
         hook = vigil.create_webhook(receiver.url, secret=secret, events=["alarm.opened"])
-        assert hook.url == receiver.url and hook.secret_hint == secret[-4:]
+        assert hook.url == receiver.url and (hook.secret_hint or "").endswith(secret[-4:])
         assert vigil.get_webhook(hook.id).events == hook.events
         assert str(hook.id) in {str(h.id) for h in vigil.iter_webhooks()}
 

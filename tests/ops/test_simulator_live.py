@@ -107,6 +107,7 @@ def test_the_simulator_drives_a_live_service(live_vigil: LiveVigil) -> None:
                 assert {a.id for a in alarms} == set(run.alarms)
                 assert sum(1 for a in alarms if a.verdict) >= run.verdicts
             assert report.total.alarm_events == sum(len(run.alarms) for run in report.machines)
+            assert report.total.alarm_events >= 1, "faults on a trained pump open alarms"
             assert "alarm" in output.getvalue()
         else:
             # Every label the operator reported is stored, on the series it was meant for.
