@@ -613,13 +613,19 @@ class AsyncClient:
         every `poll` seconds, until the caller stops or `timeout` seconds have passed.
 
         Alarms present at the first poll are not yielded unless `include_existing`; `since`
-        bounds what each poll lists (by the alarms' own times).
+        keeps only alarms that end after it. After the first poll, each poll reads the list
+        only down to the oldest alarm still without a verdict, so a quiet service costs one
+        short request per poll.
         """
         watch = AlarmWatch(series_id=series_id, since=since, include_existing=include_existing)
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            query = watch.query()
-            alarms = [alarm async for alarm in self.iter_alarms(**query)]
+            floor = watch.floor()
+            alarms = []
+            async for alarm in self.iter_alarms(**watch.query()):
+                if watch.done(alarm, floor):
+                    break
+                alarms.append(alarm)
             for event in watch.absorb(alarms):
                 yield event
             if deadline is not None and time.monotonic() + poll > deadline:
