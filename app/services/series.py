@@ -31,6 +31,8 @@ def create_series(*, session: Session, spec: SeriesCreate) -> Series:
         threshold_quantile=spec.threshold_quantile,
         labels_since_train=0,
         training=spec.training.model_dump(exclude_none=True) if spec.training else None,
+        detect=spec.detect,
+        alarm_merge_gap=spec.alarm_merge_gap,
     )
     try:
         with session.begin_nested():
@@ -96,5 +98,9 @@ def update_series(*, session: Session, series_id: int, update: SeriesUpdate) -> 
         series.threshold_quantile = update.threshold_quantile
     if update.training is not None:
         series.training = update.training.model_dump(exclude_none=True) or None
+    if update.detect is not None and update.detect != series.detect:
+        series.detect = update.detect
+    if update.alarm_merge_gap is not None and update.alarm_merge_gap != series.alarm_merge_gap:
+        series.alarm_merge_gap = update.alarm_merge_gap
     session.commit()
     return series
