@@ -142,3 +142,49 @@ def test_detection_can_be_turned_off(setup: Setup, stream: Stream, admin: dict[s
     assert [r.start_ts for r in rows] == [
         int(stream.ts[i]) for i in range(first, 600 - T + 1, STRIDE)
     ]
+
+
+def _sample(name: str, **labels: str) -> float:
+    from prometheus_client import REGISTRY
+
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+def test_metrics_count_windows_and_alarms_not_calls(setup: Setup) -> None:
+    from tests.utils.stream import make_stream
+
+    stream = make_stream(800, faults=[(480, 504)], seed=3)
+    series = "pump-1"
+    new = _sample("vigil_detect_windows_total", series=series, result="new")
+    flagged = _sample("vigil_detect_flagged_windows_total", series=series)
+    opened = _sample("vigil_alarms_opened_total", series=series, kind="model")
+    lags = _sample("vigil_detect_lag_seconds_count")
+    send(
+        setup.client,
+        setup.headers,
+        setup.series_id,
+        stream.ts[TRAINED:600],
+        stream.values[TRAINED:600],
+    )
+    settled(setup.sessions, setup.series_id)
+    rows = _rows(setup)
+    assert _sample("vigil_detect_windows_total", series=series, result="new") - new == len(rows)
+    flagged_now = _sample("vigil_detect_flagged_windows_total", series=series)
+    assert flagged_now - flagged == sum(r.is_anomaly for r in rows) > 0
+    assert _sample("vigil_alarms_opened_total", series=series, kind="model") > opened
+    assert _sample("vigil_detect_lag_seconds_count") > lags
+    # A flagged window whose value changes but stays flagged is scored again, not counted again.
+    fault_row = next(r for r in rows if r.is_anomaly and r.start_ts >= int(stream.ts[488]))
+    i = int(np.searchsorted(stream.ts, fault_row.start_ts)) + 4
+    send(
+        setup.client,
+        setup.headers,
+        setup.series_id,
+        stream.ts[i : i + 1],
+        stream.values[i : i + 1] + 0.5,
+    )
+    settled(setup.sessions, setup.series_id)
+    assert _sample("vigil_detect_windows_total", series=series, result="rescored") > 0
+    assert _sample("vigil_detect_flagged_windows_total", series=series) == flagged_now
+    exposed = setup.client.get("/metrics").text
+    assert 'vigil_open_alarms{series="pump-1"}' in exposed or "vigil_open_alarms" in exposed

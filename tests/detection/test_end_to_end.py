@@ -53,6 +53,7 @@ def _us(text: str) -> int:
     return int(datetime.fromisoformat(text).timestamp() * 1_000_000)
 
 
+@pytest.mark.timeout(900)
 @pytest.mark.parametrize(("seed", "threads"), [(7, 1), (11, 2), (7, 2), (11, 1)])
 def test_detection_end_to_end(
     settings: Settings,
@@ -63,13 +64,16 @@ def test_detection_end_to_end(
 ) -> None:
     settings = settings.model_copy(
         update={
-            "train_min_steps": 300,
-            "train_max_steps": 1000,
+            "train_min_steps": 600,
+            "train_max_steps": 3000,
             "train_patience": 10,
+            "train_members": 3,
             "train_threads": threads,
             "score_threads": threads,
             "activation_tolerance": 1.0,
             "retrain_quiet_seconds": 0.0,
+            # NOTE: under SCHED_IDLE a machine busy with other work would starve training.
+            "train_sched_idle": False,
         }
     )
     worker = Worker(settings, sessions=sessions)
@@ -178,6 +182,8 @@ def test_detection_end_to_end(
         finished = client.get(f"/v1/jobs/{retrain}", headers=ops).json()
         assert finished["status"] == "succeeded", finished
         assert finished["metrics"]["labelled_windows"] > 0
+        versions = client.get(f"/v1/series/{series_id}/models", headers=ops).json()
+        assert versions["active_version"] == 2, str(versions["versions"][-1])
         assert (
             client.get(f"/v1/series/{series_id}/models", headers=ops).json()["active_version"] == 2
         )
