@@ -22,7 +22,9 @@ The stored scores, the alarms they change and the end of the lease are one trans
 the lease is checked again there: a detector that lost its series writes nothing.
 
 Before a series has an active model (or with `detect` off) its marks are dropped: windows
-ingested then are never scored. A newly activated version scores from the next pass on;
+ingested then are never scored. A window holding a value that is not finite is not scored
+(it waits until the value is written); a model that cannot score the windows drops the marks
+and logs why, rather than trying again forever. A newly activated version scores from the next pass on;
 history is not scored again.
 """
 
@@ -288,19 +290,25 @@ class Detector:
                 grid.append(start_ts)
                 continue
             grid.append(start_ts)
-            to_score.append(k)
+            if np.isfinite(value_windows[k]).all():  # a window with a missing value waits
+                to_score.append(k)
         synced = stop < len(starts)
         done = synced or not capped
         at_end = done and not synced  # the cut reached the newest points
-        scored = (
-            self._score(
-                series_info=(series.threshold_quantile, series.channels),
-                model=model,
-                windows=value_windows[to_score],
+        try:
+            scored = (
+                self._score(
+                    series_info=(series.threshold_quantile, series.channels),
+                    model=model,
+                    windows=value_windows[to_score],
+                )
+                if to_score
+                else None
             )
-            if to_score
-            else None
-        )
+        except (ModelError, ValueError) as exc:  # trying again would fail again: drop the marks
+            log.error("detector cannot score series %s: %s", series.name, exc)
+            self._commit(claim, result, lambda s: None, done=True, resume_from=None)
+            return result
 
         def write(session: Session) -> None:
             now = utcnow()
