@@ -4,10 +4,13 @@ the lag on the right intervals with the right top channel, give verdicts, and se
 those verdicts queued suppress a later occurrence of the benign episode.
 
 Built to hold by construction: the fault is a level shift of 3 (the signal's amplitude is 1)
-on one channel; the benign episode holds another channel on a plateau the first model never
-saw, so it alarms for sure, and after the retrain that episode is both in the training data
-and labelled false_positive, so its next occurrence scores far lower on either account.
-Assertions compare against the alarm threshold with wide margins."""
+on one channel; the benign episode (a cleaning cycle, say) swings another channel 2.2 times
+as wide as the first model ever saw, so it alarms for sure. The cycle recurs as it was (the
+same values on that channel, in the same phase of the signal), so after the retrain it is
+both in the training data and labelled false_positive: the windows wholly inside it score
+far lower (usually they are dismissed outright). Windows that straddle its edges also hold
+normal points nobody marked, so for them the test only asks for a clearly weaker alarm, if
+any. Every assertion compares against the alarm threshold."""
 
 from __future__ import annotations
 
@@ -33,8 +36,9 @@ pytestmark = pytest.mark.slow
 Headers = dict[str, str]
 CHANNELS = ["vib", "temp", "amps"]
 FAULT = (1800, 1840)  # temp shifted up by 3
-BENIGN = [(2100, 2140), (2612, 2652)]  # amps held at 1.8, in the same phase of the
-# signal (512 points apart, 16 periods); the first gets marked
+BENIGN = [(2112, 2192), (2624, 2704)]  # amps swings 2.2 times as wide; the first gets marked
+# Both start and end where amps crosses zero (every 16 points), 512 points (16 periods) apart:
+# the later episode is the same event as the marked one, and no window holds a jump.
 BATCH = 50
 
 
@@ -44,8 +48,9 @@ def _stream(seed: int) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed + 1)
     lo, hi = FAULT
     values[lo:hi, 1] += 3.0 + 0.3 * rng.standard_normal(hi - lo)
-    for lo, hi in BENIGN:
-        values[lo:hi, 2] = 1.8 + 0.05 * rng.standard_normal(hi - lo)
+    (lo, hi), (again, _) = BENIGN
+    values[lo:hi, 2] *= 2.2
+    values[again : again + hi - lo, 2] = values[lo:hi, 2]  # the same cycle, recorded again
     return stream.ts, values
 
 
@@ -108,20 +113,21 @@ def test_detection_end_to_end(
 
     def stream_until(end: int, span: tuple[int, int]) -> float:
         """Send points in batches up to `end`; the seconds from the batch that completed the
-        span's first window to its alarm."""
-        sent_at = None
+        first window wholly inside the span to the span's alarm."""
+        inside = -(-span[0] // 8) * 8 + 16  # points that complete that window
+        lag = None
         for lo in range(cursor[0], end, BATCH):
             committed = send(lo, min(lo + BATCH, end))
-            if sent_at is None and lo + BATCH >= span[0] + 16:
-                sent_at = committed
+            if lag is None and lo + BATCH >= inside:
                 deadline = committed + settings.detect_lag_seconds
                 while not overlapping(span) and time.monotonic() < deadline:
-                    time.sleep(0.05)
+                    time.sleep(0.02)
+                lag = time.monotonic() - committed
         cursor[0] = end
         caught_up(end)
-        assert sent_at is not None
+        assert lag is not None
         assert overlapping(span), f"no alarm on {span} within {settings.detect_lag_seconds} s"
-        return time.monotonic() - sent_at
+        return lag
 
     with TestClient(create_app(settings)) as client:
         created = client.post(
@@ -183,7 +189,7 @@ def test_detection_end_to_end(
         assert finished["status"] == "succeeded", finished
         assert finished["metrics"]["labelled_windows"] > 0
         versions = client.get(f"/v1/series/{series_id}/models", headers=ops).json()
-        assert versions["active_version"] == 2, str(versions["versions"][-1])
+        assert versions["active_version"] == 2, versions["versions"][-1]
         assert (
             client.get(f"/v1/series/{series_id}/models", headers=ops).json()["active_version"] == 2
         )
@@ -193,16 +199,21 @@ def test_detection_end_to_end(
             send(lo, lo + BATCH)
         caught_up(2800)
         later = client.get(
-            f"/v1/series/{series_id}/scores?start={ts[2572] / 1e6}&end={ts[2692] / 1e6}",
+            f"/v1/series/{series_id}/scores?start={ts[2584] / 1e6}&end={ts[2744] / 1e6}",
             headers=ops,
         ).json()["scores"]
         assert later and {w["model_version"] for w in later} == {2}
-        peak_after = max(w["adjusted_score"] / w["threshold"] for w in later)
-        again = overlapping(BENIGN[1])
-        assert (
-            again == [] or max(a["peak_score"] / a["threshold"] for a in again) < 0.5 * ratio_before
-        )
+        # Windows wholly inside the episode score far lower (π knows the cycle; for most seeds
+        # they are dismissed outright, for some they still come near the threshold).
+        lo, hi = int(ts[BENIGN[1][0]]), int(ts[BENIGN[1][1] - 1])
+        core = [w for w in later if _us(w["start"]) >= lo and _us(w["end"]) <= hi]
+        assert len(core) >= 5
+        peak_after = max(w["adjusted_score"] / w["threshold"] for w in core)
         assert peak_after < 0.5 * ratio_before
+        # Windows that straddle its edges hold normal points the operator never marked; an
+        # alarm there, if any, is far weaker than the dismissed one.
+        again = overlapping(BENIGN[1])
+        assert all(a["peak_score"] / a["threshold"] < 0.6 * ratio_before for a in again)
         print(
             f"seed {seed} threads {threads}: lag {lag:.2f} s, benign peak/threshold "
             f"{ratio_before:.2f} -> {peak_after:.2f}, "
