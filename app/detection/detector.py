@@ -24,8 +24,8 @@ the lease is checked again there: a detector that lost its series writes nothing
 Before a series has an active model (or with `detect` off) its marks are dropped: windows
 ingested then are never scored. A window holding a value that is not finite is not scored
 (it waits until the value is written); a model that cannot score the windows drops the marks
-and logs why, rather than trying again forever. A newly activated version scores from the next pass on;
-history is not scored again.
+and logs why, rather than trying again forever. A newly activated version scores from the
+next pass on; history is not scored again.
 """
 
 from __future__ import annotations
