@@ -1,7 +1,8 @@
 """Detection as a service end to end, through the HTTP API and without one /v1/score call:
 ingest, train, stream more points with a fault and a benign episode, see alarms open within
-the lag on the right intervals with the right top channel, give verdicts, and see the retrain
-those verdicts queued suppress a later occurrence of the benign episode.
+the lag on the right intervals with the right top channel, give verdicts, receive the signed
+webhooks of all that on a real local HTTP receiver, and see the retrain those verdicts queued
+suppress a later occurrence of the benign episode.
 
 Built to hold by construction: the fault is a level shift of 3 (the signal's amplitude is 1)
 on one channel; the benign episode (a cleaning cycle, say) swings another channel 2.2 times
@@ -14,6 +15,7 @@ any. Every assertion compares against the alarm threshold."""
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from datetime import datetime
@@ -27,8 +29,11 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.config import Settings
 from app.db.models import ScoreRecord
+from app.detection.webhooks import Deliverer
 from app.main import create_app
 from app.training.worker import Worker
+from tests.detection.test_webhooks import SECRET, verify
+from tests.utils.receiver import Receiver, receiver
 from tests.utils.stream import make_stream
 
 pytestmark = pytest.mark.slow
@@ -83,6 +88,9 @@ def test_detection_end_to_end(
     )
     worker = Worker(settings, sessions=sessions)
     ops = make_headers("ingest", "label", "train", "read", name="night-shift")
+    admin = make_headers("admin", name="plant-admin")
+    stop = threading.Event()
+    deliverer = Deliverer(settings, sessions=sessions, name="e2e-deliverer")
     ts, values = _stream(seed)
 
     def send(lo: int, hi: int) -> float:
@@ -129,7 +137,18 @@ def test_detection_end_to_end(
         assert overlapping(span), f"no alarm on {span} within {settings.detect_lag_seconds} s"
         return lag
 
-    with TestClient(create_app(settings)) as client:
+    with TestClient(create_app(settings)) as client, receiver() as hooks:
+        hook = client.post(
+            "/v1/webhooks",
+            json={
+                "url": hooks.url,
+                "secret": SECRET,
+                "events": ["alarm.opened", "alarm.closed", "alarm.verdict", "model.activated"],
+            },
+            headers=admin,
+        )
+        assert hook.status_code == 201, hook.text
+        deliverer.start(stop)  # as every worker does beside its jobs
         created = client.post(
             "/v1/series",
             json={
@@ -214,6 +233,9 @@ def test_detection_end_to_end(
         # alarm there, if any, is far weaker than the dismissed one.
         again = overlapping(BENIGN[1])
         assert all(a["peak_score"] / a["threshold"] < 0.6 * ratio_before for a in again)
+        _check_webhooks(hooks, series_id, fault["id"], benign["id"])
+        stop.set()
+        deliverer.join(timeout=10)
         print(
             f"seed {seed} threads {threads}: lag {lag:.2f} s, benign peak/threshold "
             f"{ratio_before:.2f} -> {peak_after:.2f}, "
@@ -222,3 +244,34 @@ def test_detection_end_to_end(
 
     with sessions() as session:
         assert session.scalar(select(func.count()).select_from(ScoreRecord)) == 0  # no /v1/score
+
+
+def _check_webhooks(hooks: Receiver, series_id: int, fault: int, benign: int) -> None:
+    """Every event of the story reached the receiver, signed (checked as the README tells
+    receivers to), each delivery once, with its idempotency id in header and body."""
+    wanted = {
+        ("model.activated", 1),
+        ("model.activated", 2),
+        ("alarm.opened", fault),
+        ("alarm.opened", benign),
+        ("alarm.closed", fault),
+        ("alarm.closed", benign),
+        ("alarm.verdict", fault),
+        ("alarm.verdict", benign),
+    }
+    deadline = time.monotonic() + 30
+    seen: set[tuple[str, int]] = set()
+    while not wanted <= seen:
+        assert time.monotonic() < deadline, f"webhooks missing: {sorted(wanted - seen)}"
+        seen = set()
+        for request in list(hooks.received):
+            payload = verify(SECRET, request)
+            assert request.headers["vigil-delivery"] == payload["id"]
+            assert request.headers["vigil-event"] == payload["event"]
+            data = payload["data"]
+            assert data["series_id"] == series_id
+            key = data["version"] if payload["event"] == "model.activated" else data["id"]
+            seen.add((payload["event"], key))
+        time.sleep(0.1)
+    ids = [request.headers["vigil-delivery"] for request in hooks.received]
+    assert len(ids) == len(set(ids)), "a delivery was sent twice"
