@@ -18,7 +18,7 @@ from app.db.base import utcnow
 from app.db.models import IdempotencyRecord, Job
 from app.main import create_app
 from app.security import create_key, revoke_key
-from app.services import jobs as jobs_service
+from app.training import jobs as jobs_service
 from tests.utils.stream import create_series, insert_points, make_stream
 
 Headers = dict[str, str]
