@@ -18,6 +18,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from app.console.decimate import decimate
+from app.db import models as db_models
 from app.db.models import (
     JOB_QUEUED,
     JOB_RUNNING,
@@ -89,16 +90,23 @@ class AlarmSummary:
     worst: float | None
 
 
+def detection_table(name: str) -> Any | None:
+    """The detection work's ORM class `name` (app/db/models.py), or None where this build has
+    no detection tables: the console then shows no alarms and scores from the score log."""
+    return getattr(db_models, name, None)
+
+
 def alarm_summaries(*, session: Session, series_ids: Sequence[int]) -> dict[int, AlarmSummary]:
-    """Open alarms per series and their worst peak score (the detection tables' view)."""
-    try:
-        from app.detection import console_view  # type: ignore[attr-defined, unused-ignore]
-    except ImportError:  # the detection work has not landed: no alarms to show
+    """Open alarms per series and their worst peak score."""
+    alarm = detection_table("Alarm")
+    if alarm is None:
         return {}
-    summaries: dict[int, AlarmSummary] = {}
-    for series_id, count, worst in console_view.open_alarms(session=session, series_ids=series_ids):
-        summaries[int(series_id)] = AlarmSummary(int(count), worst)
-    return summaries
+    rows = session.execute(
+        select(alarm.series_id, func.count(alarm.id), func.max(alarm.peak_score))
+        .where(alarm.series_id.in_(list(series_ids)), alarm.status == "open")
+        .group_by(alarm.series_id)
+    ).all()
+    return {int(series_id): AlarmSummary(int(count), worst) for series_id, count, worst in rows}
 
 
 def fleet(
@@ -215,19 +223,34 @@ def data_extent(*, session: Session, series_id: int) -> tuple[int, int] | None:
 def stored_scores(
     *, session: Session, series_id: int, start: int, end: int
 ) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
-    """Window scores kept for the series, by window end: (ts (N,), adjusted score (N,)).
+    """Window scores of the series by window end: (ts (N,), adjusted score (N,)).
 
-    A window scored several times (by several versions) keeps its newest score."""
-    rows = session.execute(
-        select(ScoreRecord.end_ts, ScoreRecord.adjusted_score)
-        .where(
-            ScoreRecord.series_id == series_id,
-            ScoreRecord.end_ts.is_not(None),
-            ScoreRecord.end_ts >= start,
-            ScoreRecord.end_ts <= end,
-        )
-        .order_by(ScoreRecord.end_ts, ScoreRecord.created_at)
-    ).all()
+    The detector's stored window scores where there are any in the range; else the windows
+    scored through /v1/score and kept for feedback, a window scored several times keeping
+    its newest score."""
+    window_score = detection_table("WindowScore")
+    rows: Sequence[Any] = []
+    if window_score is not None:
+        rows = session.execute(
+            select(window_score.end_ts, window_score.adjusted_score)
+            .where(
+                window_score.series_id == series_id,
+                window_score.end_ts >= start,
+                window_score.end_ts <= end,
+            )
+            .order_by(window_score.end_ts)
+        ).all()
+    if not rows:
+        rows = session.execute(
+            select(ScoreRecord.end_ts, ScoreRecord.adjusted_score)
+            .where(
+                ScoreRecord.series_id == series_id,
+                ScoreRecord.end_ts.is_not(None),
+                ScoreRecord.end_ts >= start,
+                ScoreRecord.end_ts <= end,
+            )
+            .order_by(ScoreRecord.end_ts, ScoreRecord.created_at)
+        ).all()
     if not rows:
         return np.zeros(0, np.int64), np.zeros(0)
     ts = np.fromiter((r[0] for r in rows), np.int64, len(rows))

@@ -51,6 +51,9 @@ class MarkedWindow:
     windows: int
     previous: float | None
     current: float | None
+    previous_ratio: float | None
+    """The previous version's score over its own threshold (each version has its scale)."""
+    current_ratio: float | None
     wanted: str
     """`down` for a mark that says the window is normal (a false alarm), `up` for a fault."""
 
@@ -62,9 +65,12 @@ class MarkedWindow:
 
     @property
     def verdict(self) -> str:
-        """`better` when the score moved the way the mark asks, `worse` the other way."""
-        change = self.change
-        if change is None or change == 0:
+        """`better` when the score moved the way the mark asks relative to each version's
+        threshold, `worse` the other way."""
+        if self.previous_ratio is None or self.current_ratio is None:
+            return ""
+        change = self.current_ratio - self.previous_ratio
+        if change == 0:
             return ""
         return "better" if (change < 0) == (self.wanted == "down") else "worse"
 
@@ -85,6 +91,12 @@ def _threshold(row: ModelVersion | None) -> float | None:
         return None
     value = (row.metrics or {}).get("threshold")
     return float(value) if isinstance(value, int | float) else None
+
+
+def _ratio(score: float | None, threshold: float | None) -> float | None:
+    if score is None or threshold is None or threshold <= 0:
+        return None
+    return score / threshold
 
 
 def _windows_of(session: Session, series: Series, label: Label) -> np.ndarray:
@@ -158,6 +170,8 @@ def feedback_view(*, session: Session, series: Series, default_samples: int) -> 
                 batch = model.score(windows, n_samples=serving_samples(model, default_samples))
                 scores[version] = float(np.max(batch.adjusted_score))
         start = label.start_ts or 0
+        before = None if previous is None else scores.get(previous.version)
+        now = None if current is None else scores.get(current.version)
         marked.append(
             MarkedWindow(
                 label_id=label.id,
@@ -165,8 +179,10 @@ def feedback_view(*, session: Session, series: Series, default_samples: int) -> 
                 start=datetime.fromtimestamp(start / MICROS, UTC),
                 end=datetime.fromtimestamp((label.end_ts or start) / MICROS, UTC),
                 windows=len(windows),
-                previous=None if previous is None else scores.get(previous.version),
-                current=None if current is None else scores.get(current.version),
+                previous=before,
+                current=now,
+                previous_ratio=_ratio(before, _threshold(previous)),
+                current_ratio=_ratio(now, _threshold(current)),
                 wanted="down" if series.classes.get(label.label) == "normal" else "up",
             )
         )

@@ -12,6 +12,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -95,6 +96,12 @@ class Plant:
         self.keys[name] = plain
         return plain
 
+    def labels(self, series_id: int) -> list[dict[str, Any]]:
+        """The series' labels, oldest first (a bare list, or a page of them)."""
+        answer = self.api("GET", f"/v1/labels?series_id={series_id}&limit=1000").json()
+        found: list[dict[str, Any]] = answer if isinstance(answer, list) else answer["labels"]
+        return found
+
     def wait_job(self, job_id: int, timeout: float = 120) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -154,18 +161,28 @@ def create_pump(plant: Plant, name: str, *, points: np.ndarray) -> int:
     return series_id
 
 
-@pytest.fixture(scope="module")
-def running(tmp_path_factory: pytest.TempPathFactory, sqlite_template: Path) -> Iterator[Plant]:
+@contextmanager
+def start_plant(
+    tmp_path_factory: pytest.TempPathFactory, sqlite_template: Path, **env: str
+) -> Iterator[Plant]:
     """`vigil serve` on a fresh SQLite database, with an admin key."""
     path = tmp_path_factory.mktemp("console") / "vigil.db"
     shutil.copyfile(sqlite_template, path)
     url = f"sqlite:///{path}"
     engine = make_engine(url, role="tests")
-    with serve(url, **SERVER_ENV) as (base, _process):
-        plant = Plant(base=base, sessions=make_sessionmaker(engine))
-        plant.make_key("admin", "admin")
+    try:
+        with serve(url, **{**SERVER_ENV, **env}) as (base, _process):
+            plant = Plant(base=base, sessions=make_sessionmaker(engine))
+            plant.make_key("admin", "admin")
+            yield plant
+    finally:
+        engine.dispose()
+
+
+@pytest.fixture(scope="module")
+def running(tmp_path_factory: pytest.TempPathFactory, sqlite_template: Path) -> Iterator[Plant]:
+    with start_plant(tmp_path_factory, sqlite_template) as plant:
         yield plant
-    engine.dispose()
 
 
 @pytest.fixture

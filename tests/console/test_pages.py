@@ -118,7 +118,7 @@ def test_series_chart_decimates_and_brush_labels_a_range(plant: Plant, context: 
     page.wait_for_function("() => Number(document.getElementById('charts').dataset.points) < 2000")
 
     # Label mode: brush a range and label it as a missed fault.
-    before = len(plant.api("GET", f"/v1/labels?series_id={plant.series['pump-1']}").json())
+    before = len(plant.labels(plant.series["pump-1"]))
     page.check("#label-mode")
     over = page.locator(".chart[data-channel=vibration] .u-over")
     box = over.bounding_box()
@@ -129,7 +129,7 @@ def test_series_chart_decimates_and_brush_labels_a_range(plant: Plant, context: 
     page.select_option("#label-class", "false_negative")
     page.click("#label-submit")
     page.wait_for_selector("#toast .msg:has-text('Labelled')")
-    labels = plant.api("GET", f"/v1/labels?series_id={plant.series['pump-1']}").json()
+    labels = plant.labels(plant.series["pump-1"])
     assert len(labels) == before + 1
     assert labels[-1]["label"] == "false_negative"
 

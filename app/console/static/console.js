@@ -51,6 +51,8 @@
     return node;
   }
 
+  // A list endpoint's items: a bare array, or a page {"<name>": [...], "next_cursor"}.
+  const items = (answer, name) => (Array.isArray(answer) ? answer : (answer && answer[name]) || []);
   const toSeconds = (iso) => Date.parse(iso) / 1000;
   const stamp = (seconds) => new Date(seconds * 1000).toISOString().slice(0, 19).replace("T", " ") + "Z";
   const css = (name) => getComputedStyle(document.documentElement).getPropertyValue(name).trim();
@@ -362,20 +364,24 @@
     const faultClasses = (s) => Object.entries(s ? s.classes : {})
       .filter(([name, kind]) => kind === "anomaly" && name !== "false_negative").map(([name]) => name);
 
+    // Alarms waiting for a verdict: open ones, and closed ones (they went quiet) nobody judged.
     async function refresh(force) {
-      const query = new URLSearchParams({ status: "open", limit: "100" });
-      if (pick.value) query.set("series_id", pick.value);
-      let page;
-      try { page = await api("GET", `/v1/alarms?${query}`); } catch (error) {
+      const ask = (status) => {
+        const query = new URLSearchParams({ status, limit: "200" });
+        if (pick.value) query.set("series_id", pick.value);
+        return api("GET", `/v1/alarms?${query}`).then((answer) => items(answer, "alarms"));
+      };
+      let next;
+      try { next = (await Promise.all([ask("open"), ask("closed")])).flat(); } catch (error) {
         queue.textContent = error.status === 404 ? "Alarms are not available on this server." : "Could not load alarms: " + error.message;
         return;
       }
-      const next = (page.alarms || []).slice().sort((a, b) => Date.parse(a.start) - Date.parse(b.start));
+      next.sort((a, b) => Date.parse(a.start) - Date.parse(b.start) || a.id - b.id);
       const ids = next.map((a) => a.id).join(",");
       const typing = document.activeElement && document.activeElement.tagName === "INPUT";
       if (!force && (ids === shown || typing)) return;
       shown = ids; alarms = next;
-      document.getElementById("alarm-count").textContent = `${alarms.length} open`;
+      document.getElementById("alarm-count").textContent = `${alarms.length} to review`;
       render();
     }
 
@@ -399,7 +405,8 @@
         el("header", {},
           el("strong", {}, el("a", { href: `/console/series/${alarm.series_id}`, text: s ? s.name : `series ${alarm.series_id}` })),
           el("span", { text: stamp(start) + " · " + Math.max(1, Math.round(end - start)) + " s" }),
-          el("span", { class: "status status-open_alarms", text: `peak ${Number(alarm.peak_score).toFixed(2)} / ${Number(alarm.threshold).toFixed(2)}` }),
+          el("span", { class: "status " + (alarm.status === "open" ? "status-open_alarms" : "status-stale"), text: alarm.status }),
+          el("span", { class: "score", text: `peak ${Number(alarm.peak_score).toFixed(2)} / threshold ${Number(alarm.threshold).toFixed(2)}` }),
           el("span", { class: "muted", text: [alarm.kind, alarm.check].filter(Boolean).join(" · ") + (alarm.model_version ? ` · v${alarm.model_version}` : "") }),
         ),
         el("div", { class: "channels" }, ...(alarm.channels || []).slice(0, 4).map((c) => el("span", { class: "chip", text: `${c.name} ${Math.round((c.share || 0) * 100)} %` }))),
@@ -439,7 +446,7 @@
       if (note) payload.note = note;
       try {
         const out = await api("POST", `/v1/alarms/${alarm.id}/verdict`, payload);
-        const job = out && (out.retrain || (out.label && out.label.retrain));
+        const job = out && out.retrain;
         toast(`Alarm ${alarm.id}: ${label === "false_positive" ? "false alarm" : "confirmed as " + label}` + (job ? ` · retrain job ${job.id || job.job_id} queued` : ""));
         drop(alarm);
         pollJobs();
@@ -457,7 +464,7 @@
     function drop(alarm) {
       alarms = alarms.filter((a) => a.id !== alarm.id);
       shown = alarms.map((a) => a.id).join(",");
-      document.getElementById("alarm-count").textContent = `${alarms.length} open`;
+      document.getElementById("alarm-count").textContent = `${alarms.length} to review`;
       render();
     }
 
@@ -483,7 +490,7 @@
     const jobsBox = document.getElementById("jobs");
     async function pollJobs() {
       let jobs;
-      try { jobs = await api("GET", "/v1/jobs?limit=10"); } catch (e) { return; }
+      try { jobs = items(await api("GET", "/v1/jobs?limit=10"), "jobs"); } catch (e) { return; }
       const recent = jobs.filter((j) => j.status === "queued" || j.status === "running" || (j.finished_at && Date.now() - Date.parse(j.finished_at) < 10 * 60 * 1000));
       jobsBox.replaceChildren();
       jobsBox.classList.toggle("muted", !recent.length);
@@ -551,7 +558,8 @@
       });
     });
     if (seriesId) {
-      api("GET", `/v1/jobs?series_id=${seriesId}&limit=1`).then((jobs) => {
+      api("GET", `/v1/jobs?series_id=${seriesId}&limit=1`).then((answer) => {
+        const jobs = items(answer, "jobs");
         if (jobs.length && (jobs[0].status === "queued" || jobs[0].status === "running")) follow(jobs[0]);
       }).catch(() => {});
     }
