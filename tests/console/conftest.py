@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -203,9 +203,7 @@ def sign_in(page: Any, base: str, key: str) -> None:
     page.wait_for_url(f"{base}/console/fleet")
 
 
-def screenshot(page: Any, name: str) -> None:
+def screenshot(page: Any, name: str, *, full_page: bool = False) -> None:
+    """Keep a screenshot of the page in docs/console/ (the README shows them)."""
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=False)
-
-
-Screenshot = Callable[[Any, str], None]
+    page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=full_page)

@@ -42,10 +42,12 @@ SENT = 2300  # points sent in all
 def _stream(seed: int) -> tuple[np.ndarray, np.ndarray]:
     stream = make_stream(SENT, seed=seed)
     values = stream.values.copy()
+    # Data up to a minute ago, so that the fleet shows it fresh.
+    ts = stream.ts - stream.ts[0] + (int(time.time()) - SENT - 60) * 1_000_000
     rng = np.random.default_rng(seed + 1)
     values[FAULT[0] : FAULT[1], 1] += 3.0 + 0.3 * rng.standard_normal(FAULT[1] - FAULT[0])
     values[BENIGN[0] : BENIGN[1], 2] = 1.8 + 0.05 * rng.standard_normal(BENIGN[1] - BENIGN[0])
-    return stream.ts, values
+    return ts, values
 
 
 def _us(text: str) -> int:
@@ -122,7 +124,8 @@ def test_the_operators_loop(loop_plant: Plant, context: Any) -> None:
     page.wait_for_selector(f'#series-alarms [data-alarm="{benign[0]["id"]}"]')
     page.click(f'#series-alarms [data-alarm="{benign[0]["id"]}"] button')
     page.wait_for_selector("#contrib[data-drawn=true]")
-    screenshot(page, "series-alarms")
+    page.evaluate("window.scrollTo(0, 0)")
+    screenshot(page, "series-alarms", full_page=True)
 
     # The review queue: one click marks the benign alarm false; a shortcut confirms the fault.
     page.goto(f"{plant.base}/console/alarms?series_id={series_id}")

@@ -140,7 +140,8 @@ def test_models_page_trains_with_live_progress(plant: Plant, context: Any) -> No
     page.goto(f"{plant.base}/console/models?series_id={plant.series['pump-1']}")
     assert page.locator("tr[data-version]").count() >= 1
     screenshot(page, "models")
-    page.click("#train-now")
+    # (A retrain the earlier labels armed may be running: the button waits for it.)
+    page.click("#train-now", timeout=120_000)
     page.wait_for_selector("#train-status:not([hidden])")
     # The bar follows GET /v1/jobs/{id} until the job ends; then the page shows the version.
     page.wait_for_selector("#train-status[data-status=succeeded]", timeout=120_000)

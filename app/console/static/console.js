@@ -117,6 +117,10 @@
     ];
   }
 
+  // Alarm statuses drawn like fleet statuses: open (vermillion), awaiting a verdict (orange),
+  // acknowledged (sky), judged (green).
+  const ALARM_STATUS_CLASS = { open: "open_alarms", closed: "stale", acknowledged: "training", dismissed: "healthy", confirmed: "healthy" };
+
   const LINE_COLOURS = ["--oi-sky", "--oi-orange", "--oi-green", "--oi-purple", "--oi-yellow", "--oi-blue"];
 
   // -- fleet ---------------------------------------------------------------------------------
@@ -256,7 +260,7 @@
       if (!state.alarms.length) { list.textContent = "No alarms in this range."; return; }
       for (const alarm of state.alarms) {
         list.append(el("div", { class: "alarm-item", "data-alarm": alarm.id },
-          el("span", { class: "status status-" + (alarm.status === "open" ? "open_alarms" : "healthy"), text: alarm.status }),
+          el("span", { class: "status status-" + ALARM_STATUS_CLASS[alarm.status], text: alarm.status }),
           el("button", { type: "button", text: stamp(alarm._start) + " · peak " + Number(alarm.peak_score).toFixed(2), onclick: () => selectAlarm(alarm) }),
           el("span", { class: "muted", text: (alarm.channels || []).slice(0, 3).map((c) => c.name).join(", ") + (alarm.verdict ? " · verdict " + (alarm.verdict.label || alarm.verdict) : "") }),
         ));
@@ -361,8 +365,10 @@
     if (params.get("series_id")) pick.value = params.get("series_id");
     let alarms = [], selected = 0, shown = "";
 
+    // The series' fault classes, its own first: the generic `anomaly` is the last choice.
     const faultClasses = (s) => Object.entries(s ? s.classes : {})
-      .filter(([name, kind]) => kind === "anomaly" && name !== "false_negative").map(([name]) => name);
+      .filter(([name, kind]) => kind === "anomaly" && name !== "false_negative").map(([name]) => name)
+      .sort((a, b) => (a === "anomaly") - (b === "anomaly"));
 
     // Alarms waiting for a verdict: open ones, and closed ones (they went quiet) nobody judged.
     async function refresh(force) {
@@ -522,12 +528,14 @@
     function follow(job) {
       box.hidden = false;
       box.dataset.job = job.id;
-      if (train) train.disabled = true;
+      clearTimeout(follow.timer);
       const tick = async () => {
         let now;
         try { now = await api("GET", `/v1/jobs/${job.id}`); } catch (error) { text.textContent = error.message; return; }
         bar.value = now.status === "succeeded" ? 1 : now.progress;
         box.dataset.status = now.status;
+        // A retrain queued by verdicts waits for quiet: Train now starts it at once.
+        if (train) train.disabled = now.status !== "queued";
         if (now.status === "succeeded") {
           const note = now.metrics && now.metrics.activated === false ? ` kept as a candidate: ${now.metrics.note || ""}` : " is now active";
           text.textContent = `Job ${now.id} done: v${now.model_version}${note}`;
@@ -537,7 +545,7 @@
           if (train) train.disabled = false;
         } else {
           text.textContent = `Job ${now.id} ${now.status}` + (now.status === "running" ? ` · ${Math.round(now.progress * 100)} %` : now.not_before ? ` · starts after ${stamp(toSeconds(now.not_before))}` : "");
-          setTimeout(tick, 700);
+          follow.timer = setTimeout(tick, 700);
         }
       };
       tick();
