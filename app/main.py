@@ -31,8 +31,9 @@ DESCRIPTION = """
 Vigil scores windows of multivariate sensor data with a recurrent semi-supervised VAE and
 learns from operators' labels and feedback (`false_positive`, `false_negative`).
 
-Authenticate with `Authorization: Bearer <key>`; every error is an RFC 9457 problem document
-(`application/problem+json`, schema `ProblemDetails`).
+Authenticate with `Authorization: Bearer <key>` (the operator console at `/console` sends its
+session cookie instead, and its `X-CSRF-Token` header on writes); every error is an RFC 9457
+problem document (`application/problem+json`, schema `ProblemDetails`).
 """
 
 PROBLEM_SCHEMA_REF: Final = "#/components/schemas/ProblemDetails"

@@ -154,6 +154,9 @@ def test_the_operators_loop(loop_plant: Plant, context: Any) -> None:
     page.click("#train-now")
     page.wait_for_selector(f'#train-status[data-job="{retrain_id}"]')
     page.wait_for_selector("#train-status[data-status=running]", timeout=120_000)
+    page.wait_for_function(
+        "() => document.getElementById('train-progress').value >= 0.2", timeout=120_000
+    )
     screenshot(page, "models-training")
     page.wait_for_selector("#train-status[data-status=succeeded]", timeout=300_000)
     done = plant.wait_job(retrain_id)

@@ -332,6 +332,16 @@
       load(Math.max(lo, state.start - span / 2), Math.min(hi, state.end + span / 2));
     });
 
+    const pan = (direction) => {
+      const span = state.end - state.start;
+      const lo = extent ? extent[0] / 1e6 : -Infinity, hi = extent ? extent[1] / 1e6 : Infinity;
+      let start = state.start + direction * span / 2;
+      start = Math.max(lo, Math.min(start, hi - span));
+      load(start, start + span);
+    };
+    document.getElementById("pan-left").addEventListener("click", () => pan(-1));
+    document.getElementById("pan-right").addEventListener("click", () => pan(1));
+
     if (canLabel) {
       document.getElementById("label-form").addEventListener("submit", async (event) => {
         event.preventDefault();
