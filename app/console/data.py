@@ -259,14 +259,29 @@ def stored_scores(
     return ts[last_of_each], scores[last_of_each]
 
 
+def points_between(*, session: Session, series_id: int, start: int, end: int) -> list[Any]:
+    """(ts, values blob) of the series' points in [start, end], oldest first.
+
+    Read through the driver's own cursor: SQLAlchemy's row objects cost three times the
+    query itself on 10^6 points (4.5 s against 1 s on SQLite)."""
+    connection = session.connection()
+    marker = "?" if connection.dialect.paramstyle == "qmark" else "%s"
+    cursor = connection.connection.cursor()
+    try:
+        cursor.execute(
+            f'SELECT ts, "values" FROM points WHERE series_id = {marker} '  # noqa: S608
+            f"AND ts >= {marker} AND ts <= {marker} ORDER BY ts",
+            (series_id, start, end),
+        )
+        return list(cursor.fetchall())
+    finally:
+        cursor.close()
+
+
 def chart(*, session: Session, series: Series, start: int, end: int, width: int) -> dict[str, Any]:
     """Every channel over [start, end], min-max decimated to `width` pixel columns, with the
     stored scores (decimated alike), the active threshold and the labels in the range."""
-    rows = session.execute(
-        select(Point.ts, Point.values)
-        .where(Point.series_id == series.id, Point.ts >= start, Point.ts <= end)
-        .order_by(Point.ts)
-    ).all()
+    rows = points_between(session=session, series_id=series.id, start=start, end=end)
     n_channels = len(series.channels)
     ts = np.fromiter((r[0] for r in rows), np.int64, len(rows))
     values = np.frombuffer(b"".join(r[1] for r in rows), dtype="<f8").reshape(len(rows), n_channels)

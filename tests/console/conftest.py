@@ -85,6 +85,7 @@ class Plant:
     sessions: sessionmaker[Session]
     keys: dict[str, str] = field(default_factory=dict)
     series: dict[str, int] = field(default_factory=dict)
+    seed: int = 0
 
     def api(self, method: str, path: str, key: str = "admin", **kwargs: Any) -> httpx.Response:
         headers = {"Authorization": f"Bearer {self.keys[key]}"}

@@ -54,24 +54,33 @@ def _us(text: str) -> int:
     return int(datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp() * 1_000_000)
 
 
-@pytest.fixture(scope="module")
-def loop_plant(tmp_path_factory: pytest.TempPathFactory, sqlite_template: Path) -> Iterator[Plant]:
+@pytest.fixture(params=[(7, 1), (11, 2)], ids=["seed7-1thread", "seed11-2threads"])
+def loop_plant(
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    sqlite_template: Path,
+) -> Iterator[Plant]:
+    """A server of its own per (seed, torch threads): the loop must hold on both."""
+    seed, threads = request.param
     with start_plant(
         tmp_path_factory,
         sqlite_template,
         VIGIL_TRAIN_MIN_STEPS="300",
         VIGIL_TRAIN_MAX_STEPS="1000",
         VIGIL_TRAIN_PATIENCE="10",
+        VIGIL_TRAIN_THREADS=str(threads),
+        VIGIL_SCORE_THREADS=str(threads),
         VIGIL_ACTIVATION_TOLERANCE="1.0",
         # Verdicts arm a retrain that waits for quiet; the operator's Train now makes it due.
         VIGIL_RETRAIN_QUIET_SECONDS="600",
     ) as plant:
+        plant.seed = seed
         yield plant
 
 
 def test_the_operators_loop(loop_plant: Plant, context: Any) -> None:
     plant = loop_plant
-    ts, values = _stream(seed=7)
+    ts, values = _stream(seed=plant.seed)
     created = plant.api(
         "POST",
         "/v1/series",
