@@ -153,6 +153,28 @@ class Settings(BaseSettings):
     rate_limit_per_minute: int = Field(default=0, ge=0)
     """Requests per API key per minute (0 disables the limit)."""
 
+    webhook_timeout_seconds: float = Field(default=10.0, gt=0, le=120)
+    """How long one webhook delivery attempt may take (connect, send, first response byte)."""
+
+    webhook_max_attempts: int = Field(default=8, ge=1, le=50)
+    """Attempts at a webhook delivery before it is marked `failed`."""
+
+    webhook_backoff_seconds: float = Field(default=10.0, gt=0)
+    """Wait before the first retry of a webhook delivery; each next wait is three times
+    longer (10 s, 30 s, 90 s, ...), with +/-20 % jitter, up to `webhook_backoff_max_seconds`."""
+
+    webhook_backoff_max_seconds: float = Field(default=3600.0, gt=0)
+    """Longest wait between two attempts at a webhook delivery."""
+
+    webhook_poll_seconds: float = Field(default=1.0, gt=0)
+    """How often a worker's deliverer looks for due webhook deliveries when idle."""
+
+    webhook_retention_hours: float = Field(default=24.0 * 30, gt=0)
+    """How long delivered and failed webhook deliveries stay listed before they are purged."""
+
+    webhook_concurrency: int = Field(default=4, ge=1, le=64)
+    """Webhook deliveries one worker posts at once (a slow receiver holds up one of them)."""
+
     console_session_secret: str | None = Field(default=None, repr=False)
     """Signs console sessions; unset: a random one per process (sign-ins end at restart, and
     with several workers a session only works on the process that made it). Set it then."""

@@ -29,7 +29,17 @@ from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.db.models import JOB_QUEUED, MODEL_ACTIVE, Job, ModelVersion, Point, Series
+from app.db.models import (
+    DELIVERY_PENDING,
+    JOB_QUEUED,
+    MODEL_ACTIVE,
+    Job,
+    ModelVersion,
+    Point,
+    Series,
+    WebhookDelivery,
+)
+from app.detection.events import EVENTS
 
 REQUESTS = Counter(
     "vigil_http_requests",
@@ -71,6 +81,11 @@ TRAINING_DURATION = Histogram(
     "vigil_training_duration_seconds",
     "Wall time of training jobs, from claim to result.",
     buckets=(1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0),
+)
+WEBHOOK_DELIVERIES = Counter(
+    "vigil_webhook_deliveries",
+    "Webhook delivery attempts by event and outcome (delivered, retry, failed).",
+    ["event", "outcome"],
 )
 
 
@@ -185,5 +200,30 @@ def exposition(sessions: sessionmaker[Session] | None) -> tuple[bytes, str]:
     if sessions is not None:
         db_registry = CollectorRegistry(auto_describe=False)
         db_registry.register(DatabaseCollector(sessions))
+        db_registry.register(OutboxCollector(sessions))
         body += generate_latest(db_registry)
     return body, CONTENT_TYPE_LATEST
+
+
+class OutboxCollector(Collector):
+    """The webhook outbox backlog, read from the database at scrape time."""
+
+    def __init__(self, sessions: sessionmaker[Session]) -> None:
+        self._sessions = sessions
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        backlog = GaugeMetricFamily(
+            "vigil_webhook_outbox_backlog",
+            "Webhook deliveries waiting to be delivered (queued or between retries), by event.",
+            labels=["event"],
+        )
+        with self._sessions() as session:
+            counts = session.execute(
+                select(WebhookDelivery.event, func.count())
+                .where(WebhookDelivery.status == DELIVERY_PENDING)
+                .group_by(WebhookDelivery.event)
+            )
+            pending = {event: int(count) for event, count in counts}
+        for event in sorted({*EVENTS, *pending}):
+            backlog.add_metric([event], float(pending.get(event, 0)))
+        yield backlog

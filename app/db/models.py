@@ -238,3 +238,56 @@ class RateLimit(Base):
     tat: Mapped[int] = mapped_column(BigInteger)
     """Theoretical arrival time, microseconds since the epoch: when the key's allowance is
     full again. A request is admitted while tat - now <= 60 s - 60 s / limit."""
+
+
+# -- notifications (app/detection/webhooks.py) ------------------------------------------------
+
+DELIVERY_PENDING = "pending"
+DELIVERY_DELIVERED = "delivered"
+DELIVERY_FAILED = "failed"
+
+
+class Webhook(Base):
+    """An HTTP endpoint that receives signed event notifications."""
+
+    __tablename__ = "webhooks"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    url: Mapped[str] = mapped_column(String(2000))
+    secret: Mapped[str] = mapped_column(String(200))
+    """The HMAC key deliveries are signed with; shown once, at creation. Stored as it is:
+    signing needs it (unlike an API key, which is only ever compared)."""
+    events: Mapped[list[str]] = mapped_column()
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    deleted_at: Mapped[datetime | None] = mapped_column(default=None)
+    """Deleted webhooks stay as rows (secret wiped) so that an outbox row written by a
+    transaction that raced the deletion never breaks that transaction's foreign key."""
+
+
+class WebhookDelivery(Base):
+    """One event for one webhook: the transactional outbox row, and its delivery record."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (
+        Index("ix_webhook_deliveries_due", "status", "next_attempt_at"),
+        Index("ix_webhook_deliveries_webhook", "webhook_id", "created_at", "id"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    """The idempotency id: the same on every attempt (`Vigil-Delivery` header, body `id`)."""
+    webhook_id: Mapped[int] = mapped_column(ForeignKey("webhooks.id", ondelete="CASCADE"))
+    event: Mapped[str] = mapped_column(String(32))
+    body: Mapped[str] = mapped_column(Text)
+    """The exact JSON body, fixed at emit time: every attempt sends (and signs) these bytes."""
+    status: Mapped[str] = mapped_column(String(16), default=DELIVERY_PENDING)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(default=utcnow)
+    """When a deliverer may take it next; while an attempt runs, the end of its lease."""
+    lease_owner: Mapped[str | None] = mapped_column(String(100), default=None)
+    last_status_code: Mapped[int | None] = mapped_column(Integer, default=None)
+    last_error: Mapped[str | None] = mapped_column(Text, default=None)
+    history: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    """One entry per finished attempt: when, HTTP status or error, duration."""
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    delivered_at: Mapped[datetime | None] = mapped_column(default=None)

@@ -9,6 +9,7 @@ from sqlalchemy.orm import Session
 
 from app.db.base import utcnow
 from app.db.models import MODEL_ACTIVE, MODEL_RETIRED, Activations, ModelVersion, Series
+from app.detection import events
 from app.errors import Conflict, NotFound, SeriesNotFound
 from app.schemas.jobs import ModelVersionList, ModelVersionOut
 
@@ -73,6 +74,16 @@ def activate_version(*, session: Session, series_id: int, version: int, by: str)
         target.activated_at = utcnow()
         target.note = f"activated by {by}"
         count_activation(session)
+        events.emit(
+            session=session,
+            event=events.MODEL_ACTIVATED,
+            data={
+                "series_id": series_id,
+                "version": version,
+                "activated_at": target.activated_at,
+                "by": by,
+            },
+        )
     try:
         session.commit()
     except IntegrityError:

@@ -39,6 +39,8 @@ from app.db.models import (
     Series,
 )
 from app.db.session import make_engine, make_sessionmaker
+from app.detection import events
+from app.detection.webhooks import Deliverer, purge_deliveries
 from app.idempotency import TTL as IDEMPOTENCY_TTL
 from app.metrics import JOBS, TRAINING_DURATION
 from app.ratelimit import purge_windows
@@ -79,6 +81,7 @@ class Worker:
         self.name = name or f"{socket.gethostname()}:{os.getpid()}:{id(self) & 0xFFFF:x}"
         self.stop_event = threading.Event()
         self._last_housekeeping = 0.0
+        self.deliverer = Deliverer(settings, sessions=self.sessions, name=self.name)
         # Export every job outcome from the start, so increase() sees the first failure.
         for status in (JOB_SUCCEEDED, JOB_FAILED):
             JOBS.labels(status)
@@ -86,6 +89,7 @@ class Worker:
     # -- the loop ----------------------------------------------------------------------------
     def run_forever(self) -> None:
         log.info("worker %s started", self.name, extra={"worker": self.name})
+        self.deliverer.start(self.stop_event)  # webhooks go out while a job trains
         while not self.stop_event.is_set():
             try:
                 ran = self.run_once()
@@ -95,6 +99,7 @@ class Worker:
                 ran = None
             if ran is None:
                 self.stop_event.wait(self.settings.job_poll_seconds)
+        self.deliverer.join(timeout=self.settings.webhook_timeout_seconds * 2)
         log.info("worker %s stopped", self.name, extra={"worker": self.name})
 
     def run_once(self) -> int | None:
@@ -174,8 +179,14 @@ class Worker:
                     f"{self.settings.job_max_attempts} times"
                 ),
             )
-        )
-        for _ in range(int(result.rowcount or 0)):  # type: ignore[attr-defined]
+            .returning(Job.id, Job.series_id, Job.error)
+        ).all()
+        for job_id, series_id, error in result:
+            events.emit(
+                session=session,
+                event=events.JOB_FAILED,
+                data={"job_id": job_id, "series_id": series_id, "error": error},
+            )
             JOBS.labels(JOB_FAILED).inc()
 
     # -- running -----------------------------------------------------------------------------
@@ -304,6 +315,17 @@ class Worker:
                     activated_at=now if outcome.activate else None,
                 )
             )
+            if outcome.activate:
+                events.emit(
+                    session=session,
+                    event=events.MODEL_ACTIVATED,
+                    data={
+                        "series_id": claimed.series_id,
+                        "version": number,
+                        "activated_at": now,
+                        "by": f"training job {claimed.job_id}",
+                    },
+                )
             job.status = JOB_SUCCEEDED
             job.progress = 1.0
             job.model_version = number
@@ -332,7 +354,7 @@ class Worker:
 
     def _fail(self, job_id: int, error: str) -> None:
         with self.sessions() as session, session.begin():
-            session.execute(
+            series_id = session.scalar(
                 update(Job)
                 .where(Job.id == job_id, Job.lease_owner == self.name)
                 .values(
@@ -342,7 +364,14 @@ class Worker:
                     lease_owner=None,
                     lease_expires_at=None,
                 )
+                .returning(Job.series_id)
             )
+            if series_id is not None:
+                events.emit(
+                    session=session,
+                    event=events.JOB_FAILED,
+                    data={"job_id": job_id, "series_id": series_id, "error": error},
+                )
         JOBS.labels(JOB_FAILED).inc()
         log.warning("job %d failed: %s", job_id, error, extra={"job_id": job_id})
 
@@ -378,6 +407,7 @@ class Worker:
                 )
             )
             purge_windows(session=session)
+            purge_deliveries(session=session, settings=self.settings)
 
 
 class _Heartbeat:

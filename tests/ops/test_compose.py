@@ -80,6 +80,7 @@ def test_the_stack_has_its_services() -> None:
         "api",
         "worker",
         "prometheus",
+        "alertmanager",
         "grafana",
         "simulator",
     }
@@ -160,7 +161,7 @@ def test_simulator_is_an_opt_in_client_of_the_api() -> None:
 
 
 def test_monitoring_mounts_exist() -> None:
-    for name in ("prometheus", "grafana"):
+    for name in ("prometheus", "alertmanager", "grafana"):
         for mount in services()[name]["volumes"]:
             source = mount.split(":")[0]
             if source.startswith("./"):

@@ -1,0 +1,1 @@
+"""Detection as a service: alarms, and notifications of them (webhooks)."""
