@@ -27,6 +27,8 @@ from tests.utils.stream import make_stream
 
 pytestmark = [
     pytest.mark.slow,
+    # Two trainings of 300-1000 steps on a shared 2-core machine: more than the default 300 s.
+    pytest.mark.timeout(900),
     pytest.mark.skipif(
         not hasattr(db_models, "Alarm"),
         reason="needs the detection work (alarms, app/detection), not merged in this build",

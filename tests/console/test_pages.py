@@ -156,6 +156,13 @@ def test_models_page_trains_with_live_progress(plant: Plant, context: Any) -> No
     page.wait_for_selector("#train-status[data-status=succeeded]", timeout=120_000)
     page.wait_for_load_state("load")
     page.wait_for_function("() => document.querySelectorAll('tr[data-version]').length >= 2")
+    # Activate or roll back: the one button of a version that is not active.
+    button = page.locator("button.activate").first
+    version = int(button.get_attribute("data-version"))
+    button.click()
+    page.wait_for_selector(f'tr[data-version="{version}"] .status-healthy')
+    models = plant.api("GET", f"/v1/series/{plant.series['pump-1']}/models").json()
+    assert models["active_version"] == version
 
 
 def test_read_only_key_sees_but_cannot_write(plant: Plant, context: Any) -> None:
