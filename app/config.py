@@ -175,6 +175,29 @@ class Settings(BaseSettings):
     webhook_concurrency: int = Field(default=4, ge=1, le=64)
     """Webhook deliveries one worker posts at once (a slow receiver holds up one of them)."""
 
+    # -- time, missing data and retention (README: "Gaps and missing values", "Retention") --
+    max_gap_factor: float = Field(default=3.0, gt=1.0, le=1000.0)
+    """A series without `max_gap`: no window spans a gap longer than this many median
+    sampling intervals (the interval recorded by the model at training, else the points')."""
+
+    max_missing_fraction: float = Field(default=0.2, ge=0.0, le=1.0)
+    """A window with a larger share of missing values is reported as not scored
+    (`missing_data`) rather than scored, and left out of training."""
+
+    points_retention_days: float | None = Field(default=None, gt=0)
+    """Points older than this many days are deleted by the worker (unset: kept forever)."""
+
+    scores_retention_days: float | None = Field(default=None, gt=0)
+    """Window scores of the detection history older than this many days are deleted by the
+    worker (unset: kept forever). The score log that feedback points at keeps
+    `score_retention_hours`."""
+
+    alarms_retention_days: float | None = Field(default=None, gt=0)
+    """Alarms older than this many days are deleted by the worker (unset: kept forever)."""
+
+    retention_batch_rows: int = Field(default=5000, ge=1)
+    """Rows one retention DELETE removes at most: short transactions, never a long table lock."""
+
     console_session_secret: str | None = Field(default=None, repr=False)
     """Signs console sessions; unset: a random one per process (sign-ins end at restart, and
     with several workers a session only works on the process that made it). Set it then."""

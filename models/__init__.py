@@ -19,6 +19,7 @@ from models.config import (
     TrainConfig,
     TrainingData,
 )
+from models.data import channel_means, impute_missing, missing_fraction
 from models.errors import (
     ArtifactError,
     InvalidInput,
@@ -56,6 +57,9 @@ __all__ = [
     "UnknownClass",
     "UnsupportedOperation",
     "__version__",
+    "channel_means",
     "fit",
+    "impute_missing",
+    "missing_fraction",
     "set_threads",
 ]

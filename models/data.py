@@ -170,3 +170,43 @@ class Normalisation:
             np.clip(standardised, -STANDARDISED_LIMIT, STANDARDISED_LIMIT, out=standardised)
             out[start : start + _APPLY_CHUNK] = standardised
         return out
+
+
+# -- missing values -------------------------------------------------------------------------
+# A missing value (a JSON null or an empty CSV cell at ingestion) is NaN in a raw window. The
+# network never sees one: every window is imputed in this one way before it is standardised,
+# at training and at scoring alike, and the share that was missing travels with its score.
+
+
+def missing_fraction(windows: np.ndarray) -> np.ndarray:
+    """(N, T, F) raw windows -> (N,) the share of their values that are missing (NaN)."""
+    if windows.shape[0] == 0:
+        return np.zeros(0, dtype=np.float64)
+    return np.asarray(np.isnan(windows).mean(axis=(1, 2)), dtype=np.float64)
+
+
+def channel_means(windows: np.ndarray) -> np.ndarray:
+    """(N, T, F) raw windows -> (F,) each channel's mean over its present values (0 for a
+    channel with none): the fill value for training windows."""
+    present = ~np.isnan(windows)
+    counts = present.sum(axis=(0, 1))
+    totals = np.where(present, windows, 0.0).sum(axis=(0, 1), dtype=np.float64)
+    means: np.ndarray = np.divide(totals, counts, out=np.zeros(windows.shape[2]), where=counts > 0)
+    return means
+
+
+def impute_missing(windows: np.ndarray, fill: np.ndarray) -> np.ndarray:
+    """Missing values forward-filled along time within each window and channel; those with
+    nothing before them (a window that starts missing) take `fill` (F,), the channel's training
+    mean: 0 in standardised units. Windows without a missing value come back unchanged."""
+    missing = np.isnan(windows)
+    if not missing.any():
+        return windows
+    out = windows.copy()
+    t = out.shape[1]
+    # The index of the last present step at or before each step (-1: none yet), per channel.
+    steps = np.where(missing, -1, np.arange(t)[None, :, None])  # (N, T, F)
+    last = np.maximum.accumulate(steps, axis=1)
+    filled = np.take_along_axis(out, np.maximum(last, 0), axis=1)
+    out = np.where(last >= 0, filled, np.broadcast_to(fill.astype(out.dtype), out.shape))
+    return out.astype(windows.dtype, copy=False)

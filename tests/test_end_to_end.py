@@ -144,7 +144,7 @@ def test_feedback_loop(
         retrain = client.post(f"/v1/series/{series_id}/train", headers=ops)
         # The verdicts armed a retrain that waits for quiet; asking by hand makes it due now.
         assert retrain.status_code == 200
-        label_view = client.get(f"/v1/labels?series_id={series_id}", headers=ops).json()
+        label_view = client.get(f"/v1/labels?series_id={series_id}", headers=ops).json()["labels"]
         assert {item["retrain"]["job_id"] for item in label_view} == {retrain.json()["id"]}
         worker.run_once()
         second_job = client.get(f"/v1/jobs/{retrain.json()['job_id']}", headers=ops).json()

@@ -76,6 +76,8 @@ class Series(Base):
     labels_since_train: Mapped[int] = mapped_column(Integer, default=0)
     training: Mapped[dict[str, Any] | None] = mapped_column(default=None)
     """Per-series training options (schemas/series.py TrainingOptions); null: the defaults."""
+    max_gap: Mapped[float | None] = mapped_column(Float, default=None)
+    """Seconds: no window spans a longer gap between points (None: derived, app/timegaps.py)."""
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
@@ -291,3 +293,21 @@ class WebhookDelivery(Base):
     """One entry per finished attempt: when, HTTP status or error, duration."""
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     delivered_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class AuditRecord(Base):
+    """One admin operation (deleting a series, ...): who, what, on what, when."""
+
+    __tablename__ = "audit_log"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    key_name: Mapped[str | None] = mapped_column(String(100), default=None)
+    """The API key's name (None: an operation from the command line)."""
+    key_prefix: Mapped[str | None] = mapped_column(String(12), default=None)
+    action: Mapped[str] = mapped_column(String(64))
+    """What was done, e.g. `series.delete`."""
+    target: Mapped[str] = mapped_column(String(200))
+    """What it was done to, e.g. `series/7`."""
+    detail: Mapped[dict[str, Any]] = mapped_column()
+    """What the operation removed or changed, e.g. the rows deleted per table."""

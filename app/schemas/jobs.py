@@ -70,4 +70,14 @@ class ModelVersionOut(BaseModel):
 class ModelVersionList(BaseModel):
     series_id: int
     active_version: int | None
-    versions: list[ModelVersionOut]
+    versions: list[ModelVersionOut] = Field(description="A page of versions, oldest first.")
+    next_cursor: str | None = Field(
+        default=None, description="Pass as `cursor` for the next page; null: no more."
+    )
+
+
+class JobPage(BaseModel):
+    jobs: list[JobOut] = Field(description="A page of jobs, newest first.")
+    next_cursor: str | None = Field(
+        description="Pass as `cursor` for the next page; null: no more."
+    )

@@ -182,3 +182,10 @@ class LabelCreatedOut(LabelOut):
         "stored points, times without a UTC offset taken as UTC, `false_positive` on a "
         "window that raised no alarm (or `false_negative` on one that did)."
     )
+
+
+class LabelPage(BaseModel):
+    labels: list[LabelOut] = Field(description="A page of labels, oldest first.")
+    next_cursor: str | None = Field(
+        description="Pass as `cursor` for the next page; null: no more."
+    )

@@ -16,7 +16,8 @@ TimestampField = Annotated[str | float, WithJsonSchema(TIMESTAMP_JSON_SCHEMA)]
 
 
 class PointsIn(BaseModel):
-    """A batch of rows. `values[i]` holds one finite number per channel, in channel order."""
+    """A batch of rows. `values[i]` holds one finite number (or null: missing) per channel,
+    in channel order."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -28,9 +29,10 @@ class PointsIn(BaseModel):
         ),
         examples=[["2026-01-01T00:00:00Z", 1767225601.0]],
     )
-    values: list[list[float]] = Field(
+    values: list[list[float | None]] = Field(
         min_length=1,
-        description="One row per timestamp, one finite number per channel.",
+        description="One row per timestamp, one finite number per channel; `null` marks a "
+        "missing value (stored as such, never as 0).",
         examples=[[[1.0, 2.5, 40.1], [1.1, 2.4, 40.3]]],
     )
 
@@ -54,12 +56,18 @@ class PointsOut(BaseModel):
     timestamps: list[str] = Field(
         description="RFC 3339 UTC timestamps (`2026-11-22T08:00:00Z`), oldest first."
     )
-    values: list[list[float]] = Field(description="One row per timestamp, in channel order.")
+    values: list[list[float | None]] = Field(
+        description="One row per timestamp, in channel order; null where a value is missing."
+    )
+    next_cursor: str | None = Field(
+        default=None, description="Pass as `cursor` for the next page; null: no more."
+    )
 
 
 CSV_DESCRIPTION = (
     "A header `timestamp,<channel>,...` naming every channel of the series once, in any "
-    "order, then one row per line: an ISO-8601 timestamp or epoch seconds, then the values."
+    "order, then one row per line: an ISO-8601 timestamp or epoch seconds, then the values. "
+    "An empty cell is a missing value."
 )
 
 

@@ -77,7 +77,7 @@ def _member(value: Any, key: str) -> Any:
 
 
 WINDOWS_MEMBERS: Final = frozenset({"series_id", "windows"})
-RANGE_MEMBERS: Final = frozenset({"series_id", "start", "end"})
+RANGE_MEMBERS: Final = frozenset({"series_id", "start", "end", "cursor"})
 
 
 def check_members(payload: dict[str, Any]) -> None:

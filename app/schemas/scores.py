@@ -34,26 +34,33 @@ class ScoreRangeRequest(BaseModel):
     series_id: DbId
     start: Timestamp = Field(description="ISO-8601 timestamp or epoch seconds (inclusive).")
     end: Timestamp = Field(description="ISO-8601 timestamp or epoch seconds (inclusive).")
+    cursor: str | None = Field(
+        default=None,
+        description="`next_cursor` of the previous answer for the same range: the next page "
+        "of windows. Absent for the first page.",
+    )
 
 
 class DataQualityCheck(BaseModel):
-    check: Literal["stuck", "out_of_range", "dropout"]
+    check: Literal["stuck", "out_of_range", "dropout", "missing_data"]
     channel: str
 
 
 class ScoreResult(BaseModel):
-    score_id: str = Field(description="Point feedback at this window with POST /v1/labels.")
-    raw_score: float = Field(description="−log of the reconstruction probability, in nats.")
-    score: float = Field(description="Calibrated score: ≥ 0, grows with anomalousness.")
-    p_false_positive: float = Field(
+    score_id: str | None = Field(
+        description="Point feedback at this window with POST /v1/labels (null: not scored)."
+    )
+    raw_score: float | None = Field(description="−log of the reconstruction probability, in nats.")
+    score: float | None = Field(description="Calibrated score: ≥ 0, grows with anomalousness.")
+    p_false_positive: float | None = Field(
         description="The false_positive probability applied to the score: π's, faded above "
         "the worst alarm operators dismissed; 0 until the class has labels."
     )
-    p_false_negative: float = Field(
+    p_false_negative: float | None = Field(
         description="The false_negative probability applied: π's, at most 0.99; 0 until the "
         "class has labels."
     )
-    adjusted_score: float = Field(description="score × (1 − p_fp) / (1 − p_fn).")
+    adjusted_score: float | None = Field(description="score × (1 − p_fp) / (1 − p_fn).")
     is_anomaly: bool = Field(
         description="An alarm: adjusted_score > threshold, or a data-quality check failed."
     )
@@ -76,7 +83,19 @@ class ScoreResult(BaseModel):
         "`stuck` (a channel that always moved in training does not move at all), "
         "`out_of_range` (a value beyond the training range by more than 10 % of it), "
         "`dropout` (a run of exact zeros on a channel that was almost never zero). Each "
-        "raises an alarm of its own, whatever the score says.",
+        "raises an alarm of its own, whatever the score says. `missing_data` (a window of a "
+        "stored range with more than `VIGIL_MAX_MISSING_FRACTION` of its values missing, on "
+        "each channel that has gaps) comes with `scored: false` and raises no alarm.",
+    )
+    scored: bool = Field(
+        default=True,
+        description="False for a window with too much missing data: it was not scored (the "
+        "numbers are null, `is_anomaly` is false), which is not the same as normal.",
+    )
+    missing_fraction: float = Field(
+        default=0.0,
+        description="Share of the window's values that were missing (stored ranges only; "
+        "they are forward-filled, then set to the channel's training mean, before scoring).",
     )
     step_contributions: list[float] | None = Field(
         default=None, description="Each time step's share (only with `?detail=steps`)."
@@ -90,6 +109,11 @@ class ScoreResponse(BaseModel):
     model_version: int
     threshold: float = Field(description="Alarm threshold of the series' quantile.")
     results: list[ScoreResult]
+    next_cursor: str | None = Field(
+        default=None,
+        description="Range requests: more windows remain in the range; send this back as "
+        "`cursor` with the same series_id, start and end for the next page. Null: done.",
+    )
 
 
 SCORE_RESPONSES: Final[dict[int | str, dict[str, Any]]] = {

@@ -25,6 +25,14 @@ ChannelName = Annotated[str, StringConstraints(min_length=1, max_length=100)]
 """A channel name: 1-100 printable characters without commas or quotes, not padded with spaces."""
 
 Quantile = Annotated[float, Field(gt=0.0, lt=1.0)]
+MaxGap = Annotated[float, Field(gt=0.0, le=10 * 365 * 86400.0)]
+
+MAX_GAP_DESCRIPTION = (
+    "Seconds: no window spans a longer gap between consecutive points, for training and for "
+    "scoring stored ranges alike. Null (the default): `VIGIL_MAX_GAP_FACTOR` (3) times the "
+    "median sampling interval, as the active model recorded it at training, else as the "
+    "points show it."
+)
 
 ONLY_CLASS_NAMES: Final[dict[str, Any]] = {"additionalProperties": False}
 """In openapi.json, a classes object whose names all match the slug pattern: without it,
@@ -128,6 +136,7 @@ class SeriesCreate(BaseModel):
     training: TrainingOptions | None = Field(
         default=None, description="Training options; left out: the service's defaults."
     )
+    max_gap: MaxGap | None = Field(default=None, description=MAX_GAP_DESCRIPTION)
 
     @field_validator("channels")
     @classmethod
@@ -182,6 +191,14 @@ class SeriesUpdate(BaseModel):
         default=None,
         description="Replaces the training options (send `{}` to go back to the defaults).",
     )
+    max_gap: MaxGap | None = Field(
+        default=None,
+        description="New gap limit in seconds (see SeriesCreate); it applies to the next "
+        "training job and scoring request. Send `reset_max_gap: true` to derive it again.",
+    )
+    reset_max_gap: bool = Field(
+        default=False, description="Back to the derived gap limit (max_gap null)."
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -210,6 +227,7 @@ class SeriesOut(BaseModel):
     training: TrainingOptions = Field(
         default_factory=TrainingOptions, description="Training options (null: the default)."
     )
+    max_gap: float | None = Field(default=None, description=MAX_GAP_DESCRIPTION)
 
     @field_validator("training", mode="before")
     @classmethod
@@ -218,3 +236,10 @@ class SeriesOut(BaseModel):
 
     created_at: UtcDateTime
     updated_at: UtcDateTime
+
+
+class SeriesPage(BaseModel):
+    series: list[SeriesOut] = Field(description="A page of series, oldest first.")
+    next_cursor: str | None = Field(
+        description="Pass as `cursor` for the next page; null: no more."
+    )

@@ -19,12 +19,12 @@ from typing import Any
 
 import numpy as np
 import psycopg
-from sqlalchemy import insert
-from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy import insert, select
+from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.db.base import utcnow
-from app.db.models import ScoreRecord
+from app.db.models import ScoreRecord, Series
 from models import ScoreBatch
 
 log = logging.getLogger(__name__)
@@ -158,11 +158,12 @@ class ScoreLog:
             if not rows:
                 return 0
             try:
-                with self._sessions() as session, session.begin():
-                    if session.get_bind().dialect.name == "postgresql":
-                        _copy_postgres(session, rows)
-                    else:
-                        session.execute(insert(ScoreRecord), rows)
+                try:
+                    self._write(rows)
+                except (IntegrityError, psycopg.errors.ForeignKeyViolation):
+                    # A series was deleted after these windows were scored: its rows go.
+                    rows = self._of_live_series(rows)
+                    self._write(rows)
             except (SQLAlchemyError, psycopg.Error) as exc:
                 with self._lock:
                     self._rows[:0] = rows
@@ -170,6 +171,24 @@ class ScoreLog:
                     raise DBAPIError(_PG_COPY_SCORES, None, exc) from exc
                 raise
             return len(rows)
+
+    def _write(self, rows: list[dict[str, Any]]) -> None:
+        if not rows:
+            return
+        with self._sessions() as session, session.begin():
+            if session.get_bind().dialect.name == "postgresql":
+                _copy_postgres(session, rows)
+            else:
+                session.execute(insert(ScoreRecord), rows)
+
+    def _of_live_series(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The rows whose series still exists."""
+        wanted = {row["series_id"] for row in rows}
+        with self._sessions() as session:
+            live = set(session.scalars(select(Series.id).where(Series.id.in_(wanted))))
+        if len(live) < len(wanted):
+            log.info("score log: dropped the scores of deleted series %s", sorted(wanted - live))
+        return [row for row in rows if row["series_id"] in live]
 
     def flush_or_warn(self) -> None:
         """Flush; a failure is logged, and the rows wait for the next flush."""

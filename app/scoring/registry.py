@@ -32,6 +32,8 @@ class SeriesInfo:
     stride: int
     classes: dict[str, str]
     threshold_quantile: float
+    max_gap: float | None = None
+    """Seconds; None: derived from the sampling interval (pipeline.gap_limit_us)."""
 
     @classmethod
     def of(cls, series: Series) -> SeriesInfo:
@@ -43,6 +45,7 @@ class SeriesInfo:
             stride=series.stride,
             classes=dict(series.classes),
             threshold_quantile=series.threshold_quantile,
+            max_gap=series.max_gap,
         )
 
 

@@ -28,9 +28,14 @@ from app.schemas.score_codecs import (
 from app.scoring.log import Record
 from app.scoring.registry import ActiveModel, SeriesInfo, serving_samples
 from app.services.points import gc_paused
-from app.services.windows import load_range_windows, parse_instant
+from app.services.windows import load_range_windows, parse_instant, prepare_for_scoring
+from app.training.pipeline import recorded_interval
 from models import ScoreBatch
 from models.quality import describe
+
+MISSING_DATA = "missing_data"
+"""The data-quality check of a window not scored: more than VIGIL_MAX_MISSING_FRACTION of
+its values are missing."""
 
 
 async def score_body(
@@ -83,15 +88,24 @@ async def score_body(
         end = parse_instant(payload.get("end"), field="end")
         if end < start:
             raise InvalidInput("must not be before start", field="end")
-        windows, spans = await asyncio.to_thread(
+        cursor = payload.get("cursor")
+        if cursor is not None and not isinstance(cursor, str):
+            raise InvalidInput(
+                "must be a string: `next_cursor` of the previous page", field="cursor"
+            )
+        active = await _active(runtime, info)
+        page = await asyncio.to_thread(
             load_range_windows,
             sessions=runtime.sessions,
             series=info,
             start=start,
             end=end,
             max_windows=runtime.settings.max_score_windows,
+            gap_factor=runtime.settings.max_gap_factor,
+            interval_us=recorded_interval(active.model),
+            cursor=cursor,
         )
-        return await _score(runtime, info, windows, spans, steps)
+        return await _score(runtime, info, page.windows, page.spans, steps, page.next_cursor)
     raise InvalidInput("send either `windows` or `start` and `end`", field="windows")
 
 
@@ -117,6 +131,7 @@ async def _score(
     windows: np.ndarray,
     spans: list[tuple[int, int]] | None,
     steps: bool,
+    next_cursor: str | None = None,
 ) -> bytes:
     active = await _active(runtime, info)
     # The raw score depends on L, so the threshold comes from the calibration at that L.
@@ -124,23 +139,92 @@ async def _score(
         info.threshold_quantile,
         n_samples=serving_samples(active.model, runtime.settings.score_samples),
     )
-    scored = await runtime.batcher.score(
-        (info.id, active.version), active.model, windows, Record(threshold, spans)
+    # Missing values (stored ranges only): windows with too many are not scored; the others
+    # are imputed (models.data.impute_missing) exactly as training imputed its windows.
+    ready = prepare_for_scoring(
+        windows,
+        fill=active.model.normalisation.mean,
+        max_missing=runtime.settings.max_missing_fraction,
     )
-    batch, ids, flagged = scored.batch, scored.ids, scored.flagged
-    adjusted = batch.adjusted_score.tolist()
-    counters = series_metrics(info.name)
-    counters.windows_scored.inc(len(flagged))
-    if any(flagged):
-        counters.anomalies_flagged.inc(sum(flagged))
-    observe_many(counters.adjusted_score, batch.adjusted_score)
+    chosen, scored, missing = ready.windows, ready.scored, ready.missing
+    results: list[dict[str, Any]] = []
+    if scored.any():
+        chosen_spans = spans if spans is None or scored.all() else _kept(spans, scored)
+        outcome = await runtime.batcher.score(
+            (info.id, active.version), active.model, chosen, Record(threshold, chosen_spans)
+        )
+        batch, ids, flagged = outcome.batch, outcome.ids, outcome.flagged
+        adjusted = batch.adjusted_score.tolist()
+        counters = series_metrics(info.name)
+        counters.windows_scored.inc(len(flagged))
+        if any(flagged):
+            counters.anomalies_flagged.inc(sum(flagged))
+        observe_many(counters.adjusted_score, batch.adjusted_score)
+        results = _results(info, active, batch, adjusted, flagged, ids, chosen_spans, steps)
     body = {
         "series_id": info.id,
         "model_version": active.version,
         "threshold": threshold,
-        "results": _results(info, active, batch, adjusted, flagged, ids, spans, steps),
+        "results": _merge(results, windows, scored, missing, spans, info.channels),
+        "next_cursor": next_cursor,
     }
     return orjson.dumps(body)
+
+
+def _kept(spans: list[tuple[int, int]], keep: np.ndarray) -> list[tuple[int, int]]:
+    return [span for span, kept in zip(spans, keep.tolist(), strict=True) if kept]
+
+
+def _merge(
+    results: list[dict[str, Any]],
+    windows: np.ndarray,
+    scored: np.ndarray,
+    missing: np.ndarray,
+    spans: list[tuple[int, int]] | None,
+    channels: tuple[str, ...],
+) -> list[dict[str, Any]]:
+    """Every window in order: the scored ones' results, and for each window with too much
+    missing data a result that says it was not scored (never a score that looks normal)."""
+    fractions = missing.tolist()
+    if bool(scored.all()):
+        for result, fraction in zip(results, fractions, strict=True):
+            result["scored"] = True
+            result["missing_fraction"] = fraction
+        return results
+    out: list[dict[str, Any]] = []
+    scored_results = iter(results)
+    for i, is_scored in enumerate(scored.tolist()):
+        if is_scored:
+            result = next(scored_results)
+            result["scored"] = True
+            result["missing_fraction"] = fractions[i]
+            out.append(result)
+            continue
+        absent = np.isnan(windows[i]).any(axis=0).tolist()  # (F,) channels with gaps
+        result = {
+            "score_id": None,
+            "raw_score": None,
+            "score": None,
+            "p_false_positive": None,
+            "p_false_negative": None,
+            "adjusted_score": None,
+            "is_anomaly": False,
+            "scored": False,
+            "missing_fraction": fractions[i],
+            "class_probabilities": {},
+            "feedback_probabilities": {},
+            "channel_contributions": {},
+            "data_quality": [
+                {"check": MISSING_DATA, "channel": name}
+                for name, gone in zip(channels, absent, strict=True)
+                if gone
+            ],
+        }
+        if spans is not None:
+            result["start"] = _iso(spans[i][0])
+            result["end"] = _iso(spans[i][1])
+        out.append(result)
+    return out
 
 
 def _results(

@@ -15,6 +15,7 @@ from app.errors import InvalidInput, NotFound
 from app.metrics import FEEDBACK, LABELS
 from app.schemas.common import FEEDBACK_CLASSES, naive_warning
 from app.schemas.labels import RangeLabelCreate, ScoreLabelCreate
+from app.schemas.paging import decode_cursor, page_of
 from app.services.series import get_series
 from app.training.jobs import arm_retrain
 from models import FALSE_NEGATIVE, FALSE_POSITIVE
@@ -172,11 +173,16 @@ def list_labels(
     label: str | None,
     include_deleted: bool,
     limit: int,
-    offset: int,
+    cursor: str | None = None,
+    offset: int = 0,
     only: frozenset[int] | None = None,
-) -> list[Label]:
-    """Labels by id; with `only`, just those of these series."""
+) -> tuple[list[Label], str | None]:
+    """A page of labels by id and the cursor of the next; with `only`, just those of these
+    series."""
+    after = decode_cursor(cursor, arity=1)
     query = select(Label)
+    if after is not None:
+        query = query.where(Label.id > int(after[0]))
     if only is not None:
         query = query.where(Label.series_id.in_(sorted(only)))
     if series_id is not None:
@@ -186,7 +192,8 @@ def list_labels(
         query = query.where(Label.label == label)
     if not include_deleted:
         query = query.where(Label.deleted_at.is_(None))
-    return list(session.scalars(query.order_by(Label.id).limit(limit).offset(offset)))
+    rows = list(session.scalars(query.order_by(Label.id).limit(limit + 1).offset(offset)))
+    return page_of(rows, limit=limit, key=lambda item: (item.id,))
 
 
 def retrain_jobs(*, session: Session, labels: Sequence[Label]) -> dict[int, Job]:

@@ -8,6 +8,11 @@ the first bad row of a batch that has already failed.
 Upserts are keyed on (series, timestamp). Within one batch the last row of a repeated
 timestamp wins, so `inserted + updated + unchanged` counts distinct timestamps while
 `received` counts rows. A stored row whose values are the same is not written again.
+
+Missing values: JSON `null` and an empty (or blank) CSV cell are stored as NaN and read back
+as `null`. Nothing else is: strings, booleans, infinities, and the text `NaN` or `null` in a
+CSV cell are refused with a 422 naming the cell, so that a typo never becomes a silent gap.
+Points are keyed by timestamp, so late and out-of-order batches take their place in time.
 """
 
 from __future__ import annotations
@@ -50,6 +55,7 @@ from app.schemas.common import (
     naive_warning,
     to_us,
 )
+from app.schemas.paging import decode_cursor, page_of
 from app.schemas.points import IngestResult
 from app.services.series import get_series
 
@@ -81,11 +87,15 @@ class PointBatch:
 class PointsPage:
     ts: Int64Array
     values: Float64Array
+    next_cursor: str | None = None
 
     def to_json(self) -> bytes:
-        """`{"timestamps": [RFC 3339 UTC, ...], "values": [[...], ...]}`."""
+        """`{"timestamps": [RFC 3339 UTC, ...], "values": [[...], ...], "next_cursor"}`;
+        a missing value (NaN) is null."""
         stamps = format_us_array(self.ts)
-        return orjson.dumps({"timestamps": stamps, "values": self.values.tolist()})
+        return orjson.dumps(
+            {"timestamps": stamps, "values": self.values.tolist(), "next_cursor": self.next_cursor}
+        )
 
 
 # -- the route's entry point ------------------------------------------------------------------
@@ -204,12 +214,15 @@ def parse_csv_batch(body: bytes, *, channels: Sequence[str], max_rows: int) -> P
     cells = [row[1:] for row in rows]
     if not is_decimal_text(_after_line(text, header_line)):
         _name_bad_csv_number(cells, header, line_of)  # or the timestamps are, named below
+    empty: np.ndarray | None = None
     try:
         matrix = np.array(cells, dtype=np.float64)
-    except ValueError:
-        matrix = _csv_cells_one_by_one(cells, header, line_of)
+    except ValueError:  # an empty cell (a missing value) or a cell that is not a number
+        matrix, empty = _csv_cells_one_by_one(cells, header, line_of)
     matrix = matrix[:, order] if order is not None else matrix
     bad = ~np.isfinite(matrix)
+    if empty is not None:
+        bad &= ~(empty[:, order] if order is not None else empty)
     if bad.any():
         i, j = (int(k) for k in np.argwhere(bad)[0])
         raise InvalidInput(
@@ -370,19 +383,19 @@ def _json_values(values: list[Any], channels: Sequence[str]) -> Float64Array:
             f"{_count(width, 'channel')} ({_names(channels)})",
             field=f"values[{index}]",
         )
-    # NOTE: bool is a subclass of int and numpy would turn null into NaN and "1.5" into 1.5,
-    # so the cell types are checked before numpy converts anything.
-    if not set(map(type, itertools.chain.from_iterable(values))) <= {float, int}:
+    # NOTE: bool is a subclass of int and numpy would turn "1.5" into 1.5, so the cell types
+    # are checked before numpy converts anything. null is a missing value: numpy makes it NaN.
+    if not set(map(type, itertools.chain.from_iterable(values))) <= {float, int, type(None)}:
         for i, row in enumerate(values):
             for j, cell in enumerate(row):
-                if type(cell) not in (float, int):
+                if type(cell) not in (float, int, type(None)):
                     raise InvalidInput(
-                        f"must be a finite number (channel {channels[j]!r}), not "
-                        f"{_json_type(cell)}",
+                        f"must be a finite number or null (missing) (channel "
+                        f"{channels[j]!r}), not {_json_type(cell)}",
                         field=f"values[{i}][{j}]",
                     )
     matrix = np.array(values, dtype=np.float64)
-    bad = ~np.isfinite(matrix)
+    bad = np.isinf(matrix)  # NaN only ever comes from null: JSON has no NaN
     if bad.any():
         i, j = (int(k) for k in np.argwhere(bad)[0])
         raise InvalidInput(
@@ -444,7 +457,7 @@ def _name_bad_csv_number(
     """Name the first value that float() would read but is not a plain decimal number."""
     for i, row in enumerate(cells):
         for j, cell in enumerate(row):
-            if not is_decimal_text(cell):
+            if not is_decimal_text(cell) and cell.strip():
                 raise InvalidInput(
                     f"line {line_of(i)}, column {_shown(header[j + 1].strip())}: {_shown(cell)} "
                     "is not a number (digits 0-9, a point and an exponent, no underscores)"
@@ -453,11 +466,17 @@ def _name_bad_csv_number(
 
 def _csv_cells_one_by_one(
     cells: list[list[str]], header: list[str], line_of: Callable[[int], int]
-) -> Float64Array:
-    """float() of each cell, naming the first that is not a number (after numpy refused one)."""
+) -> tuple[Float64Array, np.ndarray]:
+    """float() of each cell, naming the first that is not a number (after numpy refused one),
+    and the (N, F) mask of empty cells: missing values, NaN in the matrix."""
     out = np.empty((len(cells), len(header) - 1), dtype=np.float64)
+    empty = np.zeros(out.shape, dtype=bool)
     for i, row in enumerate(cells):
         for j, cell in enumerate(row):
+            if not cell.strip():
+                out[i, j] = np.nan
+                empty[i, j] = True
+                continue
             try:
                 if not is_decimal_text(cell):
                     raise ValueError
@@ -465,9 +484,9 @@ def _csv_cells_one_by_one(
             except ValueError:
                 raise InvalidInput(
                     f"line {line_of(i)}, column {_shown(header[j + 1].strip())}: {_shown(cell)} "
-                    "is not a number"
+                    "is not a number (an empty cell is a missing value)"
                 ) from None
-    return out
+    return out, empty
 
 
 def _json_type(value: object) -> str:
@@ -664,17 +683,28 @@ def _upsert_sqlite(
 
 # -- reading ----------------------------------------------------------------------------------
 def read_points(
-    *, session: Session, series_id: int, start: int | None, end: int | None, limit: int
+    *,
+    session: Session,
+    series_id: int,
+    start: int | None,
+    end: int | None,
+    limit: int,
+    cursor: str | None = None,
 ) -> PointsPage:
-    """Up to `limit` points with start <= ts <= end (microseconds), oldest first."""
+    """Up to `limit` points with start <= ts <= end (microseconds), oldest first, and the
+    cursor of the next page."""
     series = get_series(session=session, series_id=series_id)
+    after = decode_cursor(cursor, arity=1)
     query = select(Point.ts, Point.values).where(Point.series_id == series.id)
     if start is not None:
         query = query.where(Point.ts >= start)
     if end is not None:
         query = query.where(Point.ts <= end)
-    found = session.execute(query.order_by(Point.ts).limit(limit)).all()
+    if after is not None:
+        query = query.where(Point.ts > int(after[0]))
+    rows = session.execute(query.order_by(Point.ts).limit(limit + 1)).all()
+    found, next_cursor = page_of(rows, limit=limit, key=lambda row: (int(row[0]),))
     ts = np.fromiter((row[0] for row in found), dtype=np.int64, count=len(found))
     blob = b"".join(row[1] for row in found)
     values = np.frombuffer(blob, dtype="<f8").reshape(len(found), len(series.channels))
-    return PointsPage(ts=ts, values=values.astype(np.float64))
+    return PointsPage(ts=ts, values=values.astype(np.float64), next_cursor=next_cursor)

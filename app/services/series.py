@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-from sqlalchemy import select
+from sqlalchemy import Table, delete, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from app.db.base import Base
 from app.db.models import Series
 from app.errors import Conflict, InvalidInput, SeriesNotFound
 from app.schemas.common import BUILTIN_CLASSES
+from app.schemas.paging import decode_cursor, page_of
 from app.schemas.series import MAX_USER_CLASSES, SeriesCreate, SeriesUpdate
+from app.services.audit import audit
 
 MAX_CLASSES = MAX_USER_CLASSES + len(BUILTIN_CLASSES)
 
@@ -31,6 +34,7 @@ def create_series(*, session: Session, spec: SeriesCreate) -> Series:
         threshold_quantile=spec.threshold_quantile,
         labels_since_train=0,
         training=spec.training.model_dump(exclude_none=True) if spec.training else None,
+        max_gap=spec.max_gap,
     )
     try:
         with session.begin_nested():
@@ -50,13 +54,67 @@ def get_series(*, session: Session, series_id: int) -> Series:
 
 
 def list_series(
-    *, session: Session, limit: int, offset: int, only: frozenset[int] | None = None
-) -> list[Series]:
-    """Series by id; with `only`, just those among them."""
-    query = select(Series).order_by(Series.id).limit(limit).offset(offset)
+    *,
+    session: Session,
+    limit: int,
+    cursor: str | None = None,
+    offset: int = 0,
+    only: frozenset[int] | None = None,
+) -> tuple[list[Series], str | None]:
+    """A page of series by id, and the cursor of the next; with `only`, just those."""
+    after = decode_cursor(cursor, arity=1)
+    query = select(Series).order_by(Series.id).limit(limit + 1).offset(offset)
+    if after is not None:
+        query = query.where(Series.id > int(after[0]))
     if only is not None:
         query = query.where(Series.id.in_(sorted(only)))
-    return list(session.scalars(query))
+    return page_of(list(session.scalars(query)), limit=limit, key=lambda s: (s.id,))
+
+
+def owned_tables() -> list[Table]:
+    """Every table whose rows belong to a series (a foreign key to series.id): a deleted
+    series takes their rows with it (ON DELETE CASCADE)."""
+    return [
+        table
+        for table in Base.metadata.sorted_tables
+        if any(fk.column.table.name == "series" for fk in table.foreign_keys)
+    ]
+
+
+def delete_series(*, session: Session, series_id: int, key_id: int | None) -> dict[str, int]:
+    """Delete the series and everything it owns (points, labels, scores, jobs, model
+    versions, ...) in one transaction, with an audit record of the rows removed per table.
+
+    A training job of the series that is running meanwhile loses its job row with the rest:
+    its worker finds the lease gone and drops its result (app/training/worker.py), and the
+    model version it would store could not refer to the series anyway (foreign key).
+    """
+    query = select(Series).where(Series.id == series_id)
+    if session.get_bind().dialect.name == "postgresql":
+        query = query.with_for_update()  # waits for a version being stored right now
+    series = session.scalar(query)
+    if series is None:
+        raise SeriesNotFound(series_id)
+    removed = {
+        table.name: int(
+            session.scalar(
+                select(func.count()).select_from(table).where(table.c.series_id == series_id)
+            )
+            or 0
+        )
+        for table in owned_tables()
+    }
+    name = series.name
+    session.execute(delete(Series).where(Series.id == series_id))
+    audit(
+        session=session,
+        key_id=key_id,
+        action="series.delete",
+        target=f"series/{series_id}",
+        detail={"name": name, "rows": removed},
+    )
+    session.commit()
+    return removed
 
 
 def update_series(*, session: Session, series_id: int, update: SeriesUpdate) -> Series:
@@ -96,5 +154,11 @@ def update_series(*, session: Session, series_id: int, update: SeriesUpdate) -> 
         series.threshold_quantile = update.threshold_quantile
     if update.training is not None:
         series.training = update.training.model_dump(exclude_none=True) or None
+    if update.reset_max_gap:
+        if update.max_gap is not None:
+            raise InvalidInput("send either max_gap or reset_max_gap, not both", field="max_gap")
+        series.max_gap = None
+    elif update.max_gap is not None and update.max_gap != series.max_gap:
+        series.max_gap = update.max_gap
     session.commit()
     return series

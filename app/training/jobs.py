@@ -23,7 +23,8 @@ from app.db.models import (
     Series,
 )
 from app.errors import NotEnoughPoints, NotFound, SeriesNotFound
-from app.training.pipeline import cut_windows
+from app.schemas.paging import decode_cursor, page_of
+from app.training.pipeline import window_count
 
 
 def open_job(*, session: Session, series_id: int) -> Job | None:
@@ -96,7 +97,7 @@ def training_data(*, session: Session, series: Series, settings: Settings) -> Tr
     points_needed = series.window_size + (windows_needed - 1) * series.stride
     capped = select(Point.ts).where(Point.series_id == series.id).limit(points_needed).subquery()
     points = session.scalar(select(func.count()).select_from(capped)) or 0
-    windows = len(cut_windows(points, window_size=series.window_size, stride=series.stride))
+    windows = window_count(points, window_size=series.window_size, stride=series.stride)
     return TrainingData(points, windows, feedback, windows_needed, points_needed)
 
 
@@ -176,10 +177,13 @@ def list_jobs(
     series_id: int | None,
     status: str | None,
     limit: int,
-    before: int | None,
+    cursor: str | None = None,
+    before: int | None = None,
     only: frozenset[int] | None = None,
-) -> list[Job]:
-    """Jobs newest first; `before` (a job id) pages on; `only`: of these series alone."""
+) -> tuple[list[Job], str | None]:
+    """A page of jobs, newest first, and the cursor of the next; `before` (a job id, the
+    deprecated way to page on) still works; `only`: of these series alone."""
+    after = decode_cursor(cursor, arity=1)
     query = select(Job)
     if only is not None:
         query = query.where(Job.series_id.in_(only))
@@ -189,9 +193,12 @@ def list_jobs(
         query = query.where(Job.series_id == series_id)
     if status is not None:
         query = query.where(Job.status == status)
+    if after is not None:
+        query = query.where(Job.id < int(after[0]))
     if before is not None:
         query = query.where(Job.id < before)
-    return list(session.scalars(query.order_by(Job.id.desc()).limit(limit)))
+    rows = list(session.scalars(query.order_by(Job.id.desc()).limit(limit + 1)))
+    return page_of(rows, limit=limit, key=lambda job: (job.id,))
 
 
 def get_job(*, session: Session, job_id: int) -> Job:

@@ -1,9 +1,12 @@
 """From stored points and labels to a trained, calibrated model version.
 
 Windows are cut from the series' points in time order (`window_size` long, every `stride`
-points). Labels are applied to points first (later labels win where ranges overlap), so a
-label covering part of a window supervises only those time steps. Feedback on a window that
-a client posted (not a stored range) adds that window itself, labelled at every step.
+points), never across a gap longer than the series' gap limit (`gap_limit_us`). Windows with
+more than VIGIL_MAX_MISSING_FRACTION missing values are left out; the others are imputed the
+way scoring imputes them (models.data.impute_missing). Labels are applied to points first
+(later labels win where ranges overlap), so a label covering part of a window supervises only
+those time steps. Feedback on a window that a client posted (not a stored range) adds that
+window itself, labelled at every step.
 
 The split rule (VAL_FRACTION of the windows are held out for early stopping, calibration and
 the comparison with the active version):
@@ -43,7 +46,10 @@ from models import (
     TrainConfig,
     TrainedModel,
     TrainingData,
+    channel_means,
     fit,
+    impute_missing,
+    missing_fraction,
 )
 from models.config import FALSE_POSITIVE
 from models.train import split_indices, window_class
@@ -52,6 +58,8 @@ log = logging.getLogger(__name__)
 
 UNLABELLED = -1
 VAL_FRACTION = 0.2
+SAMPLING_INTERVAL_KEY = "sampling_interval_us"
+"""Model metadata: the median sampling interval of the training points, µs (gap_limit_us)."""
 
 T = TypeVar("T")
 
@@ -62,6 +70,8 @@ class Dataset:
     validation: TrainingData
     classes: list[ClassSpec]
     summary: dict[str, int]
+    interval_us: int | None = None
+    """The median sampling interval of the points (µs), recorded in the model's metadata."""
 
     @property
     def has_labels(self) -> bool:
@@ -74,6 +84,7 @@ class Dataset:
             validation=relabel(self.validation, self.classes, target),
             classes=list(target),
             summary=self.summary,
+            interval_us=self.interval_us,
         )
 
 
@@ -104,11 +115,69 @@ def load_points(
     return ts, vals
 
 
-def cut_windows(n_points: int, *, window_size: int, stride: int) -> np.ndarray:
-    """Start indices of the windows over `n_points` points, oldest first."""
-    if n_points < window_size:
+def median_interval_us(ts: np.ndarray) -> int | None:
+    """The median step between consecutive timestamps (µs), or None below two points."""
+    if len(ts) < 2:
+        return None
+    return int(np.median(np.diff(ts)))
+
+
+def recorded_interval(model: TrainedModel) -> int | None:
+    """The median sampling interval (µs) of the model's training points, if it recorded one
+    (models trained before it was recorded did not: the points' own median is used then)."""
+    raw = model.metadata.get(SAMPLING_INTERVAL_KEY)
+    return int(raw) if raw is not None and raw.isdigit() and int(raw) > 0 else None
+
+
+def gap_limit_us(
+    ts: np.ndarray, *, max_gap: float | None, factor: float, interval_us: int | None = None
+) -> int | None:
+    """The longest gap between consecutive points that a window may span, in µs.
+
+    The rule: the series' `max_gap` (seconds) when it is set; otherwise `factor` (setting
+    VIGIL_MAX_GAP_FACTOR, 3) times the median sampling interval, taken from the model when it
+    recorded one at training (`interval_us`) and from the points `ts` otherwise. None: no
+    limit can be known (fewer than two points and no recorded interval).
+    """
+    if max_gap is not None:
+        return max(1, round(max_gap * 1_000_000))
+    interval = interval_us if interval_us is not None else median_interval_us(ts)
+    if interval is None:
+        return None
+    return max(1, math.ceil(factor * interval))
+
+
+def cut_windows(
+    ts: np.ndarray, *, window_size: int, stride: int, max_gap_us: int | None
+) -> np.ndarray:
+    """Start indices into `ts` (ascending µs timestamps) of the windows, oldest first.
+
+    Windows are cut within runs of points whose consecutive gaps are at most `max_gap_us`
+    (None: no limit): each run's first window starts at its first point, the next ones every
+    `stride` points, and no window spans a longer gap. A run shorter than `window_size` gives
+    no window. Take the starts to `gather` to build the windows.
+    """
+    if isinstance(ts, int | np.integer):
+        raise TypeError("cut_windows takes the timestamps (an array), not a point count")
+    n = len(ts)
+    if n < window_size:
         return np.empty(0, np.int64)
-    return np.arange(0, n_points - window_size + 1, stride, dtype=np.int64)
+    if max_gap_us is None:
+        bounds = [(0, n)]
+    else:
+        breaks = (np.flatnonzero(np.diff(ts) > max_gap_us) + 1).tolist()
+        bounds = list(zip([0, *breaks], [*breaks, n], strict=True))
+    parts = [
+        np.arange(lo, hi - window_size + 1, stride, dtype=np.int64)
+        for lo, hi in bounds
+        if hi - lo >= window_size
+    ]
+    return np.concatenate(parts) if parts else np.empty(0, np.int64)
+
+
+def window_count(points: int, *, window_size: int, stride: int) -> int:
+    """Windows cut from `points` consecutive points without a gap: at most this many."""
+    return 0 if points < window_size else (points - window_size) // stride + 1
 
 
 def gather(array: np.ndarray, starts: np.ndarray, window_size: int) -> np.ndarray:
@@ -166,9 +235,19 @@ def build_dataset(
         )
     )
     per_point = point_labels(ts, labels, index)
-    starts = cut_windows(len(ts), window_size=window_size, stride=series.stride)
-    windows = gather(values, starts, window_size)  # (N, T, F)
+    interval = median_interval_us(ts)
+    max_gap_us = gap_limit_us(
+        ts, max_gap=series.max_gap, factor=settings.max_gap_factor, interval_us=interval
+    )
+    starts = cut_windows(ts, window_size=window_size, stride=series.stride, max_gap_us=max_gap_us)
+    windows = gather(values, starts, window_size)  # (N, T, F), NaN where a value is missing
     window_labels = gather(per_point, starts, window_size)  # (N, T)
+    # Windows with too much missing data teach nothing; the rest are imputed as scoring does.
+    missing = missing_fraction(windows)
+    usable = missing <= settings.max_missing_fraction
+    skipped_missing = int((~usable).sum())
+    windows, window_labels = windows[usable], window_labels[usable]
+    windows = impute_missing(windows, channel_means(windows))
 
     # Feedback on posted windows (no stored range): the scored window itself is the example.
     extra_windows, extra_labels = _posted_feedback(
@@ -189,7 +268,8 @@ def build_dataset(
     if total < settings.min_train_windows or val_idx.size == 0:
         raise NotEnoughData(
             f"series {series.name!r} has {total} training windows of {window_size} points "
-            f"(needs at least {settings.min_train_windows}); ingest more points"
+            f"(needs at least {settings.min_train_windows}){_left_out(skipped_missing)}; "
+            "ingest more points"
         )
     train_has_labels = bool((train_labels != UNLABELLED).any())
     val_labels = window_labels[val_idx]
@@ -199,14 +279,27 @@ def build_dataset(
             windows[val_idx], val_labels if (val_labels != UNLABELLED).any() else None
         ),
         classes=classes,
+        interval_us=interval,
         summary={
             "points": len(ts),
+            "gaps": 0 if max_gap_us is None else int((np.diff(ts) > max_gap_us).sum()),
+            "missing_windows_skipped": skipped_missing,
             "windows": total,
             "train_windows": len(train_windows),
             "validation_windows": int(val_idx.size),
             "labelled_windows": int((train_labels != UNLABELLED).any(axis=1).sum()),
             "feedback_windows": len(extra_windows),
         },
+    )
+
+
+def _left_out(skipped_missing: int) -> str:
+    """What the window count leaves out, for the not-enough-data message."""
+    if not skipped_missing:
+        return ""
+    return (
+        f", after leaving out {skipped_missing} windows with more than "
+        "VIGIL_MAX_MISSING_FRACTION of their values missing"
     )
 
 

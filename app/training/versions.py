@@ -12,6 +12,7 @@ from app.db.models import MODEL_ACTIVE, MODEL_RETIRED, Activations, ModelVersion
 from app.detection import events
 from app.errors import Conflict, NotFound, SeriesNotFound
 from app.schemas.jobs import ModelVersionList, ModelVersionOut
+from app.schemas.paging import decode_cursor, page_of
 
 _LISTED = (
     ModelVersion.series_id,
@@ -41,15 +42,27 @@ def _out(row: ModelVersion) -> ModelVersionOut:
     )
 
 
-def list_versions(*, session: Session, series_id: int) -> ModelVersionList:
+def list_versions(
+    *, session: Session, series_id: int, limit: int = 100, cursor: str | None = None
+) -> ModelVersionList:
+    """A page of the series' versions, oldest first, and the cursor of the next."""
     if session.get(Series, series_id) is None:
         raise SeriesNotFound(series_id)
-    rows = session.execute(
-        select(*_LISTED).where(ModelVersion.series_id == series_id).order_by(ModelVersion.version)
-    ).all()
-    versions = [_out(row) for row in rows]  # type: ignore[arg-type]
-    active = next((v.version for v in versions if v.active), None)
-    return ModelVersionList(series_id=series_id, active_version=active, versions=versions)
+    after = decode_cursor(cursor, arity=1)
+    query = select(*_LISTED).where(ModelVersion.series_id == series_id)
+    if after is not None:
+        query = query.where(ModelVersion.version > int(after[0]))
+    rows = session.execute(query.order_by(ModelVersion.version).limit(limit + 1)).all()
+    page, next_cursor = page_of(rows, limit=limit, key=lambda row: (row.version,))
+    versions = [_out(row) for row in page]  # type: ignore[arg-type]
+    active = session.scalar(
+        select(ModelVersion.version).where(
+            ModelVersion.series_id == series_id, ModelVersion.status == MODEL_ACTIVE
+        )
+    )
+    return ModelVersionList(
+        series_id=series_id, active_version=active, versions=versions, next_cursor=next_cursor
+    )
 
 
 def activate_version(*, session: Session, series_id: int, version: int, by: str) -> ModelVersionOut:

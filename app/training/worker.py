@@ -35,7 +35,6 @@ from app.db.models import (
     IdempotencyRecord,
     Job,
     ModelVersion,
-    ScoreRecord,
     Series,
 )
 from app.db.session import make_engine, make_sessionmaker
@@ -45,8 +44,9 @@ from app.idempotency import TTL as IDEMPOTENCY_TTL
 from app.metrics import JOBS, TRAINING_DURATION
 from app.ratelimit import purge_windows
 from app.scoring.registry import load_artifact
+from app.services.retention import enforce_retention
 from app.training.jobs import arm_retrain
-from app.training.pipeline import Outcome, build_dataset, train_version
+from app.training.pipeline import SAMPLING_INTERVAL_KEY, Outcome, build_dataset, train_version
 from app.training.versions import count_activation, lock_series
 from models import ModelError, Progress, TrainedModel, TrainingCancelled
 
@@ -203,8 +203,11 @@ class Worker:
             return
         except LeaseLost:
             log.warning(
-                "job %d: lease lost to another worker; result dropped",
+                "job %d: %s; result dropped",
                 claimed.job_id,
+                "its series was deleted"
+                if self._series_gone(claimed.series_id)
+                else "lease lost to another worker",
                 extra=context,
             )
             return
@@ -250,7 +253,7 @@ class Worker:
                 raise LeaseLost
             return self.stop_event.is_set()
 
-        return train_version(
+        outcome = train_version(
             dataset=dataset,
             series=series,
             settings=self.settings,
@@ -259,6 +262,13 @@ class Worker:
             progress=progress,
             should_stop=should_stop,
         )
+        if dataset.interval_us is not None:  # scoring derives the gap limit from it
+            outcome.model.metadata[SAMPLING_INTERVAL_KEY] = str(dataset.interval_us)
+        return outcome
+
+    def _series_gone(self, series_id: int) -> bool:
+        with self.sessions() as session:
+            return session.get(Series, series_id) is None
 
     def _active_model(self, session: Session, series_id: int) -> TrainedModel | None:
         row = session.execute(
@@ -288,7 +298,11 @@ class Worker:
                 or 0
             ) + 1
             blob = outcome.model.to_bytes(
-                metadata={"series_id": str(claimed.series_id), "version": str(number)}
+                metadata={
+                    **outcome.model.metadata,
+                    "series_id": str(claimed.series_id),
+                    "version": str(number),
+                }
             )
             if outcome.activate:
                 lock_series(session=session, series_id=claimed.series_id)
@@ -398,9 +412,8 @@ class Worker:
             return
         self._last_housekeeping = now_mono
         now = utcnow()
+        enforce_retention(sessions=self.sessions, settings=self.settings, now=now)
         with self.sessions() as session, session.begin():
-            cutoff = now - timedelta(hours=self.settings.score_retention_hours)
-            session.execute(delete(ScoreRecord).where(ScoreRecord.created_at < cutoff))
             session.execute(
                 delete(IdempotencyRecord).where(
                     IdempotencyRecord.created_at < now - IDEMPOTENCY_TTL

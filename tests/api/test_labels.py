@@ -88,7 +88,7 @@ def test_a_range_label_is_stored(
     assert label["created_at"]
     assert label["deleted_at"] is None
     reader = make_headers("read")
-    assert client.get("/v1/labels", headers=reader).json() == [label]
+    assert client.get("/v1/labels", headers=reader).json()["labels"] == [label]
     assert client.get(response.headers["location"], headers=reader).json() == label
     assert_problem(client.get("/v1/labels/999", headers=reader), 404, "label 999 does not exist")
 
@@ -374,7 +374,7 @@ def test_listing_filters_by_series_label_and_deletion(
     def ids(**params: Any) -> list[int]:
         response = client.get("/v1/labels", params=params, headers=admin)
         assert response.status_code == 200, response.text
-        return [label["id"] for label in response.json()]
+        return [label["id"] for label in response.json()["labels"]]
 
     assert ids() == [b["id"], c["id"]]
     assert ids(series_id=series["id"]) == [b["id"]]
@@ -400,13 +400,17 @@ def test_delete_is_soft_and_idempotent(
     response = client.delete(f"/v1/labels/{label['id']}", headers=labeller)
     assert response.status_code == 204
     assert response.content == b""
-    assert client.get("/v1/labels", headers=reader).json() == []
-    listed = client.get("/v1/labels", params={"include_deleted": True}, headers=reader).json()
+    assert client.get("/v1/labels", headers=reader).json()["labels"] == []
+    listed = client.get("/v1/labels", params={"include_deleted": True}, headers=reader).json()[
+        "labels"
+    ]
     assert listed[0]["id"] == label["id"]
     deleted_at = listed[0]["deleted_at"]
     assert deleted_at is not None
     assert client.delete(f"/v1/labels/{label['id']}", headers=labeller).status_code == 204
-    again = client.get("/v1/labels", params={"include_deleted": True}, headers=reader).json()
+    again = client.get("/v1/labels", params={"include_deleted": True}, headers=reader).json()[
+        "labels"
+    ]
     assert again[0]["deleted_at"] == deleted_at  # the first deletion time is kept for audit
     single = client.get(f"/v1/labels/{label['id']}", headers=reader).json()
     assert single["deleted_at"] == deleted_at
@@ -481,5 +485,10 @@ def test_window_count_is_the_trainers() -> None:
     for points in range(0, 60):
         for window_size, stride in [(8, 4), (8, 8), (5, 1), (16, 3)]:
             assert window_count(points, window_size=window_size, stride=stride) == len(
-                cut_windows(points, window_size=window_size, stride=stride)
+                cut_windows(
+                    np.arange(points, dtype=np.int64),
+                    window_size=window_size,
+                    stride=stride,
+                    max_gap_us=None,
+                )
             )

@@ -296,8 +296,11 @@ ROW = [1.0, 2.0, 3.0]
             ["values[1]: must be an array of 3 numbers", "not a number"],
         ),
         (
-            b'{"timestamps": [1767225600, 1767225601], "values": [[1,2,3], [1,null,3]]}',
-            ["values[1][1]: must be a finite number (channel 'pressure'), not null"],
+            b'{"timestamps": [1767225600, 1767225601], "values": [[1,2,3], [1,true,3]]}',
+            [
+                "values[1][1]: must be a finite number or null (missing) (channel 'pressure'), "
+                "not a boolean"
+            ],
         ),
         (
             b'{"timestamps": [1767225600], "values": [[1,2,"hot"]]}',
@@ -385,7 +388,8 @@ HEADER = "timestamp,flow,pressure,temperature\n"
         (HEADER + "1767225600,1,2,3\n1767225601,1,2\n", ["line 3: has 3 fields; the header has 4"]),
         (HEADER + "1767225600,1,2,3,4\n", ["line 2: has 5 fields"]),
         (HEADER + "1767225600,1,abc,3\n", ["line 2, column 'pressure': 'abc' is not a number"]),
-        (HEADER + "1767225600,1,,3\n", ["line 2, column 'pressure': '' is not a number"]),
+        (HEADER + "1767225600,1,NaN,3\n", ["line 2, column 'pressure': 'NaN' is not a finite"]),
+        (HEADER + "1767225600,1,null,3\n", ["line 2, column 'pressure': 'null' is not a number"]),
         (
             HEADER + "1767225600,1,2,3\n1767225601,nan,2,3\n",
             ["line 3, column 'flow': 'nan' is not a finite number"],
@@ -441,7 +445,7 @@ def test_other_content_types_are_415(
 def test_a_bad_last_row_leaves_earlier_rows_unwritten(
     client: TestClient, series: dict[str, Any], admin: Headers, sessions: sessionmaker[Session]
 ) -> None:
-    values: list[Any] = [ROW] * 999 + [[1, 2, None]]
+    values: list[Any] = [ROW] * 999 + [[1, 2, "hot"]]
     body = {"timestamps": [T0 + i for i in range(1000)], "values": values}
     assert_problem(post_json(client, series["id"], body, admin), 422, "values[999][2]")
     assert stored_count(sessions) == 0

@@ -65,7 +65,7 @@ def test_a_batch_of_labels_trains_one_version_after_a_quiet_period(
             assert datetime.fromisoformat(joined["not_before"]) >= first_due
         assert worker.run_once() is None  # still quiet time: not due
         listed = client.get(f"/v1/jobs?series_id={series_id}&status=queued", headers=headers)
-        assert [job["id"] for job in listed.json()] == [armed["job_id"]]
+        assert [job["id"] for job in listed.json()["jobs"]] == [armed["job_id"]]
         # Asking for a retrain by hand makes the armed one due now, and returns it.
         manual = client.post(f"/v1/series/{series_id}/train", headers=headers)
         assert manual.status_code == 200
@@ -75,7 +75,9 @@ def test_a_batch_of_labels_trains_one_version_after_a_quiet_period(
         assert job["status"] == "succeeded"
         # Every label posted before it started reached training: six stretches of 20 points.
         assert job["metrics"]["labelled_windows"] >= 6 * 2
-        label = client.get("/v1/labels?series_id=" + str(series_id), headers=headers).json()[-1]
+        label = client.get("/v1/labels?series_id=" + str(series_id), headers=headers).json()[
+            "labels"
+        ][-1]
         assert label["retrain"]["status"] == "succeeded"
         assert label["retrain"]["activated"] is job["metrics"]["activated"]
         assert label["retrain"]["model_version"] == job["model_version"]
@@ -95,7 +97,7 @@ def test_labels_that_arrive_during_a_retrain_queue_the_next_one(
         # A verdict while the job trains cannot join it: the answer says no retrain holds it.
         assert _label(client, headers, series_id, stream, 1)["retrain"] is None
         worker.execute(claimed)
-        follow_up = client.get(f"/v1/jobs?series_id={series_id}", headers=headers).json()[0]
+        follow_up = client.get(f"/v1/jobs?series_id={series_id}", headers=headers).json()["jobs"][0]
         assert follow_up["id"] != armed["job_id"]
         assert follow_up["status"] == "queued" and follow_up["reason"] == "labels"
         assert worker.run_once() == follow_up["id"]

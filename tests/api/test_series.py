@@ -64,7 +64,7 @@ def test_a_taken_name_is_409_naming_it(client: TestClient, admin: Headers) -> No
     create_series(client, admin)
     response = client.post("/v1/series", json=series_body(), headers=admin)
     assert_problem(response, 409, "'pump-7'", "already exists")
-    assert len(client.get("/v1/series", headers=admin).json()) == 1
+    assert len(client.get("/v1/series", headers=admin).json()["series"]) == 1
 
 
 @pytest.mark.parametrize(
@@ -99,7 +99,7 @@ def test_invalid_series_is_422_naming_the_field(
 ) -> None:
     response = client.post("/v1/series", json=series_body(**overrides), headers=admin)
     assert_problem(response, 422, fragment)
-    assert client.get("/v1/series", headers=admin).json() == []
+    assert client.get("/v1/series", headers=admin).json() == {"series": [], "next_cursor": None}
 
 
 def test_missing_fields_are_named(client: TestClient, admin: Headers) -> None:
@@ -116,10 +116,12 @@ def test_get_and_list(client: TestClient, make_headers: Callable[..., Headers]) 
     response = client.get(f"/v1/series/{second['id']}", headers=reader)
     assert response.status_code == 200
     assert response.json() == second
-    listed = client.get("/v1/series", headers=reader).json()
+    listed = client.get("/v1/series", headers=reader).json()["series"]
     assert [s["name"] for s in listed] == ["a", "b"]
     assert listed[0] == first
-    page = client.get("/v1/series", params={"limit": 1, "offset": 1}, headers=reader).json()
+    page = client.get("/v1/series", params={"limit": 1, "offset": 1}, headers=reader).json()[
+        "series"
+    ]
     assert [s["name"] for s in page] == ["b"]
     assert_problem(client.get("/v1/series", params={"limit": 0}, headers=reader), 422, "limit")
 

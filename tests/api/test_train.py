@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
@@ -67,7 +68,10 @@ def test_the_count_follows_the_trainers_windowing(
     """With the tests' minimum of 4 windows of 16 every 8: 40 points."""
     series_id = create_series(sessions, window_size=16, stride=8)
     insert_points(sessions, series_id, make_stream(39))
-    assert len(cut_windows(39, window_size=16, stride=8)) == settings.min_train_windows - 1
+    ts = np.arange(39, dtype=np.int64)
+    assert len(cut_windows(ts, window_size=16, stride=8, max_gap_us=None)) == (
+        settings.min_train_windows - 1
+    )
     assert_problem(client.post(f"/v1/series/{series_id}/train", headers=admin), 422, "3 windows")
     stream = make_stream(40)
     stream.ts, stream.values = stream.ts[39:], stream.values[39:]

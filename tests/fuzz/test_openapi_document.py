@@ -88,7 +88,7 @@ def test_the_served_document_is_the_documented_one(client: TestClient) -> None:
 def test_405_lists_every_method_of_the_path(client: TestClient, admin: dict[str, str]) -> None:
     for path, allowed in [
         ("/v1/series", "GET, POST"),
-        ("/v1/series/1", "GET, PATCH"),
+        ("/v1/series/1", "DELETE, GET, PATCH"),
         ("/v1/series/1/points", "GET, POST"),
         ("/v1/labels/1", "DELETE, GET"),
         ("/v1/score", "POST"),

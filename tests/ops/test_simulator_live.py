@@ -106,7 +106,7 @@ def test_the_simulator_drives_a_live_service(live_vigil: LiveVigil) -> None:
         for run in report.machines:
             stored = client.get("/v1/labels", params={"series_id": run.series_id, "limit": 1000})
             assert stored.status_code == 200
-            assert len(stored.json()) == run.feedback
-        names = {item["name"] for item in client.get("/v1/series").json()}
+            assert len(stored.json()["labels"]) == run.feedback
+        names = {item["name"] for item in client.get("/v1/series").json()["series"]}
     assert {run.series_name for run in report.machines} <= names
     assert "Vigil plant simulator" in output.getvalue()

@@ -3,6 +3,8 @@ kept for the next flush when a write fails."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from sqlalchemy import select
@@ -10,6 +12,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.db.models import ScoreRecord
+from app.db.session import make_engine, make_sessionmaker
 from app.scoring.log import ScoreLog
 from models import ScoreBatch
 from tests.utils.stream import create_series
@@ -61,10 +64,14 @@ def test_flushed_windows_are_stored_exactly(sessions: sessionmaker[Session]) -> 
         assert record.created_at is not None
 
 
-def test_a_failed_flush_keeps_the_rows_for_the_next(sessions: sessionmaker[Session]) -> None:
-    log = ScoreLog(sessions)
+def test_a_failed_flush_keeps_the_rows_for_the_next(
+    sessions: sessionmaker[Session], tmp_path: Path
+) -> None:
+    # A database without the schema: every write fails, as with a database that went away.
+    unmigrated = make_sessionmaker(make_engine(f"sqlite:///{tmp_path / 'empty.db'}", role="tests"))
+    log = ScoreLog(unmigrated)
     log.append(
-        series_id=987654,  # no such series: the foreign key refuses the rows
+        series_id=1,
         version=1,
         windows=np.zeros((3, 16, 3), dtype=np.float32),
         batch=_batch(3),
@@ -73,5 +80,22 @@ def test_a_failed_flush_keeps_the_rows_for_the_next(sessions: sessionmaker[Sessi
     with pytest.raises(SQLAlchemyError):
         log.flush()
     assert log.pending == 3
+
+
+def test_the_scores_of_a_deleted_series_are_dropped_not_retried(
+    sessions: sessionmaker[Session],
+) -> None:
+    live = create_series(sessions)
+    log = ScoreLog(sessions)
+    for series_id in (987654, live):  # 987654: deleted since the windows were scored
+        log.append(
+            series_id=series_id,
+            version=1,
+            windows=np.zeros((3, 16, 3), dtype=np.float32),
+            batch=_batch(3),
+            flagged=[False] * 3,
+        )
+    assert log.flush() == 3
+    assert log.pending == 0
     with sessions() as session:
-        assert session.scalars(select(ScoreRecord)).first() is None
+        assert {r.series_id for r in session.scalars(select(ScoreRecord))} == {live}

@@ -15,7 +15,8 @@ from app.schemas.common import (
     JobIdPath,
     SeriesIdPath,
 )
-from app.schemas.jobs import JobOut
+from app.schemas.jobs import JobOut, JobPage
+from app.schemas.paging import DEFAULT_LIMIT, CursorQuery, LimitQuery
 from app.training.jobs import get_job, list_jobs, queue_manual_training
 
 router = APIRouter(prefix="/v1", tags=["jobs"], responses=AUTH_RESPONSES)
@@ -65,7 +66,11 @@ def train(
 @router.get(
     "/jobs",
     summary="List training jobs, newest first",
-    description="Page on with `before`: the smallest `id` of the previous page.",
+    description=(
+        "A page of `limit` jobs and `next_cursor`: pass it as `cursor` for the next page "
+        "(null: no more). `before` (the smallest `id` of the previous page) is deprecated "
+        "and still works."
+    ),
     responses={404: {"description": "The series named by `series_id` does not exist"}},
 )
 def list_all(
@@ -75,20 +80,22 @@ def list_all(
     status_: Annotated[
         Literal["queued", "running", "succeeded", "failed"] | None, Query(alias="status")
     ] = None,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    before: Annotated[int | None, Query(ge=1, le=MAX_DB_ID)] = None,
-) -> list[JobOut]:
+    limit: LimitQuery = DEFAULT_LIMIT,
+    cursor: CursorQuery = None,
+    before: Annotated[int | None, Query(ge=1, le=MAX_DB_ID, deprecated=True)] = None,
+) -> JobPage:
     if series_id is not None:
         key.require_series(series_id)
-    found = list_jobs(
+    found, next_cursor = list_jobs(
         session=session,
         series_id=series_id,
         status=status_,
         limit=limit,
+        cursor=cursor,
         before=before,
         only=key.series,
     )
-    return [JobOut.model_validate(job) for job in found]
+    return JobPage(jobs=[JobOut.model_validate(job) for job in found], next_cursor=next_cursor)
 
 
 @router.get(

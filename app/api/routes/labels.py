@@ -15,7 +15,8 @@ from app.schemas.common import (
     SLUG_PATTERN,
     LabelIdPath,
 )
-from app.schemas.labels import LabelCreate, LabelCreatedOut, LabelOut
+from app.schemas.labels import LabelCreate, LabelCreatedOut, LabelOut, LabelPage
+from app.schemas.paging import DEFAULT_LIMIT, CursorQuery, LimitQuery
 from app.services.labels import (
     create_label,
     delete_label,
@@ -83,6 +84,10 @@ def create(
 @router.get(
     "/labels",
     summary="List labels, oldest first",
+    description=(
+        "A page of `limit` labels and `next_cursor`: pass it as `cursor` for the next page "
+        "(null: no more). `offset` is deprecated (use the cursor)."
+    ),
     responses={404: {"description": "The series named by `series_id` does not exist"}},
 )
 def list_all(
@@ -91,22 +96,27 @@ def list_all(
     series_id: Annotated[int | None, Query(ge=1, le=MAX_DB_ID)] = None,
     label: Annotated[str | None, Query(pattern=SLUG_PATTERN, description="A class name")] = None,
     include_deleted: bool = False,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0, le=MAX_DB_ID)] = 0,
-) -> list[LabelOut]:
+    limit: LimitQuery = DEFAULT_LIMIT,
+    cursor: CursorQuery = None,
+    offset: Annotated[int, Query(ge=0, le=MAX_DB_ID, deprecated=True)] = 0,
+) -> LabelPage:
     if series_id is not None:
         key.require_series(series_id)
-    found = list_labels(
+    found, next_cursor = list_labels(
         session=session,
         series_id=series_id,
         label=label,
         include_deleted=include_deleted,
         limit=limit,
+        cursor=cursor,
         offset=offset,
         only=key.series,
     )
     jobs = retrain_jobs(session=session, labels=found)
-    return [LabelOut.of(item, jobs.get(item.job_id or 0)) for item in found]
+    return LabelPage(
+        labels=[LabelOut.of(item, jobs.get(item.job_id or 0)) for item in found],
+        next_cursor=next_cursor,
+    )
 
 
 @router.get(

@@ -7,6 +7,7 @@ from fastapi import APIRouter
 from app.api.deps import Reader, RuntimeDep, SessionDep, Trainer
 from app.schemas.common import AUTH_RESPONSES, SeriesIdPath, VersionPath
 from app.schemas.jobs import ModelVersionList, ModelVersionOut
+from app.schemas.paging import DEFAULT_LIMIT, CursorQuery, LimitQuery
 from app.training.versions import activate_version, list_versions
 
 router = APIRouter(
@@ -17,10 +18,21 @@ router = APIRouter(
 @router.get(
     "",
     summary="The series' model versions with their metrics; which one is active",
+    description=(
+        "A page of `limit` versions, oldest first, and `next_cursor`: pass it as `cursor` "
+        "for the next page (null: no more). `active_version` is the series' active one, "
+        "whichever page it is on."
+    ),
     responses={404: {"description": "The series does not exist"}},
 )
-def read_versions(series_id: SeriesIdPath, session: SessionDep, _: Reader) -> ModelVersionList:
-    return list_versions(session=session, series_id=series_id)
+def read_versions(
+    series_id: SeriesIdPath,
+    session: SessionDep,
+    _: Reader,
+    limit: LimitQuery = DEFAULT_LIMIT,
+    cursor: CursorQuery = None,
+) -> ModelVersionList:
+    return list_versions(session=session, series_id=series_id, limit=limit, cursor=cursor)
 
 
 @router.post(

@@ -10,6 +10,7 @@ from starlette.responses import Response
 
 from app.api.deps import Ingester, Reader, RuntimeDep, SessionDep
 from app.schemas.common import AUTH_RESPONSES, SeriesIdPath, TimestampUs
+from app.schemas.paging import CursorQuery
 from app.schemas.points import POINTS_REQUEST_BODY, IngestResult, PointsOut
 from app.services.points import ingest, read_points
 
@@ -55,7 +56,11 @@ async def ingest_points(
 @router.get(
     "/series/{series_id}/points",
     summary="Read stored points, oldest first",
-    description="Points with start <= timestamp <= end (both optional), at most `limit` of them.",
+    description=(
+        "Points with start <= timestamp <= end (both optional), `limit` at a time, and "
+        "`next_cursor`: pass it as `cursor` (with the same start and end) for the next page; "
+        "null: no more. A missing value reads back as null."
+    ),
     response_model=PointsOut,
     responses={404: {"description": "The series does not exist"}},
 )
@@ -66,6 +71,9 @@ def list_points(
     start: Annotated[TimestampUs | None, Query(description="ISO-8601 or epoch seconds")] = None,
     end: Annotated[TimestampUs | None, Query(description="ISO-8601 or epoch seconds")] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_READ_POINTS)] = 1000,
+    cursor: CursorQuery = None,
 ) -> Response:
-    page = read_points(session=session, series_id=series_id, start=start, end=end, limit=limit)
+    page = read_points(
+        session=session, series_id=series_id, start=start, end=end, limit=limit, cursor=cursor
+    )
     return Response(page.to_json(), media_type="application/json")

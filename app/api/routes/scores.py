@@ -72,9 +72,15 @@ _PARAMETERS: list[dict[str, Any]] = [
     summary="Score windows with the series' active model",
     description=(
         'Send windows (`{"series_id", "windows"}`, or a binary body for high rates), or '
-        '`{"series_id", "start", "end"}` to score the stored windows in that range. '
-        "Each scored window is kept for the score retention period so that operators can "
-        "point feedback at its `score_id`. 409 while the series has no trained model."
+        '`{"series_id", "start", "end"}` to score the stored windows in that range, cut as '
+        "training cuts them: never across a gap longer than the series' `max_gap`. A range "
+        "answers at most `VIGIL_MAX_SCORE_WINDOWS` windows and `next_cursor`: send it back "
+        "as `cursor` with the same range for the next page (null: done). A stored window "
+        "with more than `VIGIL_MAX_MISSING_FRACTION` of its values missing comes back with "
+        "`scored: false` and no score; the others are imputed and say their "
+        "`missing_fraction`. Each scored window is kept for the score retention period so "
+        "that operators can point feedback at its `score_id`. 409 while the series has no "
+        "trained model."
     ),
     response_model=ScoreResponse,
     openapi_extra={"requestBody": _REQUEST_BODY, "parameters": _PARAMETERS},

@@ -7,11 +7,18 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Response, status
 
-from app.api.deps import Ingester, Reader, RuntimeDep, SessionDep, Trainer
+from app.api.deps import Admin, Ingester, Reader, RuntimeDep, SessionDep, Trainer
 from app.errors import Forbidden
 from app.schemas.common import AUTH_RESPONSES, MAX_DB_ID, SeriesIdPath
-from app.schemas.series import SeriesCreate, SeriesOut, SeriesUpdate
-from app.services.series import create_series, get_series, list_series, update_series
+from app.schemas.paging import DEFAULT_LIMIT, CursorQuery, LimitQuery
+from app.schemas.series import SeriesCreate, SeriesOut, SeriesPage, SeriesUpdate
+from app.services.series import (
+    create_series,
+    delete_series,
+    get_series,
+    list_series,
+    update_series,
+)
 
 router = APIRouter(prefix="/v1", tags=["series"], responses=AUTH_RESPONSES)
 
@@ -40,16 +47,23 @@ def create(body: SeriesCreate, session: SessionDep, response: Response, key: Ing
 @router.get(
     "/series",
     summary="List series, oldest first",
-    description="A key restricted to certain series sees only those.",
+    description=(
+        "A page of `limit` series and `next_cursor`: pass it as `cursor` for the next page "
+        "(null: no more). `offset` is deprecated (use the cursor). A key restricted to "
+        "certain series sees only those."
+    ),
 )
 def list_all(
     session: SessionDep,
     key: Reader,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0, le=MAX_DB_ID)] = 0,
-) -> list[SeriesOut]:
-    found = list_series(session=session, limit=limit, offset=offset, only=key.series)
-    return [SeriesOut.model_validate(s) for s in found]
+    limit: LimitQuery = DEFAULT_LIMIT,
+    cursor: CursorQuery = None,
+    offset: Annotated[int, Query(ge=0, le=MAX_DB_ID, deprecated=True)] = 0,
+) -> SeriesPage:
+    found, next_cursor = list_series(
+        session=session, limit=limit, cursor=cursor, offset=offset, only=key.series
+    )
+    return SeriesPage(series=[SeriesOut.model_validate(s) for s in found], next_cursor=next_cursor)
 
 
 @router.get("/series/{series_id}", summary="Read a series", responses=NOT_FOUND)
@@ -78,3 +92,24 @@ def patch(
     series = update_series(session=session, series_id=series_id, update=body)
     runtime.registry.forget_series(series.id)
     return SeriesOut.model_validate(series)
+
+
+@router.delete(
+    "/series/{series_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    summary="Delete a series and everything it owns (scope `admin`)",
+    description=(
+        "Removes the series with its points, labels, scores, jobs and model versions (and "
+        "alarms) in one transaction, and writes an audit record (GET /v1/audit) of who did "
+        "it and how many rows of each table went. A training job of the series that is "
+        "running meanwhile ends without storing anything. 404 once it is gone."
+    ),
+    responses=NOT_FOUND,
+)
+def delete(
+    series_id: SeriesIdPath, session: SessionDep, runtime: RuntimeDep, key: Admin
+) -> Response:
+    delete_series(session=session, series_id=series_id, key_id=key.id)
+    runtime.registry.forget_series(series_id)
+    runtime.registry.forget_active(series_id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
