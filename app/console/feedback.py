@@ -110,7 +110,7 @@ def _windows_of(session: Session, series: Series, label: Label) -> np.ndarray:
     if label.start_ts is None or label.end_ts is None:
         return np.empty((0, t, f), np.float32)
     rows = session.execute(
-        select(Point.values)
+        select(Point.ts, Point.values)
         .where(
             Point.series_id == series.id,
             Point.ts >= label.start_ts,
@@ -121,16 +121,20 @@ def _windows_of(session: Session, series: Series, label: Label) -> np.ndarray:
     ).all()
     if len(rows) < t:
         rows = session.execute(
-            select(Point.values)
+            select(Point.ts, Point.values)
             .where(Point.series_id == series.id, Point.ts >= label.start_ts)
             .order_by(Point.ts)
             .limit(t)
         ).all()
     if len(rows) < t:
         return np.empty((0, t, f), np.float32)
-    values = np.frombuffer(b"".join(r[0] for r in rows), dtype="<f8").reshape(len(rows), f)
-    starts = cut_windows(len(rows), window_size=t, stride=series.stride)[:MAX_WINDOWS_PER_MARK]
-    return gather(values.astype(np.float32), starts, t)
+    ts = np.fromiter((r[0] for r in rows), np.int64, len(rows))
+    values = np.frombuffer(b"".join(r[1] for r in rows), dtype="<f8").reshape(len(rows), f)
+    starts = cut_windows(ts, window_size=t, stride=series.stride, max_gap_us=None)
+    windows = gather(values.astype(np.float32), starts[:MAX_WINDOWS_PER_MARK], t)
+    # NOTE: windows with missing values are not scored by the service either.
+    complete: np.ndarray = windows[~np.isnan(windows).any(axis=(1, 2))]
+    return complete
 
 
 def _aware(moment: datetime) -> datetime:
