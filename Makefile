@@ -16,7 +16,7 @@ STAMP := $(VENV)/.installed
 TORCH_VERSION := 2.13.0
 TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml clients/python/pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	@if $(BIN)/python -c 'import importlib.metadata as m, sys; sys.exit(m.version("torch").split("+")[0] != sys.argv[1])' \
@@ -32,7 +32,7 @@ $(STAMP): pyproject.toml
 		echo "  (from the default index on Linux that is the CUDA build, gigabytes; see TORCH_INDEX in the Makefile)"; \
 		$(BIN)/pip install --quiet "torch==$(TORCH_VERSION)"; \
 	fi
-	$(BIN)/pip install --quiet -e ".[dev]"
+	$(BIN)/pip install --quiet -e ".[dev]" -e "./clients/python[pandas]"
 	touch $(STAMP)
 
 run: $(STAMP)
@@ -43,8 +43,8 @@ test: $(STAMP)
 	$(BIN)/python -m pytest
 
 lint: $(STAMP)
-	$(BIN)/ruff check app models tests benchmarks migrations
-	$(BIN)/ruff format --check app models tests benchmarks migrations
+	$(BIN)/ruff check app models tests benchmarks migrations clients
+	$(BIN)/ruff format --check app models tests benchmarks migrations clients
 
 typecheck: $(STAMP)
 	$(BIN)/mypy

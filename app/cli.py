@@ -372,7 +372,7 @@ def keys_revoke(
 
 
 def _register_simulator() -> None:
-    from app.simulate import simulate_command
+    from app.simulator.command import simulate_command
 
     cli.command(
         "simulate",

@@ -6,9 +6,9 @@ stride 32; a window is anomalous when it overlaps a fault.
 
 Streams: the Daphnet recording (real gait accelerometers, 64 Hz, 9 channels) and a synthetic
 plant (`data.plant`: vibration in quadrature, load-driven current/flow/pressure, a lagging
-temperature, an idle period every 2,000 steps). app/simulate.py's pumps were not reused: their
-channels move on a time scale of minutes to hours and carry no oscillation inside a window, so a
-frequency change or a phase-based correlation break would have nothing to act on.
+temperature, an idle period every 2,000 steps). app/simulator/plant.py's pumps were not reused:
+their channels move on a time scale of minutes to hours and carry no oscillation inside a window,
+so a frequency change or a phase-based correlation break would have nothing to act on.
 
 Vigil: one series per (stream, seed), the training half ingested (one point a second), trained,
 and every test copy's windows posted to /v1/score. Per fault kind the metrics use that copy's

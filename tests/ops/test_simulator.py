@@ -9,7 +9,17 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from app.simulate import (
+from app.simulator.clock import parse_duration, parse_time, stamp_clock
+from app.simulator.command import simulate_command
+from app.simulator.operator import (
+    AlarmVerdict,
+    Operator,
+    OperatorPolicy,
+    RangeLabel,
+    ScoreLabel,
+    alarm_truth,
+)
+from app.simulator.plant import (
     CHANNELS,
     CURRENT,
     DAY_S,
@@ -24,18 +34,14 @@ from app.simulate import (
     FaultKind,
     Plant,
     PumpSignal,
-    Tally,
     WindowTruth,
     apply_faults,
     duty_cycle,
     make_profiles,
-    parse_duration,
-    parse_time,
     plan_faults,
-    simulate_command,
-    stamp_clock,
     window_truth,
 )
+from app.simulator.report import SimulationReport, Tally, summary
 
 PERIOD = 60.0
 DAY = int(DAY_S / PERIOD)
@@ -339,6 +345,58 @@ def test_tally_precision_and_recall() -> None:
     assert tally.fault_recall == 0.75
     assert tally.scored == 95
     assert Tally().precision is None and Tally().recall is None
+
+
+def test_alarm_level_tally_and_summary() -> None:
+    tally = Tally(tp=6, fp=2, fn=3, alarm_events_true=3, alarm_events_false=1)
+    assert tally.alarm_events == 4 and tally.alarm_precision == 0.75
+    assert Tally().alarm_precision is None
+    report = SimulationReport(steps=10, machines=[], faults=[], total=tally, events=[])
+    assert "alarm event" not in summary(report)
+    report.alarms_api = True
+    assert "4 alarm event(s), 3 on a fault (precision 0.75)" in summary(report)
+
+
+# -- the operator ------------------------------------------------------------------------
+
+
+def test_an_alarm_is_on_the_fault_it_overlaps_by_a_quarter_window() -> None:
+    faults = [fault(FaultKind.CAVITATION, 100, 200), fault(FaultKind.BEARING_WEAR, 300, 400)]
+    assert alarm_truth(150, 170, faults, window_size=16).fault is faults[0]
+    assert alarm_truth(380, 450, faults, window_size=16).fault is faults[1]
+    assert alarm_truth(190, 320, faults, window_size=16).fault is faults[1], "the larger overlap"
+    assert alarm_truth(220, 260, faults, window_size=16).fault is None, "healthy running"
+    grazing = alarm_truth(197, 230, faults, window_size=16)  # 3 steps < 16 / 4
+    assert grazing.fault is None and grazing.overlap == 3
+
+
+def always() -> Operator:
+    return Operator(OperatorPolicy(1.0, 1.0, 1.0), np.random.default_rng(0))
+
+
+def never() -> Operator:
+    return Operator(OperatorPolicy(0.0, 0.0, 0.0), np.random.default_rng(0))
+
+
+def test_the_operator_judges_alarms_by_the_truth() -> None:
+    wear = fault(FaultKind.BEARING_WEAR, 100, 200)
+    on_fault = alarm_truth(120, 140, [wear], window_size=16)
+    assert always().alarm(7, on_fault) == AlarmVerdict(7, "bearing_wear", "confirmed bearing_wear")
+    healthy = alarm_truth(300, 320, [wear], window_size=16)
+    assert always().alarm(8, healthy) == AlarmVerdict(8, "false_positive", "healthy running")
+    assert never().alarm(7, on_fault) is None and never().alarm(8, healthy) is None
+
+
+def test_the_operator_labels_windows_without_the_alarms_api() -> None:
+    drift = fault(FaultKind.SENSOR_DRIFT, 100, 200, channel=FLOW)
+    assert always().false_alarm_window("s1") == ScoreLabel("s1", "false_positive")
+    assert always().missed_fault("s2") == ScoreLabel("s2", "false_negative")
+    ranged = always().caught_fault(drift, seen_until=150, score_id="s3")
+    assert ranged == RangeLabel(
+        100, 149, "sensor_drift", "confirmed sensor_drift (flow) after alarm s3"
+    )
+    assert never().caught_fault(drift, seen_until=150, score_id="s3") is None
+    assert never().false_alarm_window("s1") is None and never().missed_fault("s2") is None
 
 
 # -- the command line ----------------------------------------------------------------------

@@ -12,11 +12,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import pytest
 from rich.console import Console
+from vigil_client import Client
 
-from app.simulate import Simulation, SimulationConfig, VigilApi
+from app.simulator.driver import Simulation, SimulationConfig
 
 SERVE = "import sys; from app.cli import main; sys.argv[0] = 'vigil'; main()"
 
@@ -85,28 +85,33 @@ def test_the_simulator_drives_a_live_service(live_vigil: LiveVigil) -> None:
         drain_timeout_s=180.0,
     )
     output = io.StringIO()
-    api = VigilApi(live_vigil.url, live_vigil.key)
-    try:
-        report = Simulation(config, api=api, console=Console(file=output, width=160)).run()
-    finally:
-        api.close()
+    with Client(live_vigil.url, api_key=live_vigil.key) as client:
+        report = Simulation(config, client=client, console=Console(file=output, width=160)).run()
 
-    assert not report.interrupted
-    assert report.steps == 1200
-    assert report.faults, "the plan must inject faults after the warm-up"
-    windows_per_pump = (1200 - 576 - 32) // 16 + 1
-    for run in report.machines:
-        assert run.posted == 1200
-        assert run.trainings == 1 and run.model_version == "1", output.getvalue()
-        assert run.tally.scored == windows_per_pump
-    assert report.total.scored == 2 * windows_per_pump
-    # Every label the operator reported is stored, on the series it was meant for.
-    headers = {"Authorization": f"Bearer {live_vigil.key}"}
-    with httpx.Client(base_url=live_vigil.url, headers=headers, timeout=30) as client:
+        assert not report.interrupted
+        assert report.steps == 1200
+        assert report.faults, "the plan must inject faults after the warm-up"
+        windows_per_pump = (1200 - 576 - 32) // 16 + 1
         for run in report.machines:
-            stored = client.get("/v1/labels", params={"series_id": run.series_id, "limit": 1000})
-            assert stored.status_code == 200
-            assert len(stored.json()["labels"]) == run.feedback
-        names = {item["name"] for item in client.get("/v1/series").json()["series"]}
-    assert {run.series_name for run in report.machines} <= names
+            assert run.posted == 1200
+            assert run.trainings == 1 and run.model_version == "1", output.getvalue()
+            assert run.tally.scored == windows_per_pump
+        assert report.total.scored == 2 * windows_per_pump
+        names = {series.name for series in client.iter_series()}
+        assert {run.series_name for run in report.machines} <= names
+        if report.alarms_api:
+            # The operator judged the service's alarms: every verdict it reported is stored
+            # on the alarm it was meant for, and every alarm it saw is one of its series'.
+            for run in report.machines:
+                alarms = list(client.iter_alarms(series_id=run.series_id))
+                assert {a.id for a in alarms} == set(run.alarms)
+                assert sum(1 for a in alarms if a.verdict) >= run.verdicts
+            assert report.total.alarm_events == sum(len(run.alarms) for run in report.machines)
+            assert report.total.alarm_events >= 1, "faults on a trained pump open alarms"
+            assert "alarm" in output.getvalue()
+        else:
+            # Every label the operator reported is stored, on the series it was meant for.
+            for run in report.machines:
+                stored = list(client.iter_labels(series_id=run.series_id))
+                assert len(stored) == run.feedback
     assert "Vigil plant simulator" in output.getvalue()
