@@ -138,6 +138,29 @@ def test_the_operators_loop(loop_plant: Plant, context: Any) -> None:
     page.evaluate("window.scrollTo(0, 0)")
     screenshot(page, "series-alarms", full_page=True)
 
+    # A read key sees the queue but every verdict button is disabled, and a forged verdict
+    # (its own session cookie and CSRF token) is refused.
+    plant.make_key("reader", "read")
+    reader = context.browser.new_context(viewport={"width": 1366, "height": 768})
+    try:
+        looker = reader.new_page()
+        sign_in(looker, plant.base, plant.keys["reader"])
+        looker.goto(f"{plant.base}/console/alarms?series_id={series_id}")
+        seen = looker.locator(f'article.alarm[data-alarm="{benign[0]["id"]}"]')
+        seen.wait_for()
+        for button in ("verdict-fp", "verdict-confirm", "verdict-ack"):
+            assert seen.locator(f"button.{button}").is_disabled()
+        csrf = looker.get_attribute('meta[name="csrf-token"]', "content")
+        forged = looker.request.post(
+            f"{plant.base}/v1/alarms/{benign[0]['id']}/verdict",
+            headers={"X-CSRF-Token": csrf},
+            data={"label": "false_positive"},
+        )
+        assert forged.status == 403, forged.text()
+    finally:
+        reader.close()
+    assert plant.api("GET", f"/v1/alarms/{benign[0]['id']}").json()["verdict"] is None
+
     # The review queue: one click marks the benign alarm false; a shortcut confirms the fault.
     page.goto(f"{plant.base}/console/alarms?series_id={series_id}")
     card = page.locator(f'article.alarm[data-alarm="{benign[0]["id"]}"]')
