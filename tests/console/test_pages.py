@@ -98,7 +98,7 @@ def test_series_chart_decimates_and_brush_labels_a_range(plant: Plant, context: 
     _open_series(page, plant, "pump-1")
     assert page.locator(".chart").count() == 4  # three channels and the score
     assert page.locator("#charts").get_attribute("data-points") == "6000"
-    screenshot(page, "series")
+    screenshot(page, "series", full_page=True)
 
     # The server sends at most two points per pixel column, whatever the range holds.
     chart = page.request.get(

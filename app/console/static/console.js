@@ -237,7 +237,12 @@
       opts.series = [{}, { label: "score", stroke: css("--text"), width: 1.5, points: { show: false } }];
       const ys = chart.scores.v.filter((v) => v !== null);
       const top = Math.max(state.threshold || 0, ...(ys.length ? ys : [1])) * 1.1;
-      opts.scales.y = { range: [0, top || 1] };
+      // A fault can score a hundred times the threshold: then an asinh scale (linear near 0,
+      // logarithmic far above) keeps both the threshold line and the peaks readable.
+      const threshold = state.threshold || 0;
+      opts.scales.y = threshold > 0 && top > 20 * threshold
+        ? { distr: 4, asinh: threshold, range: [0, top] }
+        : { range: [0, top || 1] };
       state.charts.push(new uPlot(opts, [chart.scores.t, chart.scores.v], scoreDiv));
     }
 
