@@ -46,6 +46,11 @@ class Principal:
         if self.series is not None and series_id not in self.series:
             raise Forbidden(f"this API key may not use series {series_id}")
 
+    def require_every_series(self, what: str) -> None:
+        """403 for a key restricted to some series: `what` concerns every series."""
+        if self.series is not None:
+            raise Forbidden(f"this API key is restricted to certain series; {what}")
+
 
 _PG_LIVE_KEYS = (
     "SELECT (SELECT generation FROM activations WHERE id = 1), "

@@ -117,3 +117,12 @@ Scorer = Annotated[Principal, Depends(require("score"))]
 Labeller = Annotated[Principal, Depends(require("label"))]
 Trainer = Annotated[Principal, Depends(require("train"))]
 Admin = Annotated[Principal, Depends(require("admin"))]
+
+
+async def _fleet_admin(key: Admin) -> Principal:
+    key.require_every_series("this operation concerns every series (webhooks, audit)")
+    return key
+
+
+FleetAdmin = Annotated[Principal, Depends(_fleet_admin)]
+"""Admin scope on a key that is not restricted to some series: for what concerns them all."""

@@ -228,6 +228,7 @@ def test_read_back_honours_start_end_and_limit(
     assert read_back(client, series["id"], admin, start=T0 + 100) == {
         "timestamps": [],
         "values": [],
+        "next_cursor": None,
     }
     url = f"/v1/series/{series['id']}/points"
     assert_problem(client.get(url, params={"limit": 100_001}, headers=admin), 422, "limit")

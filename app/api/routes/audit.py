@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from app.api.deps import Admin, SessionDep
+from app.api.deps import FleetAdmin, SessionDep
 from app.schemas.audit import AuditOut, AuditPage
 from app.schemas.common import AUTH_RESPONSES
 from app.schemas.paging import DEFAULT_LIMIT, CursorQuery, LimitQuery
@@ -26,7 +26,7 @@ router = APIRouter(prefix="/v1", tags=["audit"], responses=AUTH_RESPONSES)
 )
 def list_all(
     session: SessionDep,
-    _: Admin,
+    _: FleetAdmin,
     limit: LimitQuery = DEFAULT_LIMIT,
     cursor: CursorQuery = None,
     action: Annotated[

@@ -6,7 +6,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Path, Query, Response, status
 
-from app.api.deps import Admin, SessionDep
+from app.api.deps import FleetAdmin, SessionDep
 from app.detection.webhooks import (
     create_webhook,
     delete_webhook,
@@ -49,7 +49,7 @@ NOT_FOUND: dict[int | str, dict[str, Any]] = {
     responses={422: {"description": "A URL that is not http(s), or an unknown event"}},
 )
 def create(
-    body: WebhookCreate, session: SessionDep, _: Admin, response: Response
+    body: WebhookCreate, session: SessionDep, _: FleetAdmin, response: Response
 ) -> WebhookCreated:
     created = create_webhook(session=session, body=body)
     response.headers["Location"] = f"/v1/webhooks/{created.id}"
@@ -59,7 +59,7 @@ def create(
 @router.get("", summary="List webhooks, oldest first (admin scope)")
 def read_all(
     session: SessionDep,
-    _: Admin,
+    _: FleetAdmin,
     limit: LimitQuery = DEFAULT_LIMIT,
     cursor: CursorQuery = None,
 ) -> WebhookList:
@@ -67,7 +67,7 @@ def read_all(
 
 
 @router.get("/{webhook_id}", summary="One webhook (admin scope)", responses=NOT_FOUND)
-def read(webhook_id: WebhookIdPath, session: SessionDep, _: Admin) -> WebhookOut:
+def read(webhook_id: WebhookIdPath, session: SessionDep, _: FleetAdmin) -> WebhookOut:
     return get_webhook(session=session, webhook_id=webhook_id)
 
 
@@ -77,7 +77,7 @@ def read(webhook_id: WebhookIdPath, session: SessionDep, _: Admin) -> WebhookOut
     summary="Delete a webhook; its pending deliveries are dropped (admin scope)",
     responses=NOT_FOUND,
 )
-def remove(webhook_id: WebhookIdPath, session: SessionDep, _: Admin) -> Response:
+def remove(webhook_id: WebhookIdPath, session: SessionDep, _: FleetAdmin) -> Response:
     delete_webhook(session=session, webhook_id=webhook_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
@@ -95,7 +95,7 @@ def remove(webhook_id: WebhookIdPath, session: SessionDep, _: Admin) -> Response
 def read_deliveries(
     webhook_id: WebhookIdPath,
     session: SessionDep,
-    _: Admin,
+    _: FleetAdmin,
     status_: Annotated[
         Literal["pending", "delivered", "failed"] | None,
         Query(alias="status", description="Only deliveries in this state."),
