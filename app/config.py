@@ -197,6 +197,26 @@ class Settings(BaseSettings):
 
     retention_batch_rows: int = Field(default=5000, ge=1)
     """Rows one retention DELETE removes at most: short transactions, never a long table lock."""
+    detect_enabled: bool = True
+    """Run the detector in each API process: it scores the windows that ingestion adds to a
+    series with an active model and keeps alarms (app/detection/). Processes share the work
+    through the database, so no window is scored twice at once."""
+
+    detect_lag_seconds: float = Field(default=5.0, gt=0)
+    """The most time from a committed point batch to its stored window scores."""
+
+    detect_poll_seconds: float = Field(default=0.25, gt=0)
+    """How often an idle detector looks for series with new points."""
+
+    detect_max_windows: int = Field(default=1024, ge=1)
+    """Windows one detector pass scores at most; the rest of a large batch goes to the next."""
+
+    detect_lease_seconds: float = Field(default=60.0, gt=0)
+    """A series held by a detector that stopped responding goes to another after this long."""
+
+    alarm_close_after: int = Field(default=3, ge=1)
+    """Quiet windows after an alarm's last flagged one that close it (at least the series'
+    `alarm_merge_gap` + 1, so that a closed alarm could not have grown any more)."""
 
     console_session_secret: str | None = Field(default=None, repr=False)
     """Signs console sessions; unset: a random one per process (sign-ins end at restart, and

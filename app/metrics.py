@@ -33,6 +33,7 @@ from app.db.models import (
     DELIVERY_PENDING,
     JOB_QUEUED,
     MODEL_ACTIVE,
+    Alarm,
     Job,
     ModelVersion,
     Point,
@@ -87,6 +88,53 @@ WEBHOOK_DELIVERIES = Counter(
     "Webhook delivery attempts by event and outcome (delivered, retry, failed).",
     ["event", "outcome"],
 )
+
+DETECT_WINDOWS = Counter(
+    "vigil_detect_windows",
+    "Windows the detector scored on ingest: `new` ones, and `rescored` ones whose points changed.",
+    ["series", "result"],
+)
+DETECT_FLAGGED = Counter(
+    "vigil_detect_flagged_windows",
+    "Windows the detector flagged (a window scored again counts only if it was not flagged).",
+    ["series"],
+)
+ALARMS_OPENED = Counter("vigil_alarms_opened", "Alarms opened.", ["series", "kind"])
+ALARMS_CLOSED = Counter(
+    "vigil_alarms_closed", "Alarms closed after a quiet period.", ["series", "kind"]
+)
+DETECT_LAG = Histogram(
+    "vigil_detect_lag_seconds",
+    "From a committed point batch to its stored window scores.",
+    buckets=(0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0),
+)
+
+
+class DetectionMetrics(NamedTuple):
+    """The detection metrics of one series, with the series label applied."""
+
+    windows_new: Any
+    windows_rescored: Any
+    windows_flagged: Any
+    lag: Any
+    series: str
+
+    def opened(self, kind: str) -> Any:
+        return ALARMS_OPENED.labels(self.series, kind)
+
+    def closed(self, kind: str) -> Any:
+        return ALARMS_CLOSED.labels(self.series, kind)
+
+
+@functools.lru_cache(maxsize=4096)
+def detection_metrics(series: str) -> DetectionMetrics:
+    return DetectionMetrics(
+        DETECT_WINDOWS.labels(series, "new"),
+        DETECT_WINDOWS.labels(series, "rescored"),
+        DETECT_FLAGGED.labels(series),
+        DETECT_LAG,
+        series,
+    )
 
 
 class SeriesMetrics(NamedTuple):
@@ -163,6 +211,9 @@ class DatabaseCollector(Collector):
             "Unix time of the newest stored point per series.",
             labels=["series"],
         )
+        open_alarms = GaugeMetricFamily(
+            "vigil_open_alarms", "Alarms not closed yet, per series.", labels=["series"]
+        )
         now = time.time()
         with self._sessions() as session:
             depth = session.scalar(select(func.count()).where(Job.status == JOB_QUEUED))
@@ -182,7 +233,15 @@ class DatabaseCollector(Collector):
             for name, ts in session.execute(select(Series.name, last_ts)):
                 if ts is not None:
                     newest.add_metric([name], ts / 1e6)
-        yield from (queue, version, age, newest)
+            counts = session.execute(
+                select(Series.name, func.count(Alarm.id))
+                .join(Alarm, Alarm.series_id == Series.id)
+                .where(Alarm.closed_at.is_(None))
+                .group_by(Series.name)
+            )
+            for name, count in counts:
+                open_alarms.add_metric([name], float(count))
+        yield from (queue, version, age, newest, open_alarms)
 
 
 def multiprocess_enabled() -> bool:

@@ -20,6 +20,7 @@ from app.config import Settings
 from app.db.base import utcnow
 from app.db.models import Activations, ApiKey
 from app.db.session import make_engine, make_sessionmaker, transaction
+from app.detection.detector import Detector
 from app.errors import Forbidden
 from app.scoring.batcher import MicroBatcher
 from app.scoring.log import ScoreLog
@@ -243,6 +244,8 @@ class Runtime:
     keys: KeyLookup
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     loop: asyncio.AbstractEventLoop | None = None
+    detector: Detector | None = None
+    """Scores what ingestion adds (app/detection/); None if VIGIL_DETECT_ENABLED=false."""
 
     @classmethod
     def build(cls, settings: Settings) -> Runtime:
@@ -274,6 +277,7 @@ class Runtime:
             ),
             score_log=score_log,
             keys=KeyLookup(engine),
+            detector=Detector(settings, sessions=sessions) if settings.detect_enabled else None,
         )
 
     def flush_scores(self) -> int:
@@ -308,8 +312,12 @@ class Runtime:
             self.tasks.append(
                 loop.create_task(self.score_log.run(self.settings.score_log_flush_seconds))
             )
+        if self.detector is not None:
+            self.detector.start()
 
     async def stop(self) -> None:
+        if self.detector is not None:
+            await asyncio.to_thread(self.detector.stop)
         for task in self.tasks:
             task.cancel()
         for task in self.tasks:

@@ -2,9 +2,10 @@
 
 from fastapi import APIRouter
 
-from app.api.routes import audit, health, jobs, labels, points, scores, series, webhooks
+from app.api.routes import alarms, audit, health, jobs, labels, points, scores, series, webhooks
 from app.api.routes import models as model_versions
 
 api_router = APIRouter()
-for module in (health, series, points, scores, labels, jobs, model_versions, webhooks, audit):
+routers = (health, series, points, scores, labels, jobs, model_versions, alarms, webhooks, audit)
+for module in routers:
     api_router.include_router(module.router)

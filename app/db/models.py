@@ -78,6 +78,10 @@ class Series(Base):
     """Per-series training options (schemas/series.py TrainingOptions); null: the defaults."""
     max_gap: Mapped[float | None] = mapped_column(Float, default=None)
     """Seconds: no window spans a longer gap between points (None: derived, app/timegaps.py)."""
+    detect: Mapped[bool] = mapped_column(Boolean, default=True, server_default=text("true"))
+    """Score the windows that ingestion adds with the active model (app/detection/)."""
+    alarm_merge_gap: Mapped[int] = mapped_column(Integer, default=2, server_default=text("2"))
+    """Unflagged windows between two flagged ones that still leave them in one alarm."""
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
@@ -311,3 +315,100 @@ class AuditRecord(Base):
     """What it was done to, e.g. `series/7`."""
     detail: Mapped[dict[str, Any]] = mapped_column()
     """What the operation removed or changed, e.g. the rows deleted per table."""
+
+
+# -- detection (app/detection/) ----------------------------------------------------------------
+ALARM_OPEN = "open"
+ALARM_CLOSED = "closed"
+ALARM_ACKNOWLEDGED = "acknowledged"
+ALARM_DISMISSED = "dismissed"
+ALARM_CONFIRMED = "confirmed"
+ALARM_STATUSES = (ALARM_OPEN, ALARM_CLOSED, ALARM_ACKNOWLEDGED, ALARM_DISMISSED, ALARM_CONFIRMED)
+
+
+class DetectState(Base):
+    """Per series: the time range ingestion changed since the detector last looked, and the
+    detector that holds the series while it scores (a lease, as jobs have)."""
+
+    __tablename__ = "detect_state"
+
+    series_id: Mapped[int] = mapped_column(
+        ForeignKey("series.id", ondelete="CASCADE"), primary_key=True
+    )
+    dirty_from: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    """Earliest timestamp (µs) of a point written since the last claim; None: nothing new."""
+    dirty_until: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    """Latest timestamp (µs) of a point written since the last claim."""
+    dirty_at: Mapped[datetime | None] = mapped_column(default=None)
+    """When the oldest of those writes was made (the detection lag runs from here)."""
+    claimed_from: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    """The range a detector took over with its lease; given back if its lease expires."""
+    claimed_until: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    claimed_at: Mapped[datetime | None] = mapped_column(default=None)
+    lease_owner: Mapped[str | None] = mapped_column(String(100), default=None)
+    lease_expires_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class WindowScore(Base):
+    """A window of a series' stored points, scored by the detector (not by /v1/score)."""
+
+    __tablename__ = "window_scores"
+    __table_args__ = (Index("ix_window_scores_series_seq", "series_id", "seq"),)
+
+    series_id: Mapped[int] = mapped_column(
+        ForeignKey("series.id", ondelete="CASCADE"), primary_key=True
+    )
+    start_ts: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    end_ts: Mapped[int] = mapped_column(BigInteger)
+    seq: Mapped[int] = mapped_column(BigInteger)
+    """The window's place in the series' window grid (one step = `stride` points)."""
+    digest: Mapped[bytes] = mapped_column(LargeBinary)
+    """BLAKE2b of the window's timestamps and values: a changed point changes it."""
+    model_version: Mapped[int] = mapped_column(Integer)
+    raw_score: Mapped[float] = mapped_column(Float)
+    score: Mapped[float] = mapped_column(Float)
+    adjusted_score: Mapped[float] = mapped_column(Float)
+    threshold: Mapped[float] = mapped_column(Float)
+    is_anomaly: Mapped[bool] = mapped_column(Boolean)
+    """Adjusted score above the threshold, or a data-quality check failed."""
+    quality: Mapped[list[dict[str, str]]] = mapped_column(JSON)
+    """Failed data-quality checks, `{"check", "channel"}` each."""
+    contributions: Mapped[list[float]] = mapped_column(JSON)
+    """Per channel (series order), its share of the raw score (models.ScoreBatch)."""
+    scored_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Alarm(Base):
+    """Consecutive flagged windows of one series and one cause, as one event."""
+
+    __tablename__ = "alarms"
+    __table_args__ = (
+        Index("ix_alarms_series_seq", "series_id", "last_seq"),
+        Index("ix_alarms_open", "series_id", "closed_at"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    series_id: Mapped[int] = mapped_column(ForeignKey("series.id", ondelete="CASCADE"))
+    kind: Mapped[str] = mapped_column(String(16))
+    """`model` (the score passed the threshold) or `data_quality` (a check failed)."""
+    check: Mapped[str | None] = mapped_column(String(32), default=None)
+    status: Mapped[str] = mapped_column(String(16), default=ALARM_OPEN)
+    first_seq: Mapped[int] = mapped_column(BigInteger)
+    last_seq: Mapped[int] = mapped_column(BigInteger)
+    start_ts: Mapped[int] = mapped_column(BigInteger)
+    end_ts: Mapped[int] = mapped_column(BigInteger)
+    windows: Mapped[int] = mapped_column(Integer)
+    peak_score: Mapped[float] = mapped_column(Float)
+    threshold: Mapped[float] = mapped_column(Float)
+    model_version: Mapped[int] = mapped_column(Integer)
+    channels: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    opened_at: Mapped[datetime] = mapped_column(default=utcnow)
+    closed_at: Mapped[datetime | None] = mapped_column(default=None)
+    acknowledged_at: Mapped[datetime | None] = mapped_column(default=None)
+    acknowledged_by: Mapped[str | None] = mapped_column(String(200), default=None)
+    verdict: Mapped[str | None] = mapped_column(String(100), default=None)
+    verdict_at: Mapped[datetime | None] = mapped_column(default=None)
+    verdict_by: Mapped[str | None] = mapped_column(String(200), default=None)
+    verdict_note: Mapped[str | None] = mapped_column(Text, default=None)
+    label_ids: Mapped[list[int] | None] = mapped_column(JSON, default=None)
+    retrain_job_id: Mapped[int | None] = mapped_column(Integer, default=None)

@@ -137,6 +137,18 @@ class SeriesCreate(BaseModel):
         default=None, description="Training options; left out: the service's defaults."
     )
     max_gap: MaxGap | None = Field(default=None, description=MAX_GAP_DESCRIPTION)
+    detect: bool = Field(
+        default=True,
+        description="Score the windows that ingestion adds with the active model and raise "
+        "alarms (GET /v1/alarms), without any /v1/score call.",
+    )
+    alarm_merge_gap: int = Field(
+        default=2,
+        ge=0,
+        le=1000,
+        description="Unflagged windows between two flagged ones that still leave them in one "
+        "alarm.",
+    )
 
     @field_validator("channels")
     @classmethod
@@ -199,6 +211,15 @@ class SeriesUpdate(BaseModel):
     reset_max_gap: bool = Field(
         default=False, description="Back to the derived gap limit (max_gap null)."
     )
+    detect: bool | None = Field(
+        default=None, description="Turn detection on ingest on or off for this series."
+    )
+    alarm_merge_gap: int | None = Field(
+        default=None,
+        ge=0,
+        le=1000,
+        description="Unflagged windows between flagged ones that still merge into one alarm.",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -234,6 +255,10 @@ class SeriesOut(BaseModel):
     def _defaults(cls, value: Any) -> Any:
         return {} if value is None else value
 
+    detect: bool = Field(default=True, description="Detection on ingest is on.")
+    alarm_merge_gap: int = Field(
+        default=2, description="Unflagged windows that still merge flagged ones into one alarm."
+    )
     created_at: UtcDateTime
     updated_at: UtcDateTime
 

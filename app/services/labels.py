@@ -40,12 +40,14 @@ def create_label(
     settings: Settings,
     flush_scores: Callable[[], object],
     check_series: Callable[[int], None],
+    before_commit: Callable[[Label, Job | None], None] | None = None,
 ) -> LabelCreated:
     """Store a range label or score feedback; queue a retrain after enough new labels.
 
     `flush_scores` writes the scored windows still buffered in this process, so that feedback
     on a score made a moment ago finds it. `check_series` raises if the caller may not label
-    the series (checked before anything is written).
+    the series (checked before anything is written). `before_commit` lets a caller record
+    its own changes in the same transaction (an alarm's verdict: app/detection/alarms.py).
     """
     points = windows = None
     warnings: list[str] = []
@@ -83,6 +85,8 @@ def create_label(
     if job is not None:
         session.flush()
         label.job_id = job.id
+    if before_commit is not None:
+        before_commit(label, job)
     session.commit()
     LABELS.labels(series=series.name, label=label.label).inc()
     if label.label in FEEDBACK_CLASSES:

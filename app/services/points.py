@@ -38,6 +38,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.db.models import Point, Series
+from app.detection.marks import mark_written
 from app.errors import InvalidInput, PayloadTooLarge, ServiceUnavailable, UnsupportedMediaType
 from app.metrics import POINTS_INGESTED
 from app.schemas.common import (
@@ -528,6 +529,10 @@ def upsert_points(*, session: Session, series: Series, batch: PointBatch) -> Ing
             inserted, updated = _upsert_postgres(session, series.id, ts, rows)
         else:
             inserted, updated = _upsert_sqlite(session, series.id, ts, rows)
+        if inserted or updated:  # the detector scores the windows these points touch
+            mark_written(
+                session=session, series_id=series.id, first_ts=int(ts[0]), last_ts=int(ts[-1])
+            )
     session.commit()
     POINTS_INGESTED.labels(series=series.name).inc(batch.received)
     warnings = []

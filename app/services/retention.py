@@ -40,6 +40,14 @@ class Retention:
 RETENTION: tuple[Retention, ...] = (
     Retention("points", "ts", lambda s: s.points_retention_days, epoch_us=True, per_series=True),
     Retention("scores", "created_at", lambda s: s.score_retention_hours / 24),
+    Retention(
+        "window_scores",
+        "start_ts",
+        lambda s: s.scores_retention_days,
+        epoch_us=True,
+        per_series=True,
+    ),
+    Retention("alarms", "end_ts", lambda s: s.alarms_retention_days, epoch_us=True),
 )
 """One entry per table with a retention; adding a table is adding a line."""
 

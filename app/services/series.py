@@ -35,6 +35,8 @@ def create_series(*, session: Session, spec: SeriesCreate) -> Series:
         labels_since_train=0,
         training=spec.training.model_dump(exclude_none=True) if spec.training else None,
         max_gap=spec.max_gap,
+        detect=spec.detect,
+        alarm_merge_gap=spec.alarm_merge_gap,
     )
     try:
         with session.begin_nested():
@@ -160,5 +162,9 @@ def update_series(*, session: Session, series_id: int, update: SeriesUpdate) -> 
         series.max_gap = None
     elif update.max_gap is not None and update.max_gap != series.max_gap:
         series.max_gap = update.max_gap
+    if update.detect is not None and update.detect != series.detect:
+        series.detect = update.detect
+    if update.alarm_merge_gap is not None and update.alarm_merge_gap != series.alarm_merge_gap:
+        series.alarm_merge_gap = update.alarm_merge_gap
     session.commit()
     return series

@@ -22,7 +22,7 @@ from sqlalchemy import update
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.db.base import utcnow
-from app.db.models import ApiKey
+from app.db.models import Alarm, ApiKey
 from app.security import SCOPES, create_key, revoke_key
 
 Headers = dict[str, str]
@@ -222,10 +222,11 @@ BODIES: dict[str, Any] = {
     "POST /v1/series/{series_id}/points": {"timestamps": [1767225900], "values": [[1.0]]},
     "POST /v1/labels": {"series_id": 1, "start": 1767225600, "end": 1767225700, "label": "idle"},
     "POST /v1/score": {"series_id": 1, "windows": [[[1.0]] * 4]},
+    "POST /v1/alarms/{alarm_id}/verdict": {"label": "false_positive"},
 }
 """Bodies that name series 1, for the routes that read one (the others get `{}`)."""
 
-LISTS = {"GET /v1/series", "GET /v1/labels", "GET /v1/jobs"}
+LISTS = {"GET /v1/series", "GET /v1/labels", "GET /v1/jobs", "GET /v1/alarms"}
 """Routes that answer a restricted key with only its own series' items."""
 
 
@@ -268,6 +269,24 @@ def test_series_restriction_matrix(
     gets past the restriction everywhere but where an operation concerns every series (series
     creation, webhooks, the audit log)."""
     before = _seed_series_one(client, admin)
+    with sessions() as session, session.begin():  # alarm 1, of series 1 (detection on ingest)
+        session.add(
+            Alarm(
+                series_id=1,
+                kind="model",
+                status="open",
+                first_seq=0,
+                last_seq=0,
+                start_ts=1_767_225_600_000_000,
+                end_ts=1_767_225_603_000_000,
+                windows=1,
+                peak_score=5.0,
+                threshold=1.0,
+                model_version=1,
+                channels=[],
+                opened_at=utcnow(),
+            )
+        )
     own = client.post(
         "/v1/series",
         json={"name": "two", "channels": ["a"], "window_size": 4, "stride": 2},

@@ -36,6 +36,12 @@ CONTRACT: dict[str, Metric] = {
     "vigil_active_model_version": _metric("gauge", "series"),
     "vigil_model_age_seconds": _metric("gauge", "series"),
     "vigil_last_point_timestamp_seconds": _metric("gauge", "series"),
+    "vigil_detect_windows_total": _metric("counter", "series", "result"),
+    "vigil_detect_flagged_windows_total": _metric("counter", "series"),
+    "vigil_alarms_opened_total": _metric("counter", "series", "kind"),
+    "vigil_alarms_closed_total": _metric("counter", "series", "kind"),
+    "vigil_detect_lag_seconds": _metric("histogram"),
+    "vigil_open_alarms": _metric("gauge", "series"),
 }
 BUILTIN: dict[str, Metric] = {"up": _metric("gauge")}
 TARGET_LABELS = frozenset({"job", "instance"})  # added by Prometheus to every scraped series
