@@ -18,17 +18,19 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from app.console.decimate import decimate
-from app.db import models as db_models
 from app.db.models import (
+    ALARM_OPEN,
     JOB_QUEUED,
     JOB_RUNNING,
     MODEL_ACTIVE,
+    Alarm,
     Job,
     Label,
     ModelVersion,
     Point,
     ScoreRecord,
     Series,
+    WindowScore,
 )
 from app.errors import Forbidden, SeriesNotFound
 from app.runtime import Principal
@@ -90,21 +92,12 @@ class AlarmSummary:
     worst: float | None
 
 
-def detection_table(name: str) -> Any | None:
-    """The detection work's ORM class `name` (app/db/models.py), or None where this build has
-    no detection tables: the console then shows no alarms and scores from the score log."""
-    return getattr(db_models, name, None)
-
-
 def alarm_summaries(*, session: Session, series_ids: Sequence[int]) -> dict[int, AlarmSummary]:
-    """Open alarms per series and their worst peak score."""
-    alarm = detection_table("Alarm")
-    if alarm is None:
-        return {}
+    """Open alarms per series and their worst peak score (app/detection/alarms.py)."""
     rows = session.execute(
-        select(alarm.series_id, func.count(alarm.id), func.max(alarm.peak_score))
-        .where(alarm.series_id.in_(list(series_ids)), alarm.status == "open")
-        .group_by(alarm.series_id)
+        select(Alarm.series_id, func.count(Alarm.id), func.max(Alarm.peak_score))
+        .where(Alarm.series_id.in_(list(series_ids)), Alarm.status == ALARM_OPEN)
+        .group_by(Alarm.series_id)
     ).all()
     return {int(series_id): AlarmSummary(int(count), worst) for series_id, count, worst in rows}
 
@@ -228,18 +221,15 @@ def stored_scores(
     The detector's stored window scores where there are any in the range; else the windows
     scored through /v1/score and kept for feedback, a window scored several times keeping
     its newest score."""
-    window_score = detection_table("WindowScore")
-    rows: Sequence[Any] = []
-    if window_score is not None:
-        rows = session.execute(
-            select(window_score.end_ts, window_score.adjusted_score)
-            .where(
-                window_score.series_id == series_id,
-                window_score.end_ts >= start,
-                window_score.end_ts <= end,
-            )
-            .order_by(window_score.end_ts)
-        ).all()
+    rows: Sequence[Any] = session.execute(
+        select(WindowScore.end_ts, WindowScore.adjusted_score)
+        .where(
+            WindowScore.series_id == series_id,
+            WindowScore.end_ts >= start,
+            WindowScore.end_ts <= end,
+        )
+        .order_by(WindowScore.end_ts)
+    ).all()
     if not rows:
         rows = session.execute(
             select(ScoreRecord.end_ts, ScoreRecord.adjusted_score)

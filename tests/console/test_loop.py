@@ -21,7 +21,6 @@ from typing import Any
 import numpy as np
 import pytest
 
-from app.db import models as db_models
 from tests.console.conftest import Plant, screenshot, sign_in, start_plant
 from tests.utils.stream import make_stream
 
@@ -29,10 +28,6 @@ pytestmark = [
     pytest.mark.slow,
     # Two trainings of 300-1000 steps on a shared 2-core machine: more than the default 300 s.
     pytest.mark.timeout(900),
-    pytest.mark.skipif(
-        not hasattr(db_models, "Alarm"),
-        reason="needs the detection work (alarms, app/detection), not merged in this build",
-    ),
 ]
 
 FAULT = (1800, 1840)  # channel c1 shifted up by 3

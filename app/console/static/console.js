@@ -364,7 +364,17 @@
         } catch (error) { toast("Label refused: " + error.message, true); }
       });
     }
-    window.addEventListener("resize", () => { clearTimeout(window.__vr); window.__vr = setTimeout(() => load(state.start, state.end), 300); });
+    // Redraw when the charts' width changes (not their height: a full-page screenshot or a
+    // mobile toolbar changes that alone).
+    let drawnWidth = holder.clientWidth, resizing = null;
+    window.addEventListener("resize", () => {
+      clearTimeout(resizing);
+      resizing = setTimeout(() => {
+        if (holder.clientWidth === drawnWidth) return;
+        drawnWidth = holder.clientWidth;
+        load(state.start, state.end);
+      }, 300);
+    });
     document.addEventListener("vigil:theme", () => load(state.start, state.end));
     load(null, null);
   }
