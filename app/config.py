@@ -218,6 +218,16 @@ class Settings(BaseSettings):
     """Quiet windows after an alarm's last flagged one that close it (at least the series'
     `alarm_merge_gap` + 1, so that a closed alarm could not have grown any more)."""
 
+    console_session_secret: str | None = Field(default=None, repr=False)
+    """Signs console sessions; unset: a random one per process (sign-ins end at restart, and
+    with several workers a session only works on the process that made it). Set it then."""
+
+    console_session_hours: float = Field(default=12.0, gt=0)
+    """How long a console sign-in lasts."""
+
+    console_stale_minutes: float = Field(default=60.0, gt=0)
+    """The console calls a series' data stale when its newest point is older than this."""
+
     @model_validator(mode="after")
     def _enforce_production_secrets(self) -> Settings:
         if self.environment != "production":

@@ -18,6 +18,7 @@ from app.api.deps import authorize_header
 from app.api.docs import install_docs
 from app.api.score_endpoint import ScoreEndpoint
 from app.config import Settings, get_settings
+from app.console.mount import install_console
 from app.errors import PROBLEM_JSON, install_error_handlers
 from app.idempotency import IdempotencyMiddleware
 from app.middleware import RequestContextMiddleware
@@ -30,8 +31,9 @@ DESCRIPTION = """
 Vigil scores windows of multivariate sensor data with a recurrent semi-supervised VAE and
 learns from operators' labels and feedback (`false_positive`, `false_negative`).
 
-Authenticate with `Authorization: Bearer <key>`; every error is an RFC 9457 problem document
-(`application/problem+json`, schema `ProblemDetails`).
+Authenticate with `Authorization: Bearer <key>` (the operator console at `/console` sends its
+session cookie instead, and its `X-CSRF-Token` header on writes); every error is an RFC 9457
+problem document (`application/problem+json`, schema `ProblemDetails`).
 """
 
 PROBLEM_SCHEMA_REF: Final = "#/components/schemas/ProblemDetails"
@@ -82,6 +84,7 @@ def create_app(settings: Settings | None = None) -> Vigil:
     install_error_handlers(app)
     app.include_router(api_router)
     install_docs(app)
+    install_console(app)
     _install_openapi(app)
     cors: dict[str, Any] = {
         "allow_origins": settings.cors_origins,

@@ -11,6 +11,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.security.utils import get_authorization_scheme_param
 from sqlalchemy.orm import Session
 
+from app.console.session import has_session_cookie, session_principal
 from app.errors import Forbidden, Unauthorized
 from app.idempotency import CLAIM_STATE, Claim
 from app.ratelimit import check_rate
@@ -47,7 +48,11 @@ def require(scope: str) -> Callable[..., Awaitable[Principal]]:
         runtime: RuntimeDep,
         credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
     ) -> Principal:
-        key = await authorize(runtime, credentials.credentials if credentials else None, scope)
+        if credentials is None and has_session_cookie(request):
+            # The operator console's own pages call the API with their session (app/console).
+            key = await admit(runtime, await session_principal(runtime, request), scope)
+        else:
+            key = await authorize(runtime, credentials.credentials if credentials else None, scope)
         request.state.api_key_id = key.id
         # Every route about one series names it in its path; the others check their own.
         series_id = _path_id(request.path_params.get("series_id"))
@@ -88,6 +93,11 @@ async def authorize(runtime: Runtime, token: str | None, scope: str) -> Principa
     key = await runtime.keys.authenticate(token)
     if key is None:
         raise Unauthorized("invalid, revoked or expired API key")
+    return await admit(runtime, key, scope)
+
+
+async def admit(runtime: Runtime, key: Principal, scope: str) -> Principal:
+    """`key` if it has `scope` and, when limited, is within its rate."""
     if not has_scope(key.scopes, scope):
         raise Forbidden(f"this API key lacks the {scope!r} scope")
     limit = runtime.settings.rate_limit_per_minute

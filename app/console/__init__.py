@@ -1,0 +1,1 @@
+"""The operator console: server-rendered pages at /console (routes.py, mounted by mount.py)."""
