@@ -66,5 +66,6 @@ demo: $(STAMP)
 	trap 'status=$$?; kill $$server 2>/dev/null || true; wait $$server 2>/dev/null || true; rm -rf "$$tmp"; exit $$status' EXIT; \
 	trap 'exit 130' INT TERM; \
 	echo "Vigil on http://127.0.0.1:$(DEMO_PORT) (SQLite in $$tmp); simulating..."; \
+	echo "Console: http://127.0.0.1:$(DEMO_PORT)/console  (sign in with the demo's admin key: $$key)"; \
 	$(BIN)/vigil simulate --url http://127.0.0.1:$(DEMO_PORT) $(DEMO_ARGS) \
 		|| { status=$$?; echo "--- vigil serve log (last lines) ---"; tail -n 20 "$$tmp/serve.log"; exit $$status; }
