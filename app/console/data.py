@@ -249,20 +249,25 @@ def stored_scores(
     return ts[last_of_each], scores[last_of_each]
 
 
+_POINTS_QMARK = (
+    'SELECT ts, "values" FROM points WHERE series_id = ? AND ts >= ? AND ts <= ? ORDER BY ts'
+)
+_POINTS_FORMAT = (
+    'SELECT ts, "values" FROM points WHERE series_id = %s AND ts >= %s AND ts <= %s ORDER BY ts'
+)
+"""The same query in the placeholder style of each driver (sqlite3: qmark; psycopg: format)."""
+
+
 def points_between(*, session: Session, series_id: int, start: int, end: int) -> list[Any]:
     """(ts, values blob) of the series' points in [start, end], oldest first.
 
     Read through the driver's own cursor: SQLAlchemy's row objects cost three times the
     query itself on 10^6 points (4.5 s against 1 s on SQLite)."""
     connection = session.connection()
-    marker = "?" if connection.dialect.paramstyle == "qmark" else "%s"
+    query = _POINTS_QMARK if connection.dialect.paramstyle == "qmark" else _POINTS_FORMAT
     cursor = connection.connection.cursor()
     try:
-        cursor.execute(
-            f'SELECT ts, "values" FROM points WHERE series_id = {marker} '  # noqa: S608
-            f"AND ts >= {marker} AND ts <= {marker} ORDER BY ts",
-            (series_id, start, end),
-        )
+        cursor.execute(query, (series_id, start, end))
         return list(cursor.fetchall())
     finally:
         cursor.close()

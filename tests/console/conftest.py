@@ -60,9 +60,11 @@ def _browser_missing() -> str | None:
     return None
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def browser() -> Iterator[Any]:
-    """Headless Chromium from the system, one for the session."""
+    """Headless Chromium from the system, one for the console tests (package scope: the sync
+    API runs an event loop on the main thread until it stops, which would break the
+    asyncio.run() of the tests that come after)."""
     reason = _browser_missing()
     if reason:
         if IN_CI:
