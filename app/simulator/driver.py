@@ -211,7 +211,11 @@ class Simulation:
             ) from exc
         self.alarms_api = self._has_alarms_api()
         if self.alarms_api:
-            self._event("the service has the alarms API: the operator judges alarms")
+            self._event(
+                "the service has the alarms API: the operator judges alarms"
+                if self.config.operator
+                else "the service has the alarms API: alarms are left to you (--no-operator)"
+            )
         classes = {kind.value: "anomaly" for kind in FAULT_KINDS}
         tag = datetime.now(UTC).strftime("%H%M%S")
         for index, profile in enumerate(self.plant.profiles):
