@@ -160,6 +160,7 @@ class TrainConfig:
     feedback_negative_weight: float = (
         1.0  # gamma: unlabelled windows are mostly not feedback (loss.py)
     )
+    input_noise: float = 0.1  # sd of the noise the encoder reads in training (denoising, train.py)
     grad_clip: float | None = 100.0  # max global grad norm: the NLL spikes when sigma_x is small
     warm_start_normalisation: Literal["keep", "refit"] = "keep"  # keep: old weights stay valid
 
@@ -210,7 +211,7 @@ class TrainConfig:
             raise InvalidInput(f"seed must be an int; got {self.seed!r}")
         if self.threads is not None:
             _positive_int("threads", self.threads)
-        for name in ("lr", "alpha", "beta", "momentum", "feedback_negative_weight"):
+        for name in ("lr", "alpha", "beta", "momentum", "feedback_negative_weight", "input_noise"):
             value = getattr(self, name)
             if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
                 raise InvalidInput(f"{name} must be a finite number >= 0; got {value!r}")

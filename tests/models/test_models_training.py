@@ -117,10 +117,17 @@ def test_batches_are_one_to_one_labelled_to_unlabelled() -> None:
     seen = np.concatenate(batches)
     assert sorted(seen[seen < 100].tolist()) == unlabelled.tolist()  # one pass over unlabelled
     assert (seen >= 100).sum() == 30  # the 3 labelled ones upsampled
+    # The larger group sets the epoch whichever it is, so batches stay full: 6 unlabelled
+    # windows beside 100 labelled ones give 25 batches of 4 + 4, not 2 batches of 3 + 3.
     plentiful = np.arange(100, 200)
-    seen = np.concatenate(_batches([np.arange(6), plentiful], 8, rng))
-    assert (seen >= 100).sum() == 6  # downsampled ...
-    assert len(set(seen[seen >= 100].tolist())) == 6  # ... without repeats
+    lopsided = _batches([np.arange(6), plentiful], 8, rng)
+    assert [b.size for b in lopsided] == [8] * 25
+    seen = np.concatenate(lopsided)
+    assert sorted(seen[seen >= 100].tolist()) == plentiful.tolist()  # one pass, no repeats
+    assert (seen < 100).sum() == 100  # the 6 unlabelled ones upsampled
+    assert all((b < 100).sum() == 4 for b in lopsided)
+    one = _batches([np.arange(1), np.arange(100, 149)], 8, rng)  # GunPoint, every label given
+    assert min(b.size for b in one) >= 6
     single = _batches([np.arange(9)], 4, rng)
     assert sorted(np.concatenate(single).tolist()) == list(range(9))
     assert min(b.size for b in single) >= 2  # batch norm never sees a batch of one
