@@ -92,6 +92,44 @@ def test_same_seed_gives_identical_weights() -> None:
     assert not all(torch.equal(a[k], c[k]) for k in a)
 
 
+def test_the_encoder_reads_noisy_windows_and_the_loss_the_clean_ones(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Denoising (TrainConfig.input_noise): noise of that sd reaches the network's input in
+    training; the objective still scores the clean, standardised windows."""
+    seen: list[tuple[torch.Tensor, torch.Tensor]] = []
+    real_loss, real_forward = train_module.vae_loss, SemiSupervisedVAE.forward
+    inputs: list[torch.Tensor] = []
+
+    def forward(self: SemiSupervisedVAE, x: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        if self.training:
+            inputs.append(x.detach().clone())
+        return real_forward(self, x, *args, **kwargs)
+
+    def loss(out: Any, x: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        seen.append((inputs[-1], x.detach().clone()))
+        return real_loss(out, x, *args, **kwargs)
+
+    monkeypatch.setattr(SemiSupervisedVAE, "forward", forward)
+    monkeypatch.setattr(train_module, "vae_loss", loss)
+    data = labelled_data()
+    for noise in (0.0, 0.3):
+        seen.clear()
+        model = fit(
+            data,
+            classes=BUILTIN_CLASSES,
+            channels=CHANNELS,
+            model_config=tiny_config("recurrent"),
+            train_config=dataclasses.replace(quick(seed=1), input_noise=noise, members=1),
+        )
+        clean = torch.from_numpy(model.normalisation.apply(data.windows))
+        differences = torch.cat([(noisy - target).flatten() for noisy, target in seen])
+        assert seen
+        for _, target in seen:  # every target is a clean training window
+            assert all(any(torch.equal(w, c) for c in clean) for w in target)
+        assert abs(float(differences.std()) - noise) < 0.05
+
+
 def test_fit_leaves_the_global_rng_and_thread_count_alone() -> None:
     torch.manual_seed(123)
     expected = torch.rand(3)
