@@ -4,8 +4,8 @@
 - Batches: when both labelled and unlabelled windows exist, every batch holds them 1 : 1 (§2.3).
   An epoch is one pass over the larger of the two groups; the smaller one is drawn from fresh
   permutations as needed (upsampled), so batches stay full however lopsided the groups are.
-  Without one of the two groups, batches come from the other alone. ES trains on labelled windows only; EU on the
-  windows allowed into the ELBO only.
+  Without one of the two groups, batches come from the other alone. ES trains on labelled
+  windows only; EU on the windows allowed into the ELBO only.
 - The budget is counted in optimiser steps (TrainConfig.budget): an automatic budget of about
   30 passes, never fewer than min_steps, so that a small data set (one step per epoch) still
   trains for real; the batch scales with the data (TrainConfig.batch_for).
