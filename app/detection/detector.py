@@ -19,7 +19,8 @@ window at the same place with the same digest, the rest is unchanged and the pas
 Windows on the old grid that an inserted point moved are deleted.
 
 The stored scores, the alarms they change and the end of the lease are one transaction, so
-the lease is checked again there: a detector that lost its series writes nothing.
+the lease is checked again there: a detector that lost its series writes nothing. The lease
+row is updated last in that transaction, since ingestion marks the same row (marks.py).
 
 Before a series has an active model (or with `detect` off) its marks are dropped: windows
 ingested then are never scored. A window that spans a gap longer than the series' limit
@@ -418,9 +419,23 @@ class Detector:
         done: bool,
         resume_from: int | None,
     ) -> None:
-        """Write the pass and end the lease in one transaction (nothing if the lease is lost)."""
+        """Write the pass and end the lease in one transaction (nothing if the lease is lost).
+
+        NOTE: the series' DetectState row is updated last, right before the commit. Every
+        ingestion transaction of the series marks that row after upserting its points, so a
+        pass that locked it first held it for all of its writes, and each batch waited there
+        while holding its own points' row locks, which the next batches waited for. The lease
+        check comes last too: a pass that lost its lease still writes nothing, as its whole
+        transaction rolls back.
+        """
         result.done = done
         with self.sessions() as session, session.begin():
+            owner = session.scalar(
+                select(DetectState.lease_owner).where(DetectState.series_id == claim.series_id)
+            )
+            if owner != self.name:  # a plain read: no need to write what would be dropped
+                raise LeaseLost
+            write(session)
             least, greatest = _least_greatest(session)
             state = DetectState
             values: dict[str, Any] = {
@@ -447,7 +462,6 @@ class Detector:
             ).one_or_none()
             if held is None:
                 raise LeaseLost
-            write(session)
         self._observe(claim, result)
 
     def _observe(self, claim: Claim, result: Pass) -> None:
