@@ -38,7 +38,7 @@ class Settings(BaseSettings):
     """Postgres `lock_timeout` of the API's statements: a statement that waits longer for a
     row lock fails, its transaction is rolled back, and the request gets 503 "busy, retry"."""
 
-    db_statement_timeout_seconds: float = Field(default=15.0, gt=0)
+    db_statement_timeout_seconds: float = Field(default=10.0, gt=0)
     """Postgres `statement_timeout` of the API's statements (deleting a series is exempt).
     With the pool and lock timeouts it bounds a write request to well under 30 s, below any
     sane client timeout: a write either commits in time or is rolled back and refused with

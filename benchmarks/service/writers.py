@@ -35,14 +35,15 @@ checks of what was committed:
    had committed, and so committed after it: S's value may not be the last one. Requests that
    overlap in time may commit in either order; only this real-time order is checked.
 
-Writes `benchmarks/out/service_writers.json`. `VIGIL_BENCH_APP_DIR` serves another checkout
-(the "before" figures), as for the other service benchmarks.
+Writes `benchmarks/out/service_writers[_TAG].json` (`--tag`). `VIGIL_BENCH_APP_DIR` serves
+another checkout (the "before" figures), as for the other service benchmarks.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import random
 import sys
 import time
@@ -228,19 +229,21 @@ def check(url: str, series_id: int, writes: list[Write], span: int) -> dict[str,
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    settings = {
-        "train_steps": "40",
-        "train_min_steps": "40",
-        "train_patience": "1000",
-        "train_members": "1",
-        "retrain_quiet_seconds": "2",
-        "log_level": "ERROR",
-    }
     with database("postgres") as url:
-        with serve(url, **settings) as server:
+        # Short retrains (so that versions are stored and activated while the writers write),
+        # labels arming one 2 s after the last, and only errors logged.
+        with serve(
+            url,
+            train_steps="40",
+            train_min_steps="40",
+            train_patience="1000",
+            train_members="1",
+            retrain_quiet_seconds="2",
+            log_level="ERROR",
+        ) as server:
             series_id = trained_series(server, url, name="written", points=args.span + 2_000)
             with psycopg.connect(psycopg_url(url), autocommit=True) as conn:
-                conn.execute(AUDIT_SQL)  # type: ignore[arg-type]
+                conn.execute(AUDIT_SQL)
             log(f"{args.writers} writers for {args.seconds:g} s")
             driven = asyncio.run(drive(server, series_id, args))
             jobs = httpx.get(
@@ -291,10 +294,12 @@ def main() -> dict[str, Any]:
     parser.add_argument("--rows", type=int, default=600, help="points per batch")
     parser.add_argument("--span", type=int, default=3000, help="points all batches fall within")
     parser.add_argument("--client-timeout", type=float, default=120.0)
+    parser.add_argument("--tag", default="", help="suffix of the output file's name")
     args = parser.parse_args()
     meta = provenance("python -m benchmarks.service.writers " + " ".join(sys.argv[1:]))
-    result = {**meta, "settings": vars(args), **run(args)}
-    path = write_result("writers", result)
+    served = os.environ.get("VIGIL_BENCH_APP_DIR", "this checkout")
+    result = {**meta, "served_code": served, "settings": vars(args), **run(args)}
+    path = write_result("writers" + (f"_{args.tag}" if args.tag else ""), result)
     shown = {k: v for k, v in result.items() if k not in ("verdict",) and not k.startswith("_")}
     log(orjson.dumps(shown, option=orjson.OPT_INDENT_2).decode())
     for name, verdict in result["verdict"].items():

@@ -152,10 +152,9 @@ def test_a_busy_pool_answers_busy_not_unavailable(
     path = f"/v1/series/{series['id']}/points"
     runtime = contended.app.state.runtime  # type: ignore[attr-defined]
     with runtime.engine.connect():  # the process's only pooled connection, in use
-        _assert_busy(contended.post(path, json=_points(0, 5, 1.0), headers=admin))
-        assert "connection" in contended.post(path, json=_points(0, 5, 1.0), headers=admin).json()[
-            "detail"
-        ]
+        refused = contended.post(path, json=_points(0, 5, 1.0), headers=admin)
+        _assert_busy(refused)
+        assert "connection" in refused.json()["detail"]
     assert contended.post(path, json=_points(0, 5, 1.0), headers=admin).status_code == 200
     assert len(_stored(sessions, series["id"])) == 5
 
