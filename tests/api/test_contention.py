@@ -115,6 +115,34 @@ def test_a_row_lock_held_too_long_is_busy_and_the_write_never_commits(
 
 
 @on_postgres
+def test_a_batch_that_overwrites_waits_its_turn_and_is_busy_past_the_lock_timeout(
+    contended: TestClient,
+    admin: Headers,
+    database_url: str,
+    sessions: sessionmaker[Session],
+) -> None:
+    """Overwriting batches of a series take turns on its advisory lock: while another
+    transaction holds the turn, a batch over stored points waits, and past the lock timeout
+    it is refused as busy; a batch of new points only (an append) does not wait for it."""
+    series = create_series(contended, admin)
+    path = f"/v1/series/{series['id']}/points"
+    assert contended.post(path, json=_points(0, 10, 1.0), headers=admin).status_code == 200
+
+    with psycopg.connect(_psycopg_url(database_url)) as other:
+        other.execute("SELECT pg_advisory_xact_lock(%s, %s)", (0x56474C31, series["id"]))
+        _assert_busy(contended.post(path, json=_points(5, 10, 2.0), headers=admin))
+        appended = contended.post(path, json=_points(100, 10, 4.0), headers=admin)
+        assert appended.status_code == 200, appended.text
+        other.rollback()
+
+    time.sleep(0.3)
+    stored = _stored(sessions, series["id"])
+    assert [stored[T0 + k] for k in range(10)] == [1.0] * 10
+    assert [stored[T0 + 100 + k] for k in range(10)] == [4.0] * 10
+    assert len(stored) == 20
+
+
+@on_postgres
 def test_an_append_that_waits_too_long_for_the_detector_mark_writes_nothing(
     contended: TestClient,
     admin: Headers,
