@@ -183,6 +183,9 @@ def test_a_busy_pool_answers_busy_not_unavailable(
         refused = contended.post(path, json=_points(0, 5, 1.0), headers=admin)
         _assert_busy(refused)
         assert "connection" in refused.json()["detail"]
+        ready = contended.get("/readyz")
+        assert ready.status_code == 503
+        assert ready.json()["database"].startswith("busy, retry")
     assert contended.post(path, json=_points(0, 5, 1.0), headers=admin).status_code == 200
     assert len(_stored(sessions, series["id"])) == 5
 
