@@ -24,6 +24,26 @@ class Settings(BaseSettings):
     database_url: str = Field(default="sqlite:///./vigil.db", repr=False)
     """SQLAlchemy URL. Postgres: `postgresql+psycopg://user:pass@host:5432/vigil`."""
 
+    db_pool_size: int = Field(default=10, ge=1)
+    """Pooled Postgres connections each API process keeps open."""
+
+    db_max_overflow: int = Field(default=10, ge=0)
+    """Connections an API process may open beyond the pool under load (closed when returned)."""
+
+    db_pool_timeout_seconds: float = Field(default=5.0, gt=0)
+    """How long a request waits for a free connection before it is refused with 503 "busy,
+    retry" (not "unavailable": the database is up, this process is saturated)."""
+
+    db_lock_timeout_seconds: float = Field(default=5.0, gt=0)
+    """Postgres `lock_timeout` of the API's statements: a statement that waits longer for a
+    row lock fails, its transaction is rolled back, and the request gets 503 "busy, retry"."""
+
+    db_statement_timeout_seconds: float = Field(default=10.0, gt=0)
+    """Postgres `statement_timeout` of the API's statements (deleting a series is exempt).
+    With the pool and lock timeouts it bounds a write request to well under 30 s, below any
+    sane client timeout: a write either commits in time or is rolled back and refused with
+    503 "busy, retry", so no client gives up on a write that commits later."""
+
     bootstrap_admin_key: str | None = Field(default=None, repr=False)
     """If set and no API key exists yet, an admin key with this value is created at start."""
 

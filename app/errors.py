@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+import sqlite3
+from typing import Any, Final
 
 import orjson
 from fastapi import FastAPI, Request
@@ -119,6 +120,47 @@ class ServiceUnavailable(VigilError):
         self.headers = {"Retry-After": str(retry_after)}
 
 
+class ServiceBusy(ServiceUnavailable):
+    """The database is up but this request could not get its turn in time: a row lock held
+    too long by other writers, its statement timeout, or no free pooled connection. The
+    request's transaction was rolled back, so retrying it is safe."""
+
+    title = "Service busy"
+
+    def __init__(self, detail: str, *, retry_after: int = 1) -> None:
+        super().__init__(f"busy, retry: {detail}", retry_after=retry_after)
+
+
+BUSY_SQLSTATES: Final = {
+    "55P03": "a row this request writes stayed locked by other writers longer than the lock "
+    "timeout",
+    "57014": "the request's database statement ran longer than the statement timeout",
+    "40P01": "the request's transaction deadlocked with another one",
+    "40001": "the request's transaction conflicted with another one",
+}
+"""Postgres errors (lock_not_available, query_canceled, deadlock_detected,
+serialization_failure) that end a transaction on a healthy database: the request is refused
+as busy, not as an outage."""
+
+
+def busy_error(exc: BaseException) -> ServiceBusy | None:
+    """The 503 "busy, retry" for a driver or SQLAlchemy error caused by contention, else None.
+
+    A pool timeout (every pooled connection in use), a Postgres lock or statement timeout, a
+    deadlock, or SQLite's "database is locked" all mean a healthy database that was too busy
+    for this request in time; anything else (connection refused, server gone) is an outage.
+    """
+    if isinstance(exc, PoolTimeout):
+        return ServiceBusy("every database connection of this process is in use")
+    orig = exc.orig if isinstance(exc, DBAPIError) else exc
+    sqlstate = getattr(orig, "sqlstate", None)
+    if isinstance(sqlstate, str) and sqlstate in BUSY_SQLSTATES:
+        return ServiceBusy(BUSY_SQLSTATES[sqlstate])
+    if isinstance(orig, sqlite3.OperationalError) and "locked" in str(orig):
+        return ServiceBusy("the database stayed locked by other writers longer than the timeout")
+    return None
+
+
 def problem(
     status: int,
     title: str,
@@ -209,8 +251,9 @@ def error_response(exc: Exception, *, method: str, path: str) -> Response:
 
     The one mapping from exceptions to responses, for FastAPI's handlers and for the routes
     served outside FastAPI (see `app.api.score_endpoint`): domain errors as they say, the model
-    package's input errors as 422, a lost database as 503 + Retry-After, anything else as a
-    logged 500 that tells the client nothing of the internals.
+    package's input errors as 422, a busy database (`busy_error`) as 503 "busy, retry" and a
+    lost one as 503 "unavailable", both with Retry-After, anything else as a logged 500 that
+    tells the client nothing of the internals.
     """
     if isinstance(exc, VigilError):
         return problem(
@@ -224,6 +267,9 @@ def error_response(exc: Exception, *, method: str, path: str) -> Response:
     if isinstance(exc, ModelError):
         # The model package's messages are written to be passed on unchanged.
         return problem(422, "Invalid input", str(exc), instance=path)
+    if (busy := busy_error(exc)) is not None:
+        log.warning("database busy during %s: %s", path, busy.detail)
+        return error_response(busy, method=method, path=path)
     if _database_unavailable(exc):
         log.warning("database unavailable during %s: %s", path, exc.__class__.__name__)
         return problem(
@@ -295,8 +341,9 @@ def install_error_handlers(app: FastAPI) -> None:
 
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(StarletteHTTPException, http_error)
-    # Database errors and the catch-all: OperationalError (connection refused, server gone),
-    # the pool's timeout, and any DBAPIError that invalidated its connection are outages.
+    # Database errors and the catch-all: contention (the pool's timeout, a lock or statement
+    # timeout) is "busy, retry"; OperationalError (connection refused, server gone) and any
+    # DBAPIError that invalidated its connection are outages.
     for error in (VigilError, ModelError, OperationalError, PoolTimeout, DBAPIError, Exception):
         app.add_exception_handler(error, by_error_response)
 

@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from app.config import Settings
 from app.db.base import utcnow
 from app.db.models import Activations, ApiKey
-from app.db.session import make_engine, make_sessionmaker, transaction
+from app.db.session import Limits, make_engine, make_sessionmaker, transaction
 from app.detection.detector import Detector
 from app.errors import Forbidden
 from app.scoring.batcher import MicroBatcher
@@ -249,7 +249,7 @@ class Runtime:
 
     @classmethod
     def build(cls, settings: Settings) -> Runtime:
-        engine = make_engine(settings.database_url, role="api")
+        engine = make_engine(settings.database_url, role="api", limits=Limits.of(settings))
         sessions = make_sessionmaker(engine)
         scorer = score_log = None
         if settings.score_process:

@@ -19,7 +19,8 @@ window at the same place with the same digest, the rest is unchanged and the pas
 Windows on the old grid that an inserted point moved are deleted.
 
 The stored scores, the alarms they change and the end of the lease are one transaction, so
-the lease is checked again there: a detector that lost its series writes nothing.
+the lease is checked again there: a detector that lost its series writes nothing. The lease
+row is updated last in that transaction, since ingestion marks the same row (marks.py).
 
 Before a series has an active model (or with `detect` off) its marks are dropped: windows
 ingested then are never scored. A window that spans a gap longer than the series' limit
@@ -418,37 +419,59 @@ class Detector:
         done: bool,
         resume_from: int | None,
     ) -> None:
-        """Write the pass and end the lease in one transaction (nothing if the lease is lost)."""
+        """Write the pass and end the lease in one transaction (nothing if the lease is lost).
+
+        NOTE: on Postgres the series' DetectState row is updated last, right before the
+        commit. Every ingestion transaction of the series marks that row after upserting its
+        points, so a pass that locked it first held it for all of its writes, and each batch
+        waited there while holding its own points' row locks, which the next batches waited
+        for. The lease check comes last too: a pass that lost its lease still writes nothing,
+        as its whole transaction rolls back. SQLite has one write lock for the whole database,
+        not row locks, so the order changes nothing there: the update stays first, as the
+        transaction's first write, which takes that lock.
+        """
         result.done = done
         with self.sessions() as session, session.begin():
-            least, greatest = _least_greatest(session)
-            state = DetectState
-            values: dict[str, Any] = {
-                "claimed_from": None,
-                "claimed_until": None,
-                "claimed_at": None,
-                "lease_owner": None,
-                "lease_expires_at": None,
-            }
-            if resume_from is not None:  # the rest of a large change, in the next pass
-                values["dirty_from"] = least(
-                    func.coalesce(state.dirty_from, resume_from), resume_from
+            if session.get_bind().dialect.name == "postgresql":
+                owner = session.scalar(
+                    select(DetectState.lease_owner).where(DetectState.series_id == claim.series_id)
                 )
-                values["dirty_until"] = greatest(
-                    func.coalesce(state.dirty_until, claim.until), claim.until
-                )
-                values["dirty_at"] = least(func.coalesce(state.dirty_at, claim.since), claim.since)
-            held = session.execute(
-                update(state)
-                .where(state.series_id == claim.series_id, state.lease_owner == self.name)
-                .values(**values)
-                .returning(state.series_id)
-                .execution_options(synchronize_session=False)
-            ).one_or_none()
-            if held is None:
-                raise LeaseLost
-            write(session)
+                if owner != self.name:  # a plain read: no need to write what would be dropped
+                    raise LeaseLost
+                write(session)
+                self._end_lease(session, claim, resume_from)
+            else:
+                self._end_lease(session, claim, resume_from)
+                write(session)
         self._observe(claim, result)
+
+    def _end_lease(self, session: Session, claim: Claim, resume_from: int | None) -> None:
+        """Give the series back, with the rest of a large change marked again; LeaseLost if
+        another detector holds it now."""
+        least, greatest = _least_greatest(session)
+        state = DetectState
+        values: dict[str, Any] = {
+            "claimed_from": None,
+            "claimed_until": None,
+            "claimed_at": None,
+            "lease_owner": None,
+            "lease_expires_at": None,
+        }
+        if resume_from is not None:  # the rest of a large change, in the next pass
+            values["dirty_from"] = least(func.coalesce(state.dirty_from, resume_from), resume_from)
+            values["dirty_until"] = greatest(
+                func.coalesce(state.dirty_until, claim.until), claim.until
+            )
+            values["dirty_at"] = least(func.coalesce(state.dirty_at, claim.since), claim.since)
+        held = session.execute(
+            update(state)
+            .where(state.series_id == claim.series_id, state.lease_owner == self.name)
+            .values(**values)
+            .returning(state.series_id)
+            .execution_options(synchronize_session=False)
+        ).one_or_none()
+        if held is None:
+            raise LeaseLost
 
     def _observe(self, claim: Claim, result: Pass) -> None:
         if not result.series_name:

@@ -91,7 +91,13 @@ AUTH_RESPONSES: Final[dict[int | str, dict[str, Any]]] = {
         "description": "Over the per-key limit (`VIGIL_RATE_LIMIT_PER_MINUTE`, off by default)",
         "headers": RETRY_AFTER_HEADER,
     },
-    503: {"description": "The database is unavailable", "headers": RETRY_AFTER_HEADER},
+    503: {
+        "description": (
+            "The database is unavailable, or busy (`busy, retry`: the request did not get a "
+            "connection or a row lock in time and changed nothing); retry after Retry-After"
+        ),
+        "headers": RETRY_AFTER_HEADER,
+    },
 }
 """OpenAPI responses every authenticated operation can give (each a problem document)."""
 

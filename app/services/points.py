@@ -37,9 +37,16 @@ import psycopg
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from app.db.base import utcnow
 from app.db.models import Point, Series
-from app.detection.marks import mark_written
-from app.errors import InvalidInput, PayloadTooLarge, ServiceUnavailable, UnsupportedMediaType
+from app.detection.marks import PG_MARK_WRITTEN, mark_written
+from app.errors import (
+    InvalidInput,
+    PayloadTooLarge,
+    ServiceUnavailable,
+    UnsupportedMediaType,
+    busy_error,
+)
 from app.metrics import POINTS_INGESTED
 from app.schemas.common import (
     DATE_TIME,
@@ -521,7 +528,15 @@ def _shown(text: str) -> str:
 
 # -- writing ----------------------------------------------------------------------------------
 def upsert_points(*, session: Session, series: Series, batch: PointBatch) -> IngestResult:
-    """Upsert the batch in one transaction; the last row of a repeated timestamp wins."""
+    """Upsert the batch in one transaction; the last row of a repeated timestamp wins.
+
+    Rows are written in timestamp order, so concurrent batches over overlapping ranges take
+    their row locks in the same order and queue rather than deadlock; the series' detector
+    mark (app/detection/marks.py) is taken last, right before the commit. On Postgres the
+    locks are taken by one statement that is followed only by the commit, so a batch holds
+    them for as short a time as possible. A wait past the API's lock or statement timeout
+    rolls the whole batch back and answers 503 "busy, retry" (app/errors.py `busy_error`).
+    """
     ts, values = last_row_per_timestamp(batch.ts, batch.values)
     rows = np.ascontiguousarray(values, dtype="<f8")
     with _driver_errors_as_unavailable(session):
@@ -529,10 +544,10 @@ def upsert_points(*, session: Session, series: Series, batch: PointBatch) -> Ing
             inserted, updated = _upsert_postgres(session, series.id, ts, rows)
         else:
             inserted, updated = _upsert_sqlite(session, series.id, ts, rows)
-        if inserted or updated:  # the detector scores the windows these points touch
-            mark_written(
-                session=session, series_id=series.id, first_ts=int(ts[0]), last_ts=int(ts[-1])
-            )
+            if inserted or updated:  # the detector scores the windows these points touch
+                mark_written(
+                    session=session, series_id=series.id, first_ts=int(ts[0]), last_ts=int(ts[-1])
+                )
     session.commit()
     POINTS_INGESTED.labels(series=series.name).inc(batch.received)
     warnings = []
@@ -550,15 +565,21 @@ def upsert_points(*, session: Session, series: Series, batch: PointBatch) -> Ing
 
 @contextmanager
 def _driver_errors_as_unavailable(session: Session) -> Iterator[None]:
-    """503 with Retry-After when the database goes away (or stays locked) mid-write.
+    """503 with Retry-After when the database goes away, or is too busy, mid-write.
 
     NOTE: the bulk path talks to the driver directly, so its errors are not wrapped by
     SQLAlchemy and would miss the application's handler for a database that is unavailable.
-    A lost Postgres connection is invalidated so that it is not rolled back or reused.
+    A lost Postgres connection is invalidated so that it is not rolled back or reused; one
+    whose statement hit a lock or statement timeout is healthy, and only its transaction is
+    rolled back (by the session, before the answer is sent).
     """
     try:
         yield
     except (psycopg.OperationalError, sqlite3.OperationalError) as exc:
+        busy = busy_error(exc)
+        if busy is not None:
+            log.warning("bulk point write refused: %s", busy.detail)
+            raise busy from exc
         log.warning("bulk point write failed: %s", exc.__class__.__name__)
         if isinstance(exc, psycopg.OperationalError):
             session.connection().invalidate(exc)
@@ -582,19 +603,43 @@ _PG_ANY_IN_SPAN = (
 )
 _PG_COPY_DIRECT = 'COPY points (series_id, ts, "values") FROM STDIN (FORMAT BINARY)'
 _PG_STAGE = (
-    'CREATE TEMP TABLE vigil_points_in (ts bigint NOT NULL, "values" bytea NOT NULL) ON COMMIT DROP'
+    'CREATE TEMP TABLE IF NOT EXISTS vigil_points_in (ts bigint NOT NULL, "values" bytea NOT NULL) '
+    "ON COMMIT DROP"
 )
 _PG_COPY_STAGED = 'COPY vigil_points_in (ts, "values") FROM STDIN (FORMAT BINARY)'
-# NOTE: a row version that was just inserted has xmax = 0; one that ON CONFLICT updated carries
-# the updating transaction's id, so this counts the inserts of this statement exactly. A row
-# whose values are unchanged is neither written again nor returned.
+# Batches that overwrite stored points of a series take turns: each waits in the lock
+# manager's queue, in order of arrival, for the series' transaction-scoped advisory lock
+# before it locks any row. Without the queue, overlapping batches each locked a prefix of
+# their rows and waited for an older batch's rows, so that they formed chains in which a
+# batch could wait behind many others in turn: p99 10 s and more at 32 writers
+# (benchmarks/service/writers.py). Appends (the COPY above) do not take it.
+_PG_OVERWRITE_LOCK: Final = 0x56474C31  # "VGL1": the first key of Vigil's advisory locks
+_PG_TAKE_TURN = "SELECT pg_advisory_xact_lock(%s, %s)"
+# One statement takes every row lock of the batch, and the commit follows it at once: it empties
+# the staging table, upserts the rows in timestamp order (the fixed lock order), and marks the
+# written range for the detector (as app/detection/marks.py PG_MARK_WRITTEN does) if any row
+# changed. NOTE: a row version that was just inserted has xmax = 0; one that ON CONFLICT
+# updated carries the updating transaction's id, so this counts the inserts of this statement
+# exactly. A row whose values are unchanged is neither written again nor returned.
 _PG_UPSERT = (
-    'WITH upserted AS (INSERT INTO points (series_id, ts, "values") '
-    'SELECT %s, ts, "values" FROM vigil_points_in '
+    'WITH staged AS (DELETE FROM vigil_points_in RETURNING ts, "values"), '
+    'upserted AS (INSERT INTO points (series_id, ts, "values") '
+    'SELECT %(series_id)s, ts, "values" FROM staged ORDER BY ts '
     'ON CONFLICT (series_id, ts) DO UPDATE SET "values" = EXCLUDED."values" '
     'WHERE points."values" IS DISTINCT FROM EXCLUDED."values" '
-    "RETURNING (xmax = 0) AS inserted) "
-    "SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted) FROM upserted"
+    "RETURNING (xmax = 0) AS inserted), "
+    "counted AS (SELECT count(*) FILTER (WHERE inserted) AS inserted, "
+    "count(*) FILTER (WHERE NOT inserted) AS updated FROM upserted), "
+    "marked AS (INSERT INTO detect_state (series_id, dirty_from, dirty_until, dirty_at) "
+    "SELECT %(series_id)s, %(first_ts)s, %(last_ts)s, %(now)s FROM counted "
+    "WHERE inserted + updated > 0 "
+    "ON CONFLICT (series_id) DO UPDATE SET "
+    "dirty_from = least(coalesce(detect_state.dirty_from, EXCLUDED.dirty_from), "
+    "EXCLUDED.dirty_from), "
+    "dirty_until = greatest(coalesce(detect_state.dirty_until, EXCLUDED.dirty_until), "
+    "EXCLUDED.dirty_until), "
+    "dirty_at = coalesce(detect_state.dirty_at, EXCLUDED.dirty_at)) "
+    "SELECT inserted, updated FROM counted"
 )
 _PGCOPY_HEADER: Final = b"PGCOPY\n\xff\r\n\x00" + struct.pack("!ii", 0, 0)
 _PGCOPY_TRAILER: Final = struct.pack("!h", -1)
@@ -628,9 +673,10 @@ def binary_copy_payload(
 def _upsert_postgres(
     session: Session, series_id: int, ts: Int64Array, rows: Float64Array
 ) -> tuple[int, int]:
-    """(inserted, updated) rows."""
+    """(inserted, updated) rows, with the detector's mark when any changed."""
     raw = session.connection().connection.driver_connection
     assert raw is not None
+    mark = {"series_id": series_id, "first_ts": int(ts[0]), "last_ts": int(ts[-1]), "now": utcnow()}
     with raw.cursor() as cursor:
         cursor.execute(_PG_ANY_IN_SPAN, (series_id, int(ts[0]), int(ts[-1])))
         if not cursor.fetchone()[0]:
@@ -642,13 +688,18 @@ def _upsert_postgres(
                 cursor.execute("ROLLBACK TO SAVEPOINT vigil_append")
             else:
                 cursor.execute("RELEASE SAVEPOINT vigil_append")
+                cursor.execute(PG_MARK_WRITTEN, mark)
                 return len(ts), 0
         cursor.execute(_PG_STAGE)
         with cursor.copy(_PG_COPY_STAGED) as copy:
             copy.write(binary_copy_payload(ts, rows))
-        cursor.execute(_PG_UPSERT, (series_id,))
-        inserted, updated = cursor.fetchone()
-        cursor.execute("DROP TABLE vigil_points_in")
+    # NOTE: sent together (pipeline mode): the upsert runs the moment the turn is granted,
+    # without a round trip to this thread, which may wait for the GIL meanwhile.
+    with raw.cursor() as turn, raw.cursor() as upsert:
+        with raw.pipeline():
+            turn.execute(_PG_TAKE_TURN, (_PG_OVERWRITE_LOCK, series_id))
+            upsert.execute(_PG_UPSERT, mark)
+        inserted, updated = upsert.fetchone()
     return int(inserted), int(updated)
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import Table, delete, func, select
+from sqlalchemy import Table, delete, func, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -93,6 +93,10 @@ def delete_series(*, session: Session, series_id: int, key_id: int | None) -> di
     """
     query = select(Series).where(Series.id == series_id)
     if session.get_bind().dialect.name == "postgresql":
+        # NOTE: removing a long history takes as long as it takes: the API's statement timeout
+        # (VIGIL_DB_STATEMENT_TIMEOUT_SECONDS) would refuse it on every retry. Lock waits stay
+        # bounded by the lock timeout.
+        session.execute(text("SET LOCAL statement_timeout = 0"))
         query = query.with_for_update()  # waits for a version being stored right now
     series = session.scalar(query)
     if series is None:

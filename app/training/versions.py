@@ -115,9 +115,15 @@ def lock_series(*, session: Session, series_id: int) -> None:
 
     NOTE: without it, two activations on Postgres each retired the active version they saw
     and activated their own: the second commit broke the one-active-version index (500).
+    The lock is FOR NO KEY UPDATE, which serialises activations (and waits for labels'
+    counter updates) but not the foreign-key checks of rows written meanwhile (points,
+    labels, scores take FOR KEY SHARE on the series): ingestion never waits for a version
+    being stored. Deleting the series (FOR UPDATE) still waits for it.
     """
     if session.get_bind().dialect.name == "postgresql":
-        found = session.scalar(select(Series.id).where(Series.id == series_id).with_for_update())
+        found = session.scalar(
+            select(Series.id).where(Series.id == series_id).with_for_update(key_share=True)
+        )
     else:
         result = session.execute(
             update(Series)

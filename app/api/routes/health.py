@@ -12,6 +12,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 
 from app.api.deps import RuntimeDep
 from app.db.migrate import current_revision, head_revision
+from app.errors import busy_error
 from app.metrics import exposition
 from app.schemas.common import RETRY_AFTER_HEADER
 
@@ -52,7 +53,8 @@ def readyz(runtime: RuntimeDep) -> Response:
             connection.execute(text("SELECT 1"))
         current = current_revision(runtime.engine)
     except Exception as exc:
-        return _unavailable(f"unreachable ({exc.__class__.__name__})")
+        busy = busy_error(exc)  # up, but every pooled connection of this process is in use
+        return _unavailable(busy.detail if busy else f"unreachable ({exc.__class__.__name__})")
     head = head_revision()
     if current != head:
         return _unavailable(f"schema at {current}, expected {head}")
