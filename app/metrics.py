@@ -2,14 +2,18 @@
 
 Counters and histograms live in each process (in multiprocess mode, in files under
 PROMETHEUS_MULTIPROC_DIR, which `vigil serve` sets before prometheus_client is imported).
-Gauges that describe shared state (queue depth, active versions, data freshness) are read
-from the database at scrape time, so that every API process reports the same truth.
+Gauges that describe shared state (queue depth, active versions, data freshness) come from
+the database through `DatabaseGauges`, whose scrape cost does not grow with the number of
+series: what changes seldom is re-read only when it changed.
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
+import logging
 import os
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any, NamedTuple
@@ -33,6 +37,7 @@ from app.db.models import (
     DELIVERY_PENDING,
     JOB_QUEUED,
     MODEL_ACTIVE,
+    Activations,
     Alarm,
     Job,
     ModelVersion,
@@ -41,6 +46,8 @@ from app.db.models import (
     WebhookDelivery,
 )
 from app.detection.events import EVENTS
+
+log = logging.getLogger(__name__)
 
 REQUESTS = Counter(
     "vigil_http_requests",
@@ -190,13 +197,94 @@ def observe_many(histogram: Histogram, values: np.ndarray) -> None:
     total.inc(float(amounts.sum()))
 
 
-class DatabaseCollector(Collector):
-    """Gauges read from the database at scrape time."""
+class NewestPoints:
+    """The newest stored point of each series (Unix seconds), as this process knows it.
+
+    Ingestion in this process notes each committed batch (app/services/points.py); a full read
+    of the database (`DatabaseGauges.resync_newest`) starts it and, every RESYNC_SECONDS,
+    brings in what other processes wrote and drops deleted series. So a scrape reads memory,
+    not the newest point of every series: its cost does not grow with the number of series.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._seconds: dict[str, float] = {}
+        self.loaded = False
+
+    def note(self, series: str, ts_us: int) -> None:
+        seconds = ts_us / 1e6
+        with self._lock:
+            if seconds > self._seconds.get(series, float("-inf")):
+                self._seconds[series] = seconds
+
+    def forget(self, series: str) -> None:
+        with self._lock:
+            self._seconds.pop(series, None)
+
+    def replace(self, read: dict[str, float], noted_since: dict[str, float]) -> None:
+        """Take a full read; what this process noted while it ran is newer, and kept."""
+        with self._lock:
+            merged = dict(read)
+            for series, seconds in noted_since.items():
+                if series in merged:
+                    merged[series] = max(merged[series], seconds)
+            self._seconds = merged
+            self.loaded = True
+
+    def snapshot(self) -> dict[str, float]:
+        with self._lock:
+            return dict(self._seconds)
+
+
+RESYNC_SECONDS = 60.0
+"""How often an API process re-reads the newest point of every series (one query): what other
+processes ingested reaches its `vigil_last_point_timestamp_seconds` within this time, well
+inside the 15 minutes after which VigilSeriesNoData fires."""
+
+
+class DatabaseGauges(Collector):
+    """Gauges of shared state, one instance per API process.
+
+    A scrape runs a fixed number of small queries whatever the number of series: the job
+    queue depth, the activation generation, the open alarms (only series that have some),
+    the outbox backlog. Active versions are re-read only when the generation moved; the
+    newest point per series comes from `newest` (NewestPoints). Nothing is emitted for a series with
+    nothing to report (no active model, no point, no open alarm).
+    """
 
     def __init__(self, sessions: sessionmaker[Session]) -> None:
         self._sessions = sessions
+        self.newest = NewestPoints()
+        self._lock = threading.Lock()
+        self._generation: int | None = None
+        self._active: list[tuple[str, int, float]] = []  # (series, version, trained at)
+
+    def resync_newest(self) -> None:
+        """Read the newest point of every series (O(series) index probes: call it seldom)."""
+        noted_before = self.newest.snapshot()
+        # A correlated max per series walks the (series_id, ts) index backwards: no scan.
+        last_ts = select(func.max(Point.ts)).where(Point.series_id == Series.id).scalar_subquery()
+        with self._sessions() as session:
+            read = {
+                name: ts / 1e6
+                for name, ts in session.execute(select(Series.name, last_ts))
+                if ts is not None
+            }
+        noted = self.newest.snapshot()
+        since = {k: v for k, v in noted.items() if v > noted_before.get(k, float("-inf"))}
+        self.newest.replace(read, since)
+
+    async def poll(self, interval: float = RESYNC_SECONDS) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await asyncio.to_thread(self.resync_newest)
+            except Exception as exc:  # the database may be away; the next round tries again
+                log.warning("metrics resync failed: %s", exc.__class__.__name__)
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
+        if not self.newest.loaded:
+            self.resync_newest()
         queue = GaugeMetricFamily("vigil_job_queue_depth", "Training jobs waiting for a worker.")
         version = GaugeMetricFamily(
             "vigil_active_model_version", "Active model version per series.", labels=["series"]
@@ -212,27 +300,32 @@ class DatabaseCollector(Collector):
             labels=["series"],
         )
         open_alarms = GaugeMetricFamily(
-            "vigil_open_alarms", "Alarms not closed yet, per series.", labels=["series"]
+            "vigil_open_alarms",
+            "Alarms not closed yet, per series (only series that have some).",
+            labels=["series"],
+        )
+        backlog = GaugeMetricFamily(
+            "vigil_webhook_outbox_backlog",
+            "Webhook deliveries waiting to be delivered (queued or between retries), by event.",
+            labels=["event"],
         )
         now = time.time()
         with self._sessions() as session:
             depth = session.scalar(select(func.count()).where(Job.status == JOB_QUEUED))
             queue.add_metric([], float(depth or 0))
-            active = session.execute(
-                select(Series.name, ModelVersion.version, ModelVersion.trained_at)
-                .join(ModelVersion, ModelVersion.series_id == Series.id)
-                .where(ModelVersion.status == MODEL_ACTIVE)
-            )
-            for name, number, trained_at in active:
-                version.add_metric([name], float(number))
-                age.add_metric([name], now - trained_at.timestamp())
-            # A correlated max per series walks the (series_id, ts) index backwards: no scan.
-            last_ts = (
-                select(func.max(Point.ts)).where(Point.series_id == Series.id).scalar_subquery()
-            )
-            for name, ts in session.execute(select(Series.name, last_ts)):
-                if ts is not None:
-                    newest.add_metric([name], ts / 1e6)
+            generation = session.scalar(select(Activations.generation).where(Activations.id == 1))
+            with self._lock:
+                if generation != self._generation:
+                    self._active = [
+                        (name, int(number), trained_at.timestamp())
+                        for name, number, trained_at in session.execute(
+                            select(Series.name, ModelVersion.version, ModelVersion.trained_at)
+                            .join(ModelVersion, ModelVersion.series_id == Series.id)
+                            .where(ModelVersion.status == MODEL_ACTIVE)
+                        )
+                    ]
+                    self._generation = generation
+                active = self._active
             counts = session.execute(
                 select(Series.name, func.count(Alarm.id))
                 .join(Alarm, Alarm.series_id == Series.id)
@@ -241,14 +334,29 @@ class DatabaseCollector(Collector):
             )
             for name, count in counts:
                 open_alarms.add_metric([name], float(count))
-        yield from (queue, version, age, newest, open_alarms)
+            pending = {
+                event: int(count)
+                for event, count in session.execute(
+                    select(WebhookDelivery.event, func.count())
+                    .where(WebhookDelivery.status == DELIVERY_PENDING)
+                    .group_by(WebhookDelivery.event)
+                )
+            }
+        for name, number, trained_at in active:
+            version.add_metric([name], float(number))
+            age.add_metric([name], now - trained_at)
+        for name, seconds in sorted(self.newest.snapshot().items()):
+            newest.add_metric([name], seconds)
+        for event in sorted({*EVENTS, *pending}):
+            backlog.add_metric([event], float(pending.get(event, 0)))
+        yield from (queue, version, age, newest, open_alarms, backlog)
 
 
 def multiprocess_enabled() -> bool:
     return bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
 
 
-def exposition(sessions: sessionmaker[Session] | None) -> tuple[bytes, str]:
+def exposition(gauges: DatabaseGauges | None) -> tuple[bytes, str]:
     """The text exposition of this process (or all API processes) plus the database gauges."""
     if multiprocess_enabled():
         registry = CollectorRegistry()
@@ -256,33 +364,8 @@ def exposition(sessions: sessionmaker[Session] | None) -> tuple[bytes, str]:
         body = generate_latest(registry)
     else:
         body = generate_latest(REGISTRY)
-    if sessions is not None:
+    if gauges is not None:
         db_registry = CollectorRegistry(auto_describe=False)
-        db_registry.register(DatabaseCollector(sessions))
-        db_registry.register(OutboxCollector(sessions))
+        db_registry.register(gauges)
         body += generate_latest(db_registry)
     return body, CONTENT_TYPE_LATEST
-
-
-class OutboxCollector(Collector):
-    """The webhook outbox backlog, read from the database at scrape time."""
-
-    def __init__(self, sessions: sessionmaker[Session]) -> None:
-        self._sessions = sessions
-
-    def collect(self) -> Iterator[GaugeMetricFamily]:
-        backlog = GaugeMetricFamily(
-            "vigil_webhook_outbox_backlog",
-            "Webhook deliveries waiting to be delivered (queued or between retries), by event.",
-            labels=["event"],
-        )
-        with self._sessions() as session:
-            counts = session.execute(
-                select(WebhookDelivery.event, func.count())
-                .where(WebhookDelivery.status == DELIVERY_PENDING)
-                .group_by(WebhookDelivery.event)
-            )
-            pending = {event: int(count) for event, count in counts}
-        for event in sorted({*EVENTS, *pending}):
-            backlog.add_metric([event], float(pending.get(event, 0)))
-        yield backlog

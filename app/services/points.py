@@ -40,7 +40,7 @@ from sqlalchemy.orm import Session
 from app.db.models import Point, Series
 from app.detection.marks import mark_written
 from app.errors import InvalidInput, PayloadTooLarge, ServiceUnavailable, UnsupportedMediaType
-from app.metrics import POINTS_INGESTED
+from app.metrics import POINTS_INGESTED, NewestPoints
 from app.schemas.common import (
     DATE_TIME,
     EPOCH,
@@ -101,14 +101,20 @@ class PointsPage:
 
 # -- the route's entry point ------------------------------------------------------------------
 def ingest(
-    *, session: Session, series_id: int, body: bytes, content_type: str | None, max_rows: int
+    *,
+    session: Session,
+    series_id: int,
+    body: bytes,
+    content_type: str | None,
+    max_rows: int,
+    newest: NewestPoints | None = None,
 ) -> IngestResult:
     """Parse a JSON or CSV body for series `series_id` and upsert it."""
     series = get_series(session=session, series_id=series_id)
     batch = parse_batch(
         body=body, content_type=content_type, channels=series.channels, max_rows=max_rows
     )
-    return upsert_points(session=session, series=series, batch=batch)
+    return upsert_points(session=session, series=series, batch=batch, newest=newest)
 
 
 # -- parsing ----------------------------------------------------------------------------------
@@ -520,8 +526,11 @@ def _shown(text: str) -> str:
 
 
 # -- writing ----------------------------------------------------------------------------------
-def upsert_points(*, session: Session, series: Series, batch: PointBatch) -> IngestResult:
-    """Upsert the batch in one transaction; the last row of a repeated timestamp wins."""
+def upsert_points(
+    *, session: Session, series: Series, batch: PointBatch, newest: NewestPoints | None = None
+) -> IngestResult:
+    """Upsert the batch in one transaction; the last row of a repeated timestamp wins.
+    `newest` (the API process's metrics) learns the batch's newest timestamp once committed."""
     ts, values = last_row_per_timestamp(batch.ts, batch.values)
     rows = np.ascontiguousarray(values, dtype="<f8")
     with _driver_errors_as_unavailable(session):
@@ -535,6 +544,8 @@ def upsert_points(*, session: Session, series: Series, batch: PointBatch) -> Ing
             )
     session.commit()
     POINTS_INGESTED.labels(series=series.name).inc(batch.received)
+    if newest is not None and len(ts):
+        newest.note(series.name, int(ts[-1]))
     warnings = []
     if naive := batch.naive_timestamps:
         subject = f"{naive} timestamp{'s' if naive > 1 else ''}"
