@@ -2,16 +2,19 @@
 
 Counters and histograms live in each process (in multiprocess mode, in files under
 PROMETHEUS_MULTIPROC_DIR, which `vigil serve` sets before prometheus_client is imported).
-Gauges that describe shared state (queue depth, active versions, data freshness) are read
-from the database at scrape time, so that every API process reports the same truth.
+Gauges that describe shared state (queue depth, active versions, data freshness) come from
+the database through `DatabaseGauges`, whose scrape cost does not grow with the number of
+series: what changes seldom is re-read only when it changed.
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
+import logging
 import os
+import threading
 import time
-from collections.abc import Iterator
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -23,9 +26,8 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
-from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
-from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -33,6 +35,7 @@ from app.db.models import (
     DELIVERY_PENDING,
     JOB_QUEUED,
     MODEL_ACTIVE,
+    Activations,
     Alarm,
     Job,
     ModelVersion,
@@ -41,6 +44,8 @@ from app.db.models import (
     WebhookDelivery,
 )
 from app.detection.events import EVENTS
+
+log = logging.getLogger(__name__)
 
 REQUESTS = Counter(
     "vigil_http_requests",
@@ -190,65 +195,215 @@ def observe_many(histogram: Histogram, values: np.ndarray) -> None:
     total.inc(float(amounts.sum()))
 
 
-class DatabaseCollector(Collector):
-    """Gauges read from the database at scrape time."""
+class NewestPoints:
+    """The newest stored point of each series (Unix seconds), as this process knows it.
+
+    Ingestion in this process notes each committed batch (app/services/points.py); a full read
+    of the database (`DatabaseGauges.resync_newest`) starts it and, every RESYNC_SECONDS,
+    brings in what other processes wrote and drops deleted series. So a scrape reads memory,
+    not the newest point of every series: its cost does not grow with the number of series.
+    """
+
+    NAME = "vigil_last_point_timestamp_seconds"
+    HELP = "Unix time of the newest stored point per series."
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._seconds: dict[str, float] = {}
+        self._lines: dict[str, str] = {}  # each series' exposition line, made when it changed
+        self._text: str | None = None  # all of them, made at the first scrape after a change
+        self.loaded = False
+
+    def note(self, series: str, ts_us: int) -> None:
+        seconds = ts_us / 1e6
+        with self._lock:
+            if seconds > self._seconds.get(series, float("-inf")):
+                self._seconds[series] = seconds
+                self._lines[series] = sample_line(self.NAME, series, seconds)
+                self._text = None
+
+    def replace(self, read: dict[str, float], noted_since: dict[str, float]) -> None:
+        """Take a full read; what this process noted while it ran is newer, and kept."""
+        with self._lock:
+            merged = dict(read)
+            for series, seconds in noted_since.items():
+                if series in merged:
+                    merged[series] = max(merged[series], seconds)
+            if merged != self._seconds:
+                self._lines = {
+                    series: (
+                        self._lines[series]
+                        if self._seconds.get(series) == seconds
+                        else sample_line(self.NAME, series, seconds)
+                    )
+                    for series, seconds in merged.items()
+                }
+                self._seconds = merged
+                self._text = None
+            self.loaded = True
+
+    def snapshot(self) -> dict[str, float]:
+        with self._lock:
+            return dict(self._seconds)
+
+    def text(self) -> str:
+        """The gauge's exposition, made again only after a change."""
+        with self._lock:
+            if self._text is None:
+                self._text = family_text(
+                    self.NAME, self.HELP, [self._lines[k] for k in sorted(self._lines)]
+                )
+            return self._text
+
+
+def go_float(value: float) -> str:
+    """A sample value as the text format writes it (Go's float formatting)."""
+    return str(floatToGoString(value))  # type: ignore[no-untyped-call]
+
+
+def sample_line(name: str, series: str, value: float, *, label: str = "series") -> str:
+    """One sample of a gauge with one label, as prometheus_client writes it."""
+    escaped = series.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
+    return f'{name}{{{label}="{escaped}"}} {go_float(value)}\n'
+
+
+def family_text(name: str, help_text: str, lines: list[str]) -> str:
+    return f"# HELP {name} {help_text}\n# TYPE {name} gauge\n" + "".join(lines)
+
+
+RESYNC_SECONDS = 60.0
+"""How often an API process re-reads the newest point of every series (one query): what other
+processes ingested reaches its `vigil_last_point_timestamp_seconds` within this time, well
+inside the 15 minutes after which VigilSeriesNoData fires."""
+
+
+class DatabaseGauges:
+    """Gauges of shared state, one instance per API process.
+
+    A scrape runs a fixed number of small queries whatever the number of series: the job
+    queue depth, the activation generation, the open alarms (only series that have some),
+    the outbox backlog. Active versions are re-read only when the generation moved; the
+    newest point per series comes from `newest` (NewestPoints). Nothing is emitted for a
+    series with nothing to report (no active model, no point, no open alarm), and a series'
+    line is written again only when its value changed (the model age excepted): rendering
+    3,000 samples through prometheus_client took longer than all the queries.
+    """
 
     def __init__(self, sessions: sessionmaker[Session]) -> None:
         self._sessions = sessions
+        self.newest = NewestPoints()
+        self._lock = threading.Lock()
+        self._generation: int | None = None
+        self._active: list[tuple[str, float]] = []  # (series, trained at), by series
+        self._versions = ""  # the exposition of vigil_active_model_version
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
-        queue = GaugeMetricFamily("vigil_job_queue_depth", "Training jobs waiting for a worker.")
-        version = GaugeMetricFamily(
-            "vigil_active_model_version", "Active model version per series.", labels=["series"]
-        )
-        age = GaugeMetricFamily(
-            "vigil_model_age_seconds",
-            "Seconds since the active model of a series was trained.",
-            labels=["series"],
-        )
-        newest = GaugeMetricFamily(
-            "vigil_last_point_timestamp_seconds",
-            "Unix time of the newest stored point per series.",
-            labels=["series"],
-        )
-        open_alarms = GaugeMetricFamily(
-            "vigil_open_alarms", "Alarms not closed yet, per series.", labels=["series"]
-        )
-        now = time.time()
+    def resync_newest(self) -> None:
+        """Read the newest point of every series (O(series) index probes: call it seldom)."""
+        noted_before = self.newest.snapshot()
+        # A correlated max per series walks the (series_id, ts) index backwards: no scan.
+        last_ts = select(func.max(Point.ts)).where(Point.series_id == Series.id).scalar_subquery()
+        with self._sessions() as session:
+            read = {
+                name: ts / 1e6
+                for name, ts in session.execute(select(Series.name, last_ts))
+                if ts is not None
+            }
+        noted = self.newest.snapshot()
+        since = {k: v for k, v in noted.items() if v > noted_before.get(k, float("-inf"))}
+        self.newest.replace(read, since)
+
+    async def poll(self, interval: float = RESYNC_SECONDS) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await asyncio.to_thread(self.resync_newest)
+            except Exception as exc:  # the database may be away; the next round tries again
+                log.warning("metrics resync failed: %s", exc.__class__.__name__)
+
+    def text(self) -> str:
+        """The text exposition of the database gauges (reads the database: from a thread)."""
+        if not self.newest.loaded:
+            self.resync_newest()
         with self._sessions() as session:
             depth = session.scalar(select(func.count()).where(Job.status == JOB_QUEUED))
-            queue.add_metric([], float(depth or 0))
-            active = session.execute(
-                select(Series.name, ModelVersion.version, ModelVersion.trained_at)
-                .join(ModelVersion, ModelVersion.series_id == Series.id)
-                .where(ModelVersion.status == MODEL_ACTIVE)
-            )
-            for name, number, trained_at in active:
-                version.add_metric([name], float(number))
-                age.add_metric([name], now - trained_at.timestamp())
-            # A correlated max per series walks the (series_id, ts) index backwards: no scan.
-            last_ts = (
-                select(func.max(Point.ts)).where(Point.series_id == Series.id).scalar_subquery()
-            )
-            for name, ts in session.execute(select(Series.name, last_ts)):
-                if ts is not None:
-                    newest.add_metric([name], ts / 1e6)
-            counts = session.execute(
+            generation = session.scalar(select(Activations.generation).where(Activations.id == 1))
+            with self._lock:
+                if generation != self._generation:
+                    rows = session.execute(
+                        select(Series.name, ModelVersion.version, ModelVersion.trained_at)
+                        .join(ModelVersion, ModelVersion.series_id == Series.id)
+                        .where(ModelVersion.status == MODEL_ACTIVE)
+                        .order_by(Series.name)
+                    ).all()
+                    self._active = [(name, trained_at.timestamp()) for name, _, trained_at in rows]
+                    self._versions = family_text(
+                        "vigil_active_model_version",
+                        "Active model version per series.",
+                        [
+                            sample_line("vigil_active_model_version", n, float(v))
+                            for n, v, _ in rows
+                        ],
+                    )
+                    self._generation = generation
+                active, versions = self._active, self._versions
+            alarms = session.execute(
                 select(Series.name, func.count(Alarm.id))
                 .join(Alarm, Alarm.series_id == Series.id)
                 .where(Alarm.closed_at.is_(None))
                 .group_by(Series.name)
+                .order_by(Series.name)
+            ).all()
+            pending = {
+                event: int(count)
+                for event, count in session.execute(
+                    select(WebhookDelivery.event, func.count())
+                    .where(WebhookDelivery.status == DELIVERY_PENDING)
+                    .group_by(WebhookDelivery.event)
+                )
+            }
+        now = time.time()
+        return "".join(
+            (
+                family_text(
+                    "vigil_job_queue_depth",
+                    "Training jobs waiting for a worker.",
+                    [f"vigil_job_queue_depth {go_float(float(depth or 0))}\n"],
+                ),
+                versions,
+                family_text(
+                    "vigil_model_age_seconds",
+                    "Seconds since the active model of a series was trained.",
+                    [sample_line("vigil_model_age_seconds", n, now - t) for n, t in active],
+                ),
+                self.newest.text(),
+                family_text(
+                    "vigil_open_alarms",
+                    "Alarms not closed yet, per series (only series that have some).",
+                    [sample_line("vigil_open_alarms", n, float(c)) for n, c in alarms],
+                ),
+                family_text(
+                    "vigil_webhook_outbox_backlog",
+                    "Webhook deliveries waiting to be delivered (queued or between retries), "
+                    "by event.",
+                    [
+                        sample_line(
+                            "vigil_webhook_outbox_backlog",
+                            event,
+                            float(pending.get(event, 0)),
+                            label="event",
+                        )
+                        for event in sorted({*EVENTS, *pending})
+                    ],
+                ),
             )
-            for name, count in counts:
-                open_alarms.add_metric([name], float(count))
-        yield from (queue, version, age, newest, open_alarms)
+        )
 
 
 def multiprocess_enabled() -> bool:
     return bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
 
 
-def exposition(sessions: sessionmaker[Session] | None) -> tuple[bytes, str]:
+def exposition(gauges: DatabaseGauges | None) -> tuple[bytes, str]:
     """The text exposition of this process (or all API processes) plus the database gauges."""
     if multiprocess_enabled():
         registry = CollectorRegistry()
@@ -256,33 +411,6 @@ def exposition(sessions: sessionmaker[Session] | None) -> tuple[bytes, str]:
         body = generate_latest(registry)
     else:
         body = generate_latest(REGISTRY)
-    if sessions is not None:
-        db_registry = CollectorRegistry(auto_describe=False)
-        db_registry.register(DatabaseCollector(sessions))
-        db_registry.register(OutboxCollector(sessions))
-        body += generate_latest(db_registry)
+    if gauges is not None:
+        body += gauges.text().encode()
     return body, CONTENT_TYPE_LATEST
-
-
-class OutboxCollector(Collector):
-    """The webhook outbox backlog, read from the database at scrape time."""
-
-    def __init__(self, sessions: sessionmaker[Session]) -> None:
-        self._sessions = sessions
-
-    def collect(self) -> Iterator[GaugeMetricFamily]:
-        backlog = GaugeMetricFamily(
-            "vigil_webhook_outbox_backlog",
-            "Webhook deliveries waiting to be delivered (queued or between retries), by event.",
-            labels=["event"],
-        )
-        with self._sessions() as session:
-            counts = session.execute(
-                select(WebhookDelivery.event, func.count())
-                .where(WebhookDelivery.status == DELIVERY_PENDING)
-                .group_by(WebhookDelivery.event)
-            )
-            pending = {event: int(count) for event, count in counts}
-        for event in sorted({*EVENTS, *pending}):
-            backlog.add_metric([event], float(pending.get(event, 0)))
-        yield backlog

@@ -22,6 +22,7 @@ from app.db.models import Activations, ApiKey
 from app.db.session import Limits, make_engine, make_sessionmaker, transaction
 from app.detection.detector import Detector
 from app.errors import Forbidden
+from app.metrics import DatabaseGauges
 from app.scoring.batcher import MicroBatcher
 from app.scoring.log import ScoreLog
 from app.scoring.process import REPLY_TIMEOUT, ScorerProcess
@@ -242,6 +243,8 @@ class Runtime:
     batcher: MicroBatcher
     score_log: ScoreLog | None  # on the scoring thread; None when the scoring child keeps it
     keys: KeyLookup
+    gauges: DatabaseGauges
+    """The database gauges of /metrics (app/metrics.py)."""
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     loop: asyncio.AbstractEventLoop | None = None
     detector: Detector | None = None
@@ -277,6 +280,7 @@ class Runtime:
             ),
             score_log=score_log,
             keys=KeyLookup(engine),
+            gauges=DatabaseGauges(sessions),
             detector=Detector(settings, sessions=sessions) if settings.detect_enabled else None,
         )
 
@@ -308,6 +312,7 @@ class Runtime:
         gc.freeze()
         self.loop = loop = asyncio.get_running_loop()
         self.tasks.append(loop.create_task(self.registry.poll(self.settings.model_poll_seconds)))
+        self.tasks.append(loop.create_task(self.gauges.poll()))
         if self.score_log is not None:
             self.tasks.append(
                 loop.create_task(self.score_log.run(self.settings.score_log_flush_seconds))

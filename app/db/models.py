@@ -201,8 +201,10 @@ class Job(Base):
 
 class Activations(Base):
     """One row: a counter bumped in the same transaction as every change of a series' active
-    version. Each API request's key lookup reads it too, so an API process learns of a new
-    version before it scores a request that arrived after the change (app/scoring/registry.py)."""
+    version, and every change or deletion of a series' definition. Each API request's key
+    lookup reads it too, so an API process learns of a new version before it scores a request
+    that arrived after the change; and the model registry's poll re-reads series and versions
+    only when it moved (app/scoring/registry.py)."""
 
     __tablename__ = "activations"
 

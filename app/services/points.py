@@ -47,7 +47,7 @@ from app.errors import (
     UnsupportedMediaType,
     busy_error,
 )
-from app.metrics import POINTS_INGESTED
+from app.metrics import POINTS_INGESTED, NewestPoints
 from app.schemas.common import (
     DATE_TIME,
     EPOCH,
@@ -108,14 +108,20 @@ class PointsPage:
 
 # -- the route's entry point ------------------------------------------------------------------
 def ingest(
-    *, session: Session, series_id: int, body: bytes, content_type: str | None, max_rows: int
+    *,
+    session: Session,
+    series_id: int,
+    body: bytes,
+    content_type: str | None,
+    max_rows: int,
+    newest: NewestPoints | None = None,
 ) -> IngestResult:
     """Parse a JSON or CSV body for series `series_id` and upsert it."""
     series = get_series(session=session, series_id=series_id)
     batch = parse_batch(
         body=body, content_type=content_type, channels=series.channels, max_rows=max_rows
     )
-    return upsert_points(session=session, series=series, batch=batch)
+    return upsert_points(session=session, series=series, batch=batch, newest=newest)
 
 
 # -- parsing ----------------------------------------------------------------------------------
@@ -527,7 +533,9 @@ def _shown(text: str) -> str:
 
 
 # -- writing ----------------------------------------------------------------------------------
-def upsert_points(*, session: Session, series: Series, batch: PointBatch) -> IngestResult:
+def upsert_points(
+    *, session: Session, series: Series, batch: PointBatch, newest: NewestPoints | None = None
+) -> IngestResult:
     """Upsert the batch in one transaction; the last row of a repeated timestamp wins.
 
     Rows are written in timestamp order, so concurrent batches over overlapping ranges take
@@ -536,6 +544,7 @@ def upsert_points(*, session: Session, series: Series, batch: PointBatch) -> Ing
     locks are taken by one statement that is followed only by the commit, so a batch holds
     them for as short a time as possible. A wait past the API's lock or statement timeout
     rolls the whole batch back and answers 503 "busy, retry" (app/errors.py `busy_error`).
+    `newest` (the API process's metrics) learns the batch's newest timestamp once committed.
     """
     ts, values = last_row_per_timestamp(batch.ts, batch.values)
     rows = np.ascontiguousarray(values, dtype="<f8")
@@ -550,6 +559,8 @@ def upsert_points(*, session: Session, series: Series, batch: PointBatch) -> Ing
                 )
     session.commit()
     POINTS_INGESTED.labels(series=series.name).inc(batch.received)
+    if newest is not None and len(ts):
+        newest.note(series.name, int(ts[-1]))
     warnings = []
     if naive := batch.naive_timestamps:
         subject = f"{naive} timestamp{'s' if naive > 1 else ''}"

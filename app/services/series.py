@@ -13,6 +13,7 @@ from app.schemas.common import BUILTIN_CLASSES
 from app.schemas.paging import decode_cursor, page_of
 from app.schemas.series import MAX_USER_CLASSES, SeriesCreate, SeriesUpdate
 from app.services.audit import audit
+from app.training.versions import count_activation
 
 MAX_CLASSES = MAX_USER_CLASSES + len(BUILTIN_CLASSES)
 
@@ -112,6 +113,7 @@ def delete_series(*, session: Session, series_id: int, key_id: int | None) -> di
     }
     name = series.name
     session.execute(delete(Series).where(Series.id == series_id))
+    count_activation(session)  # every API process's registry forgets it
     audit(
         session=session,
         key_id=key_id,
@@ -170,5 +172,7 @@ def update_series(*, session: Session, series_id: int, update: SeriesUpdate) -> 
         series.detect = update.detect
     if update.alarm_merge_gap is not None and update.alarm_merge_gap != series.alarm_merge_gap:
         series.alarm_merge_gap = update.alarm_merge_gap
+    if session.is_modified(series):
+        count_activation(session)  # every API process's registry re-reads the series
     session.commit()
     return series

@@ -55,6 +55,7 @@ def install_models(url: str, artifact: bytes, series_ids: list[int]) -> None:
     from app.db.base import utcnow
     from app.db.models import MODEL_ACTIVE, ModelVersion
     from app.db.session import make_engine, make_sessionmaker, transaction
+    from app.training.versions import count_activation
 
     engine = make_engine(url, role="bench")
     digest = hashlib.sha256(artifact).hexdigest()
@@ -72,6 +73,7 @@ def install_models(url: str, artifact: bytes, series_ids: list[int]) -> None:
                     activated_at=utcnow(),
                 )
             )
+        count_activation(session)  # the registry's poll re-reads the active versions
     engine.dispose()
 
 

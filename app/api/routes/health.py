@@ -76,7 +76,7 @@ def _unavailable(reason: str) -> Response:
 )
 async def metrics(runtime: RuntimeDep) -> Response:
     try:
-        body, content_type = await asyncio.to_thread(exposition, runtime.sessions)
+        body, content_type = await asyncio.to_thread(exposition, runtime.gauges)
     except Exception:
         # The database gauges are missing while the database is away; the rest still counts.
         body, content_type = await asyncio.to_thread(exposition, None)

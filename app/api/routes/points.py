@@ -50,6 +50,7 @@ async def ingest_points(
         body=body,
         content_type=request.headers.get("content-type"),
         max_rows=runtime.settings.max_points_rows,
+        newest=runtime.gauges.newest,
     )
 
 
