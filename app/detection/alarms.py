@@ -18,8 +18,6 @@ Status is one of open, closed, acknowledged, dismissed (verdict false_positive) 
 
 from __future__ import annotations
 
-import csv
-import io
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -331,87 +329,6 @@ def _iso(value: Any) -> str | None:
     if value is None:
         return None
     return format_us(int(value.timestamp() * 1_000_000))
-
-
-ALARM_CSV_COLUMNS = (
-    "id",
-    "series_id",
-    "start",
-    "end",
-    "status",
-    "kind",
-    "check",
-    "peak_score",
-    "threshold",
-    "model_version",
-    "windows",
-    "top_channel",
-    "top_share",
-    "verdict",
-)
-
-
-def alarms_csv(alarms: Sequence[dict[str, Any]]) -> str:
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(ALARM_CSV_COLUMNS)
-    for item in alarms:
-        top = item["channels"][0] if item["channels"] else {"name": "", "share": ""}
-        writer.writerow(
-            [
-                item["id"],
-                item["series_id"],
-                item["start"],
-                item["end"],
-                item["status"],
-                item["kind"],
-                item["check"] or "",
-                item["peak_score"],
-                item["threshold"],
-                item["model_version"],
-                item["windows"],
-                top["name"],
-                top["share"],
-                item["verdict"] or "",
-            ]
-        )
-    return out.getvalue()
-
-
-def scores_csv(windows: Sequence[dict[str, Any]], channels: Sequence[str]) -> str:
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(
-        [
-            "start",
-            "end",
-            "model_version",
-            "raw_score",
-            "score",
-            "adjusted_score",
-            "threshold",
-            "is_anomaly",
-            "data_quality",
-            *(f"contribution_{name}" for name in channels),
-        ]
-    )
-    for item in windows:
-        quality = ";".join(f"{q['check']}:{q['channel']}" for q in item["data_quality"])
-        writer.writerow(
-            [
-                item["start"],
-                item["end"],
-                item["model_version"],
-                item["raw_score"],
-                item["score"],
-                item["adjusted_score"],
-                item["threshold"],
-                "true" if item["is_anomaly"] else "false",
-                quality,
-                *(item["channel_contributions"][name] for name in channels),
-            ]
-        )
-    return out.getvalue()
 
 
 # -- reading -----------------------------------------------------------------------------------

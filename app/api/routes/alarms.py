@@ -12,13 +12,20 @@ from app.detection.alarms import (
     acknowledge,
     alarm_json,
     alarm_windows,
-    alarms_csv,
     get_alarm,
     give_verdict,
     list_alarms,
     list_window_scores,
-    scores_csv,
     window_json,
+)
+from app.detection.export import (
+    EXPORT_RESPONSE,
+    alarms_csv,
+    alarms_parquet,
+    media_type,
+    negotiate,
+    scores_csv,
+    scores_parquet,
 )
 from app.detection.schemas import (
     AlarmDetail,
@@ -38,10 +45,6 @@ from app.services.series import get_series
 router = APIRouter(prefix="/v1", tags=["alarms"], responses=AUTH_RESPONSES)
 
 AlarmIdPath = Annotated[int, Path(ge=1, le=MAX_DB_ID, description="The alarm's id.")]
-CSV = "text/csv"
-CSV_RESPONSE: dict[int | str, dict[str, Any]] = {
-    200: {"content": {CSV: {"schema": {"type": "string"}}}},
-}
 InstantQuery = Annotated[
     str | None,
     Query(max_length=64, description="ISO-8601 date-time with offset, or epoch seconds."),
@@ -57,8 +60,10 @@ def _instant(value: str | None, field: str) -> int | None:
         raise InvalidInput(str(exc), field=field) from None
 
 
-def _wants_csv(accept: str | None) -> bool:
-    return accept is not None and CSV in accept.lower() and "application/json" not in accept
+def _file(form: str, body: str | bytes, next_cursor: str | None) -> Response:
+    """A page as CSV or Parquet; the next page's cursor in the `Vigil-Next-Cursor` header."""
+    headers = {"Vigil-Next-Cursor": next_cursor} if next_cursor else {}
+    return Response(body, media_type=media_type(form), headers=headers)  # type: ignore[arg-type]
 
 
 @router.get(
@@ -69,10 +74,11 @@ def _wants_csv(accept: str | None) -> bool:
         "(at most the series' `alarm_merge_gap` unflagged windows apart) as one event, "
         "`kind` `model` or `data_quality` (with `check`). `since`/`until` keep alarms that "
         "overlap that time. Paged: pass `next_cursor` as `cursor`. `Accept: text/csv` gives "
-        "CSV (the next cursor then comes in the `Vigil-Next-Cursor` header)."
+        "CSV, `Accept: application/vnd.apache.parquet` Parquet (typed columns); the next "
+        "cursor then comes in the `Vigil-Next-Cursor` header."
     ),
     response_model=AlarmPage,
-    responses={**CSV_RESPONSE, 404: {"description": "The series does not exist"}},
+    responses={**EXPORT_RESPONSE, 404: {"description": "The series does not exist"}},
 )
 def list_all(
     session: SessionDep,
@@ -98,9 +104,11 @@ def list_all(
         only=key.series,
     )
     items = [alarm_json(alarm) for alarm in alarms]
-    if _wants_csv(accept):
-        headers = {"Vigil-Next-Cursor": next_cursor} if next_cursor else {}
-        return Response(alarms_csv(items), media_type=CSV, headers=headers)
+    form = negotiate(accept)
+    if form == "csv":
+        return _file(form, alarms_csv(items), next_cursor)
+    if form == "parquet":
+        return _file(form, alarms_parquet(items), next_cursor)
     return {"alarms": items, "next_cursor": next_cursor}
 
 
@@ -173,10 +181,11 @@ def acknowledge_alarm(alarm_id: AlarmIdPath, session: SessionDep, key: Labeller)
     description=(
         "The windows detection on ingest scored (no /v1/score call needed), with `start` <= "
         "window start and window end <= `end`. Paged: pass `next_cursor` as `cursor`. "
-        "`Accept: text/csv` gives CSV (next cursor in the `Vigil-Next-Cursor` header)."
+        "`Accept: text/csv` gives CSV, `Accept: application/vnd.apache.parquet` Parquet "
+        "(typed columns); the next cursor then comes in the `Vigil-Next-Cursor` header."
     ),
     response_model=ScorePage,
-    responses={**CSV_RESPONSE, 404: {"description": "The series does not exist"}},
+    responses={**EXPORT_RESPONSE, 404: {"description": "The series does not exist"}},
 )
 def series_scores(
     series_id: SeriesIdPath,
@@ -197,7 +206,9 @@ def series_scores(
         cursor=cursor,
     )
     items = [window_json(row, series.channels) for row in rows]
-    if _wants_csv(accept):
-        headers = {"Vigil-Next-Cursor": next_cursor} if next_cursor else {}
-        return Response(scores_csv(items, series.channels), media_type=CSV, headers=headers)
+    form = negotiate(accept)
+    if form == "csv":
+        return _file(form, scores_csv(items, series.channels), next_cursor)
+    if form == "parquet":
+        return _file(form, scores_parquet(items, series.channels), next_cursor)
     return {"scores": items, "next_cursor": next_cursor}
