@@ -151,6 +151,11 @@ class Settings(BaseSettings):
     max_score_windows: int = Field(default=1024, ge=1)
     """Windows one /v1/score request may carry."""
 
+    max_step_detail: int = Field(default=262_144, ge=1)
+    """Window steps (windows x window size) one `/v1/score?detail=steps` answer may detail:
+    each step adds a number to the JSON, and 1,024 windows of 4,096 steps made a 75 MiB
+    answer. Over the limit is a 422 naming `detail`; send fewer windows or drop the detail."""
+
     max_points_rows: int = Field(default=200_000, ge=1)
     """Rows one ingestion request may carry."""
 

@@ -133,6 +133,15 @@ async def _score(
     steps: bool,
     next_cursor: str | None = None,
 ) -> bytes:
+    limit = runtime.settings.max_step_detail
+    if steps and windows.shape[0] * windows.shape[1] > limit:
+        raise InvalidInput(
+            f"per-step detail covers at most {limit} window steps per request "
+            f"(VIGIL_MAX_STEP_DETAIL); these {windows.shape[0]} windows of "
+            f"{windows.shape[1]} steps hold {windows.shape[0] * windows.shape[1]}: send fewer "
+            "windows or a shorter range, or leave out ?detail=steps",
+            field="detail",
+        )
     active = await _active(runtime, info)
     # The raw score depends on L, so the threshold comes from the calibration at that L.
     threshold = active.model.threshold(

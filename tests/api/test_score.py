@@ -677,6 +677,27 @@ def test_the_shape_header_is_digits_and_commas_only(
     assert response.json()["detail"].startswith("X-Vigil-Shape: header must be `N,T,F`")
 
 
+def test_step_detail_is_bounded_per_request(
+    settings: Settings, admin: Headers, trained: tuple[int, np.ndarray]
+) -> None:
+    """Per-step detail grows the answer by windows x steps numbers: over
+    VIGIL_MAX_STEP_DETAIL it is a 422 naming `detail`, and the same windows without the
+    detail, or fewer of them with it, are scored."""
+    series_id, windows = trained  # windows of 16 steps
+    bounded = settings.model_copy(update={"max_step_detail": 40})
+    with TestClient(create_app(bounded)) as client:
+        body = {"series_id": series_id, "windows": windows[:3].tolist()}
+        refused = client.post("/v1/score", params={"detail": "steps"}, json=body, headers=admin)
+        assert refused.status_code == 422
+        assert refused.json()["detail"].startswith("detail: per-step detail covers at most 40")
+        assert "48" in refused.json()["detail"]
+        assert client.post("/v1/score", json=body, headers=admin).status_code == 200
+        two = {"series_id": series_id, "windows": windows[:2].tolist()}
+        answer = client.post("/v1/score", params={"detail": "steps"}, json=two, headers=admin)
+        assert answer.status_code == 200
+        assert all(len(r["step_contributions"]) == 16 for r in answer.json()["results"])
+
+
 def test_detail_takes_only_steps(
     client: TestClient, admin: Headers, trained: tuple[int, np.ndarray]
 ) -> None:
