@@ -7,7 +7,9 @@ Built to hold by construction, as the detection tests are: the fault is a level 
 one channel; the benign episode holds another channel on a plateau the first model never saw,
 so it alarms; after the retrain that episode is in the training data and labelled
 false_positive, so the new version scores it lower relative to its threshold. Training uses
-the detection tests' budget (300 to 1000 steps); assertions compare with margins.
+the service's default budget (600 to 3000 steps): with the denoising criterion, 300 steps left
+seed 11's retrain making false alarms on held-out windows, and the gate rightly kept it as a
+candidate. Also checked at seeds 3, 5 and 13. Assertions compare with margins.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from tests.utils.stream import make_stream
 
 pytestmark = [
     pytest.mark.slow,
-    # Two trainings of 300-1000 steps on a shared 2-core machine: more than the default 300 s.
+    # Two trainings of 600-3000 steps on a shared 2-core machine: more than the default 300 s.
     pytest.mark.timeout(900),
 ]
 
@@ -62,8 +64,8 @@ def loop_plant(
     with start_plant(
         tmp_path_factory,
         sqlite_template,
-        VIGIL_TRAIN_MIN_STEPS="300",
-        VIGIL_TRAIN_MAX_STEPS="1000",
+        VIGIL_TRAIN_MIN_STEPS="600",
+        VIGIL_TRAIN_MAX_STEPS="3000",
         VIGIL_TRAIN_PATIENCE="10",
         VIGIL_TRAIN_THREADS=str(threads),
         VIGIL_SCORE_THREADS=str(threads),
@@ -190,7 +192,7 @@ def test_the_operators_loop(loop_plant: Plant, context: Any) -> None:
     page.wait_for_selector("#train-status[data-status=succeeded]", timeout=300_000)
     done = plant.wait_job(retrain_id)
     assert done["status"] == "succeeded"
-    assert done["metrics"]["activated"] is True, done["metrics"]
+    assert done["metrics"]["activated"] is True, str(done["metrics"])
 
     # The feedback page: the false alarm's windows score lower under the new version,
     # relative to each version's threshold.
