@@ -131,6 +131,9 @@ def test_the_operators_loop(loop_plant: Plant, context: Any) -> None:
     page.wait_for_selector("#charts[aria-busy=false] .chart[data-channel=score] canvas")
     page.wait_for_selector(f'#series-alarms [data-alarm="{benign[0]["id"]}"]')
     page.click(f'#series-alarms [data-alarm="{benign[0]["id"]}"] button')
+    # A model alarm and a data-quality alarm on the same span say which is which.
+    kinds = page.locator("#series-alarms .alarm-item span.muted").all_inner_texts()
+    assert any(text.startswith("model: ") for text in kinds), kinds
     page.wait_for_selector("#contrib[data-drawn=true]")
     page.evaluate("window.scrollTo(0, 0)")
     screenshot(page, "series-alarms", full_page=True)

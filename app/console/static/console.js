@@ -267,7 +267,7 @@
         list.append(el("div", { class: "alarm-item", "data-alarm": alarm.id },
           el("span", { class: "status status-" + ALARM_STATUS_CLASS[alarm.status], text: alarm.status }),
           el("button", { type: "button", text: stamp(alarm._start) + " · peak " + Number(alarm.peak_score).toFixed(2), onclick: () => selectAlarm(alarm) }),
-          el("span", { class: "muted", text: (alarm.channels || []).slice(0, 3).map((c) => c.name).join(", ") + (alarm.verdict ? " · verdict " + (alarm.verdict.label || alarm.verdict) : "") }),
+          el("span", { class: "muted", text: (alarm.kind === "data_quality" ? `data quality: ${alarm.check} on ` : "model: ") + (alarm.channels || []).slice(0, 3).map((c) => c.name).join(", ") + (alarm.verdict ? " · verdict " + (alarm.verdict.label || alarm.verdict) : "") }),
         ));
       }
     }
