@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
 import sys
 import time
 from typing import Any
@@ -40,6 +39,7 @@ from benchmarks.service.common import (
     create_series,
     database,
     ingest,
+    install_models,
     log,
     median,
     points_json,
@@ -62,19 +62,17 @@ def add_series(url: str, n_series: int, artifact: bytes, with_model: int) -> Non
     """Series `idle-1` ... with 200 points each, as after ingestion and a detector pass (an
     unmarked detect_state row), the first `with_model - 1` with a copy of `artifact` active.
 
-    Written in one transaction, not through the API: 3,000 series through ingestion and the
-    detector take many minutes on a loaded machine, and the steady state is the same."""
+    Written directly, not through the API: 3,000 series through ingestion and the detector
+    take many minutes on a loaded machine, and the steady state is the same."""
     from sqlalchemy import insert
 
-    from app.db.base import utcnow
-    from app.db.models import MODEL_ACTIVE, DetectState, ModelVersion, Point, Series
+    from app.db.models import DetectState, Point, Series
     from app.db.session import make_engine, make_sessionmaker, transaction
-    from app.training.versions import count_activation
 
     engine = make_engine(url, role="bench")
-    digest = hashlib.sha256(artifact).hexdigest()
     values = sensor_values(POINTS).astype("<f8")
     stamps = [(T0 + 10_000 + k) * 1_000_000 for k in range(POINTS)]
+    ids: list[int] = []
     with transaction(make_sessionmaker(engine)) as session:
         for k in range(1, n_series):
             series = Series(
@@ -94,21 +92,9 @@ def add_series(url: str, n_series: int, artifact: bytes, with_model: int) -> Non
                 ],
             )
             session.add(DetectState(series_id=series.id))
-            if k < with_model:
-                session.add(
-                    ModelVersion(
-                        series_id=series.id,
-                        version=1,
-                        status=MODEL_ACTIVE,
-                        artifact=artifact,
-                        sha256=digest,
-                        metrics={},
-                        trained_at=utcnow(),
-                        activated_at=utcnow(),
-                    )
-                )
-        count_activation(session)
+            ids.append(series.id)
     engine.dispose()
+    install_models(url, artifact, ids[: max(with_model - 1, 0)])
 
 
 def detector_idle(url: str) -> bool:

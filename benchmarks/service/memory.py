@@ -20,7 +20,6 @@ Target: RSS <= 1.5 GiB. Writes `benchmarks/out/service_memory.json`.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import sys
 import time
 from pathlib import Path
@@ -35,6 +34,7 @@ from benchmarks.service.common import (
     active_artifact,
     create_series,
     database,
+    install_models,
     log,
     median,
     provenance,
@@ -49,32 +49,6 @@ from benchmarks.service.common import (
 )
 
 GIB = 2**30
-
-
-def install_models(url: str, artifact: bytes, series_ids: list[int]) -> None:
-    from app.db.base import utcnow
-    from app.db.models import MODEL_ACTIVE, ModelVersion
-    from app.db.session import make_engine, make_sessionmaker, transaction
-    from app.training.versions import count_activation
-
-    engine = make_engine(url, role="bench")
-    digest = hashlib.sha256(artifact).hexdigest()
-    with transaction(make_sessionmaker(engine)) as session:
-        for series_id in series_ids:
-            session.add(
-                ModelVersion(
-                    series_id=series_id,
-                    version=1,
-                    status=MODEL_ACTIVE,
-                    artifact=artifact,
-                    sha256=digest,
-                    metrics={},
-                    trained_at=utcnow(),
-                    activated_at=utcnow(),
-                )
-            )
-        count_activation(session)  # the registry's poll re-reads the active versions
-    engine.dispose()
 
 
 def vm(pid: int, field: str) -> int:
