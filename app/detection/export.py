@@ -30,6 +30,8 @@ import pyarrow.parquet as pq
 
 Format = Literal["json", "csv", "parquet"]
 
+INSTANT: Final = pa.timestamp("us", tz="UTC")
+
 JSON: Final = "application/json"
 CSV: Final = "text/csv"
 PARQUET: Final = "application/vnd.apache.parquet"
@@ -106,8 +108,8 @@ ALARM_SCHEMA: Final = pa.schema(
     [
         ("id", pa.int64()),
         ("series_id", pa.int64()),
-        ("start", pa.timestamp("us", tz="UTC")),
-        ("end", pa.timestamp("us", tz="UTC")),
+        ("start", INSTANT),
+        ("end", INSTANT),
         ("status", pa.string()),
         ("kind", pa.string()),
         ("check", pa.string()),
@@ -117,11 +119,11 @@ ALARM_SCHEMA: Final = pa.schema(
         ("windows", pa.int64()),
         ("channels", pa.list_(pa.struct([("name", pa.string()), ("share", pa.float64())]))),
         ("verdict", pa.string()),
-        ("opened_at", pa.timestamp("us", tz="UTC")),
-        ("closed_at", pa.timestamp("us", tz="UTC")),
-        ("acknowledged_at", pa.timestamp("us", tz="UTC")),
+        ("opened_at", INSTANT),
+        ("closed_at", INSTANT),
+        ("acknowledged_at", INSTANT),
         ("acknowledged_by", pa.string()),
-        ("verdict_at", pa.timestamp("us", tz="UTC")),
+        ("verdict_at", INSTANT),
         ("verdict_by", pa.string()),
         ("verdict_note", pa.string()),
         ("retrain_job_id", pa.int64()),
@@ -157,11 +159,7 @@ def alarms_csv(alarms: Sequence[dict[str, Any]]) -> str:
 
 
 def alarms_parquet(alarms: Sequence[dict[str, Any]]) -> bytes:
-    columns = {name: [item[name] for item in alarms] for name in ALARM_SCHEMA.names}
-    for field in ALARM_SCHEMA:
-        if pa.types.is_timestamp(field.type):
-            columns[field.name] = [_instant(value) for value in columns[field.name]]
-    return _parquet(pa.Table.from_pydict(columns, schema=ALARM_SCHEMA))
+    return _parquet(alarms, ALARM_SCHEMA)
 
 
 # -- window scores -----------------------------------------------------------------------------
@@ -204,8 +202,8 @@ def scores_csv(windows: Sequence[dict[str, Any]], channels: Sequence[str]) -> st
 def scores_schema(channels: Sequence[str]) -> pa.Schema:
     return pa.schema(
         [
-            ("start", pa.timestamp("us", tz="UTC")),
-            ("end", pa.timestamp("us", tz="UTC")),
+            ("start", INSTANT),
+            ("end", INSTANT),
             ("model_version", pa.int64()),
             ("raw_score", pa.float64()),
             ("score", pa.float64()),
@@ -217,38 +215,23 @@ def scores_schema(channels: Sequence[str]) -> pa.Schema:
                 pa.list_(pa.struct([("check", pa.string()), ("channel", pa.string())])),
             ),
             *((f"contribution_{name}", pa.float64()) for name in channels),
-            ("scored_at", pa.timestamp("us", tz="UTC")),
+            ("scored_at", INSTANT),
         ]
     )
 
 
 def scores_parquet(windows: Sequence[dict[str, Any]], channels: Sequence[str]) -> bytes:
-    schema = scores_schema(channels)
-    columns: dict[str, list[Any]] = {
-        "start": [_instant(item["start"]) for item in windows],
-        "end": [_instant(item["end"]) for item in windows],
-        **{
-            name: [item[name] for item in windows]
-            for name in (
-                "model_version",
-                "raw_score",
-                "score",
-                "adjusted_score",
-                "threshold",
-                "is_anomaly",
-            )
-        },
-        "data_quality": [
-            [{"check": q["check"], "channel": q["channel"]} for q in item["data_quality"]]
-            for item in windows
-        ],
-    }
-    for name in channels:
-        columns[f"contribution_{name}"] = [
-            item["channel_contributions"].get(name) for item in windows
-        ]
-    columns["scored_at"] = [_instant(item["scored_at"]) for item in windows]
-    return _parquet(pa.Table.from_pydict(columns, schema=schema))
+    rows = [
+        {
+            **item,
+            "data_quality": [
+                {"check": q["check"], "channel": q["channel"]} for q in item["data_quality"]
+            ],
+            **{f"contribution_{c}": item["channel_contributions"].get(c) for c in channels},
+        }
+        for item in windows
+    ]
+    return _parquet(rows, scores_schema(channels))
 
 
 def _instant(value: datetime | str | None) -> datetime | None:
@@ -258,7 +241,14 @@ def _instant(value: datetime | str | None) -> datetime | None:
     return datetime.fromisoformat(value)
 
 
-def _parquet(table: pa.Table) -> bytes:
+def _parquet(rows: Sequence[dict[str, Any]], schema: pa.Schema) -> bytes:
+    """The schema's columns of the JSON rows as one Parquet file; instants parsed for Arrow."""
+    columns = {}
+    for field in schema:
+        values = [row[field.name] for row in rows]
+        if pa.types.is_timestamp(field.type):
+            values = [_instant(value) for value in values]
+        columns[field.name] = values
     sink = pa.BufferOutputStream()
-    pq.write_table(table, sink, compression="zstd")
+    pq.write_table(pa.Table.from_pydict(columns, schema=schema), sink, compression="zstd")
     return bytes(sink.getvalue().to_pybytes())
