@@ -14,7 +14,8 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.config import Settings
-from app.db.models import WindowScore
+from app.db.base import utcnow
+from app.db.models import Alarm, WindowScore
 from app.main import create_app
 from tests.utils.stream import Stream, make_stream
 from tests.utils.trained import trained_series
@@ -42,6 +43,35 @@ def send(
     )
     assert response.status_code == 200, response.text
     return response.json()
+
+
+def add_closed_alarms(
+    sessions: sessionmaker[Session], series_id: int, n: int, *, stuck_every: int = 0
+) -> None:
+    """n closed alarms a second apart (alarm i at 2026-01-01T00:00:0i), peak 2 + i, top channel
+    c1 (0.7) then c0; with `stuck_every`, every such one is a data-quality `stuck` alarm."""
+    with sessions() as session, session.begin():
+        for i in range(n):
+            stuck = bool(stuck_every) and i % stuck_every == 0
+            session.add(
+                Alarm(
+                    series_id=series_id,
+                    kind="data_quality" if stuck else "model",
+                    check="stuck" if stuck else None,
+                    status="closed",
+                    first_seq=10 * i,
+                    last_seq=10 * i + 1,
+                    start_ts=1_767_225_600_000_000 + i * 10**6,
+                    end_ts=1_767_225_601_000_000 + i * 10**6,
+                    windows=2,
+                    peak_score=2.0 + i,
+                    threshold=1.0,
+                    model_version=1,
+                    channels=[{"name": "c1", "share": 0.7}, {"name": "c0", "share": 0.3}],
+                    opened_at=utcnow(),
+                    closed_at=utcnow(),
+                )
+            )
 
 
 def stored_count(sessions: sessionmaker[Session], series_id: int) -> int:

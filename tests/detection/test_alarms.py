@@ -15,7 +15,7 @@ from app.config import Settings
 from app.db.base import utcnow
 from app.db.models import Alarm, Job, Label, WindowScore
 from app.detection.alarms import KIND_MODEL, is_closed, merge_flags, streams_of
-from tests.detection.conftest import TRAINED, Headers, Setup, send, settled
+from tests.detection.conftest import TRAINED, Headers, Setup, add_closed_alarms, send, settled
 from tests.utils.stream import Stream, create_series, make_stream
 
 FAULTS = [(480, 504), (560, 584)]
@@ -324,26 +324,7 @@ def test_keys_restricted_to_a_series_see_only_its_alarms(
 
 
 def test_paging_walks_every_alarm_once_and_exports_csv(setup: Setup, sessions: Any) -> None:
-    with sessions() as session, session.begin():
-        for i in range(23):
-            session.add(
-                Alarm(
-                    series_id=setup.series_id,
-                    kind="model",
-                    status="closed",
-                    first_seq=10 * i,
-                    last_seq=10 * i + 1,
-                    start_ts=1_767_225_600_000_000 + i * 10**6,
-                    end_ts=1_767_225_601_000_000 + i * 10**6,
-                    windows=2,
-                    peak_score=2.0 + i,
-                    threshold=1.0,
-                    model_version=1,
-                    channels=[{"name": "c1", "share": 0.7}, {"name": "c0", "share": 0.3}],
-                    opened_at=utcnow(),
-                    closed_at=utcnow(),
-                )
-            )
+    add_closed_alarms(sessions, setup.series_id, 23)
     seen: list[int] = []
     cursor = ""
     pages = 0

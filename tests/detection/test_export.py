@@ -11,10 +11,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from app.db.base import utcnow
-from app.db.models import Alarm
 from app.detection.export import PARQUET, negotiate
-from tests.detection.conftest import TRAINED, Setup, send, settled
+from tests.detection.conftest import TRAINED, Setup, add_closed_alarms, send, settled
 from tests.utils.stream import Stream
 
 PARQUET_ACCEPT = {"Accept": PARQUET}
@@ -50,32 +48,8 @@ def _instant(text: str) -> datetime:
     return datetime.fromisoformat(text)
 
 
-def _add_alarms(setup: Setup, sessions: Any, n: int) -> None:
-    with sessions() as session, session.begin():
-        for i in range(n):
-            session.add(
-                Alarm(
-                    series_id=setup.series_id,
-                    kind="model" if i % 3 else "data_quality",
-                    check=None if i % 3 else "stuck",
-                    status="closed",
-                    first_seq=10 * i,
-                    last_seq=10 * i + 1,
-                    start_ts=1_767_225_600_000_000 + i * 10**6,
-                    end_ts=1_767_225_601_000_000 + i * 10**6,
-                    windows=2,
-                    peak_score=2.5 + i,
-                    threshold=1.0,
-                    model_version=1,
-                    channels=[{"name": "c1", "share": 0.7}, {"name": "c0", "share": 0.3}],
-                    opened_at=utcnow(),
-                    closed_at=utcnow(),
-                )
-            )
-
-
 def test_alarms_as_parquet_match_the_json_and_page_by_header(setup: Setup, sessions: Any) -> None:
-    _add_alarms(setup, sessions, 7)
+    add_closed_alarms(sessions, setup.series_id, 7, stuck_every=3)
     page = setup.client.get("/v1/alarms?limit=5", headers=setup.headers).json()
     exported = setup.client.get("/v1/alarms?limit=5", headers=setup.headers | PARQUET_ACCEPT)
     assert exported.status_code == 200
