@@ -2,6 +2,9 @@
 
     L = -E_q[log p(x | z, pi)] + beta * KL(q(z|x) || N(0, I)) + alpha * (1/#lab) * sum CE(y, pi)
 
+- alpha may differ by class (class_weights()): the normal-kind classes get TrainConfig.alpha,
+  anomaly kinds and the feedback classes TrainConfig.event_alpha (config.py says why).
+
 - reconstruction and KL (the negative ELBO, eq. 4) are averaged over the windows allowed into the
   ELBO: unlabelled windows and windows labelled only with normal-kind classes (false_positive is
   normal-kind). Windows with any step labelled with an anomaly-kind class (false_negative included)
@@ -31,7 +34,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from models.config import FALSE_NEGATIVE, FALSE_POSITIVE, ClassSpec
 from models.model import SemiSupervisedVAE, VAEOutput, per_step
+
+FEEDBACK_CLASSES = (FALSE_POSITIVE, FALSE_NEGATIVE)
 
 _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
 
@@ -58,14 +64,31 @@ def kl_standard_normal(mu: Tensor, logvar: Tensor) -> Tensor:
     return -0.5 * (1.0 + logvar - mu.pow(2) - logvar.exp()).flatten(1).sum(dim=1)
 
 
-def masked_cross_entropy(pi_logits: Tensor, labels: Tensor) -> Tensor:
-    """Per-window CE summed over labelled steps (eq. 5).
+def masked_cross_entropy(pi_logits: Tensor, labels: Tensor, weight: Tensor | None = None) -> Tensor:
+    """Per-window CE summed over labelled steps (eq. 5), each step's term times its class's
+    weight when `weight` (K,) is given.
     pi_logits (B, T, K), labels (B, T) with -1 = unlabelled -> (B,)."""
     B, T, K = pi_logits.shape
     ce = F.cross_entropy(
-        pi_logits.reshape(B * T, K), labels.reshape(B * T), ignore_index=-1, reduction="none"
+        pi_logits.reshape(B * T, K),
+        labels.reshape(B * T),
+        weight=None if weight is None else weight.to(pi_logits.dtype),
+        ignore_index=-1,
+        reduction="none",
     )  # (B*T,), 0 where the label is -1
     return ce.view(B, T).sum(dim=1)
+
+
+def class_weights(classes: Sequence[ClassSpec], *, alpha: float, event_alpha: float) -> Tensor:
+    """The CE weight of each class (K,): alpha for the normal-kind classes a series' windows
+    are sorted into, event_alpha for the classes that mark events (anomaly kinds and the
+    feedback classes false_positive and false_negative)."""
+    return torch.tensor(
+        [
+            alpha if c.kind == "normal" and c.name not in FEEDBACK_CLASSES else event_alpha
+            for c in classes
+        ]
+    )
 
 
 def not_feedback_nll(pi_logits: Tensor, feedback: Sequence[int]) -> Tensor:
@@ -82,7 +105,7 @@ def vae_loss(
     labels: Tensor | None,
     elbo_mask: Tensor,
     *,
-    alpha: float,
+    alpha: float | Tensor,
     beta: float,
     feedback: Sequence[int] = (),
     gamma: float = 0.0,
@@ -91,6 +114,7 @@ def vae_loss(
 
     out: the model's output on x (B, T, F); labels (B, T) int64 with -1 for unlabelled steps, or
     None; elbo_mask (B,) bool: which windows may feed reconstruction + KL (see module docstring);
+    alpha: the CE weight, one for all classes or (K,) one per class (class_weights());
     feedback: indices of the feedback classes that have labels, whose probability unlabelled
     windows push down with weight gamma.
     """
@@ -105,14 +129,18 @@ def vae_loss(
             nll = per_window_nll[elbo_mask].sum() / n_elbo
             kl = per_window_kl[elbo_mask].sum() / n_elbo
 
-    ce, n_labelled = zero, 0
+    ce, weighted_ce, n_labelled = zero, zero, 0
     if out.pi_logits is not None and labels is not None:
         labelled = (labels >= 0).any(dim=1)  # (B,)
         n_labelled = int(labelled.sum().item())
         if n_labelled > 0:
             ce = masked_cross_entropy(out.pi_logits, labels).sum() / n_labelled
+            if isinstance(alpha, Tensor):
+                weighted_ce = masked_cross_entropy(out.pi_logits, labels, alpha).sum() / n_labelled
+            else:
+                weighted_ce = alpha * ce
 
-    total = nll + beta * kl + alpha * ce
+    total = nll + beta * kl + weighted_ce
     not_feedback = None
     if out.pi_logits is not None and labels is not None and feedback and gamma > 0:
         unlabelled = ~(labels >= 0).any(dim=1)  # (B,)
@@ -130,7 +158,7 @@ def dataset_objective(
     labels: np.ndarray | None,
     elbo_mask: np.ndarray,
     *,
-    alpha: float,
+    alpha: float | Tensor,
     beta: float,
     n_samples: int,
     generator: torch.Generator,
@@ -142,11 +170,12 @@ def dataset_objective(
     Unlike vae_loss (one batch), the terms are normalised over the whole set: nll and kl per ELBO
     window (nll averaged over n_samples draws of z), ce per labelled window. Also reports per-step
     accuracy and log loss of pi on the labelled steps. A term the data or variant cannot have is
-    NaN; loss = nll + beta * kl + alpha * ce over the terms that exist (NaN if none does).
+    NaN; loss = nll + beta * kl + alpha * ce over the terms that exist (NaN if none does), with
+    alpha one weight or (K,) one per class as in vae_loss.
     nll_offset is added to every window's nll (e.g. the log-Jacobian of the standardisation).
     """
     net.eval()
-    nll_sum = kl_sum = ce_sum = 0.0
+    nll_sum = kl_sum = ce_sum = weighted_ce_sum = 0.0
     correct = labelled_steps = 0
     for start in range(0, x.shape[0], chunk):
         xb = torch.from_numpy(x[start : start + chunk])  # (B, T, F)
@@ -165,6 +194,10 @@ def dataset_objective(
             lb = torch.from_numpy(labels[start : start + chunk])  # (B, T)
             step_logits = per_step(pi_logits, xb.shape[1])  # (B, T, K)
             ce_sum += float(masked_cross_entropy(step_logits, lb).double().sum())
+            if isinstance(alpha, Tensor):
+                weighted_ce_sum += float(
+                    masked_cross_entropy(step_logits, lb, alpha).double().sum()
+                )
             mask = lb >= 0
             correct += int((step_logits.argmax(dim=-1) == lb)[mask].sum())
             labelled_steps += int(mask.sum())
@@ -175,7 +208,11 @@ def dataset_objective(
     nll = nll_sum / n_elbo + nll_offset if n_elbo else nan
     kl = kl_sum / n_elbo if n_elbo else nan
     ce = ce_sum / n_labelled if n_labelled else nan
-    parts = [p for p in (nll, beta * kl, alpha * ce) if not math.isnan(p)]
+    if isinstance(alpha, Tensor):
+        weighted_ce = weighted_ce_sum / n_labelled if n_labelled else nan
+    else:
+        weighted_ce = alpha * ce
+    parts = [p for p in (nll, beta * kl, weighted_ce) if not math.isnan(p)]
     return {
         "loss": sum(parts) if parts else nan,
         "nll": nll,

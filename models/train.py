@@ -62,7 +62,7 @@ from models.data import (
     labelled_windows,
 )
 from models.errors import InvalidInput, ModelError, NotEnoughData, TrainingCancelled
-from models.loss import dataset_objective, vae_loss
+from models.loss import class_weights, dataset_objective, vae_loss
 from models.model import SemiSupervisedVAE
 from models.quality import DataProfile
 from models.scoring import (
@@ -363,6 +363,7 @@ def fit(
         "n_elbo_windows": int(eligible.sum()),
     }
     started = time.perf_counter()
+    alpha = class_weights(class_specs, alpha=tc.alpha, event_alpha=tc.event_alpha)  # (K,)
     feedback = [
         i
         for i, spec in enumerate(class_specs)
@@ -382,7 +383,7 @@ def fit(
             _train(
                 net, tc, x_train, train.labels, eligible, groups, x_val, val, val_eligible,
                 member_rng, metrics if k == 0 else {}, _member_progress(progress, k, tc.members),
-                should_stop, feedback,
+                should_stop, feedback, alpha,
             )  # fmt: skip
             if should_stop is not None and should_stop():
                 raise TrainingCancelled(
@@ -482,6 +483,7 @@ def _train(
     progress: Callable[[Progress], None] | None,
     should_stop: Callable[[], bool] | None,
     feedback: list[int],
+    alpha: torch.Tensor,
 ) -> None:
     """The training loop: RMSprop for a budget of optimiser steps, a validation check after
     every round (an epoch, or `eval_every` steps), early stopping once the floor is passed,
@@ -527,10 +529,10 @@ def _train(
                 xt[it],
                 lt[it] if lt is not None else None,
                 mt[it],
-                alpha=tc.alpha,
+                alpha=alpha,
                 beta=tc.beta,
                 feedback=feedback,
-                gamma=tc.alpha * tc.feedback_negative_weight,
+                gamma=tc.event_alpha * tc.feedback_negative_weight,
             )
             optimizer.zero_grad(set_to_none=True)
             terms.total.backward()  # type: ignore[no-untyped-call]
@@ -545,7 +547,7 @@ def _train(
         val_loss: float | None = None
         if x_val is not None and val is not None and val_eligible is not None:
             stats = dataset_objective(
-                net, x_val, val.labels, val_eligible, alpha=tc.alpha, beta=tc.beta,
+                net, x_val, val.labels, val_eligible, alpha=alpha, beta=tc.beta,
                 n_samples=1, generator=make_generator(tc.seed + 1),
             )  # fmt: skip
             val_loss = None if math.isnan(stats["loss"]) else stats["loss"]

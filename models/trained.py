@@ -29,7 +29,7 @@ from models.config import (
 )
 from models.data import Normalisation, check_labels, check_windows, class_index, elbo_eligible
 from models.errors import ArtifactError, InvalidInput, ModelError, UnsupportedOperation
-from models.loss import dataset_objective
+from models.loss import class_weights, dataset_objective
 from models.model import SemiSupervisedVAE
 from models.quality import DataProfile
 from models.scoring import (
@@ -281,7 +281,11 @@ class TrainedModel:
                 x,
                 labels,
                 elbo_eligible(labels, self.classes, x.shape[0]),
-                alpha=self.train_config.alpha,
+                alpha=class_weights(
+                    self.classes,
+                    alpha=self.train_config.alpha,
+                    event_alpha=self.train_config.event_alpha,
+                ),
                 beta=self.train_config.beta,
                 n_samples=n_samples,
                 generator=make_generator(0),

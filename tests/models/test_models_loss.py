@@ -10,7 +10,13 @@ import torch
 
 from models import BUILTIN_CLASSES, SemiSupervisedVAE
 from models.data import elbo_eligible
-from models.loss import gaussian_nll, kl_standard_normal, masked_cross_entropy, vae_loss
+from models.loss import (
+    class_weights,
+    gaussian_nll,
+    kl_standard_normal,
+    masked_cross_entropy,
+    vae_loss,
+)
 from models.model import VAEOutput
 from tests.models.models_testkit import F, T, tiny_config
 
@@ -190,3 +196,31 @@ def test_no_feedback_term_without_unlabelled_windows_or_weight() -> None:
     labels[0, :] = -1
     no_weight = vae_loss(out, x, labels, mask, alpha=1.0, beta=1.0, feedback=[FP], gamma=0.0)
     assert no_weight.not_feedback is None
+
+
+def test_normal_kinds_and_event_classes_weigh_their_cross_entropy_apart() -> None:
+    """A per-class alpha multiplies each labelled step's CE by its class's weight: the classes
+    that mark events (anomaly kinds, feedback) keep their own weight, normal kinds get alpha."""
+    out = output(b=2, seed=3)
+    x = torch.randn(2, T, F)
+    mask = torch.ones(2, dtype=torch.bool)
+    labels = torch.full((2, T), -1, dtype=torch.long)
+    labels[0, :] = NORMAL
+    labels[1, :] = FP
+    weight = class_weights(BUILTIN_CLASSES, alpha=10.0, event_alpha=1.0)
+    assert [c.name for c in BUILTIN_CLASSES][2:] == ["false_positive", "false_negative"]
+    assert [c.kind for c in BUILTIN_CLASSES][:2] == ["normal", "anomaly"]
+    assert weight.tolist() == [10.0, 1.0, 1.0, 1.0]
+    assert out.pi_logits is not None
+    per_window = masked_cross_entropy(out.pi_logits, labels)  # (2,) unweighted
+    weighted = vae_loss(out, x, labels, mask, alpha=weight, beta=1.0)
+    plain = vae_loss(out, x, labels, mask, alpha=1.0, beta=1.0)
+    assert torch.allclose(weighted.ce, plain.ce)  # the reported CE stays unweighted
+    expected_extra = (9.0 * per_window[0] + 0.0 * per_window[1]) / 2  # normal x10, fp x1
+    assert torch.allclose(weighted.total, plain.total + expected_extra, atol=1e-4)
+    # A scalar alpha weighs every class alike.
+    assert torch.allclose(
+        vae_loss(out, x, labels, mask, alpha=10.0, beta=1.0).total,
+        plain.total + 9.0 * plain.ce,
+        atol=1e-4,
+    )
