@@ -236,6 +236,10 @@ class Settings(BaseSettings):
     detect_max_windows: int = Field(default=1024, ge=1)
     """Windows one detector pass scores at most; the rest of a large batch goes to the next."""
 
+    detect_threads: int = Field(default=2, ge=1, le=32)
+    """Detector threads per API process. Each scores one series at a time; several keep the
+    lag short when many series stream at once (one series is never scored by two)."""
+
     detect_lease_seconds: float = Field(default=60.0, gt=0)
     """A series held by a detector that stopped responding goes to another after this long."""
 

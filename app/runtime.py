@@ -20,7 +20,7 @@ from app.config import Settings
 from app.db.base import utcnow
 from app.db.models import Activations, ApiKey
 from app.db.session import Limits, make_engine, make_sessionmaker, transaction
-from app.detection.detector import Detector
+from app.detection.detector import DetectorPool
 from app.errors import Forbidden
 from app.metrics import DatabaseGauges
 from app.scoring.batcher import MicroBatcher
@@ -247,7 +247,7 @@ class Runtime:
     """The database gauges of /metrics (app/metrics.py)."""
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     loop: asyncio.AbstractEventLoop | None = None
-    detector: Detector | None = None
+    detector: DetectorPool | None = None
     """Scores what ingestion adds (app/detection/); None if VIGIL_DETECT_ENABLED=false."""
 
     @classmethod
@@ -281,7 +281,9 @@ class Runtime:
             score_log=score_log,
             keys=KeyLookup(engine),
             gauges=DatabaseGauges(sessions),
-            detector=Detector(settings, sessions=sessions) if settings.detect_enabled else None,
+            detector=(
+                DetectorPool(settings, sessions=sessions) if settings.detect_enabled else None
+            ),
         )
 
     def flush_scores(self) -> int:

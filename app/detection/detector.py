@@ -1,6 +1,6 @@
 """The detector: scores the windows that ingestion adds or changes, and keeps alarms.
 
-Ingestion marks the time range a batch wrote (marks.py). A detector loop runs in each API
+Ingestion marks the time range a batch wrote (marks.py). Detector loops run in each API
 process; a pass claims one marked series with a lease in the database (`FOR UPDATE SKIP
 LOCKED` on Postgres, as the training worker claims jobs), so several processes share the
 work and never score a series at the same time. The claim moves the marked range aside, so
@@ -119,11 +119,41 @@ def window_digest(ts: np.ndarray, values: np.ndarray) -> bytes:
     return hasher.digest()
 
 
+class ModelCache:
+    """The active model of recently scored series, shared by the detector threads of a
+    process: (series id) -> (version, model), least recently used dropped first."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._models: OrderedDict[int, tuple[int, TrainedModel]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, series_id: int, version: int) -> tuple[int, TrainedModel] | None:
+        with self._lock:
+            cached = self._models.get(series_id)
+            if cached is None or cached[0] != version:
+                return None
+            self._models.move_to_end(series_id)
+            return cached
+
+    def put(self, series_id: int, version: int, model: TrainedModel) -> None:
+        with self._lock:
+            self._models[series_id] = (version, model)
+            self._models.move_to_end(series_id)
+            while len(self._models) > self.size:
+                self._models.popitem(last=False)
+
+
 class Detector:
-    """One detector loop (a thread of an API process: app/runtime.py starts it)."""
+    """One detector loop (a thread of an API process: DetectorPool starts them)."""
 
     def __init__(
-        self, settings: Settings, *, sessions: sessionmaker[Session], name: str | None = None
+        self,
+        settings: Settings,
+        *,
+        sessions: sessionmaker[Session],
+        name: str | None = None,
+        models: ModelCache | None = None,
     ) -> None:
         self.settings = settings
         self.sessions = sessions
@@ -131,11 +161,11 @@ class Detector:
         self.stop_event = threading.Event()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
-        self._models: OrderedDict[int, tuple[int, TrainedModel]] = OrderedDict()
+        self._models = models or ModelCache(settings.model_cache_size)
 
     # -- the loop ----------------------------------------------------------------------------
     def start(self) -> None:
-        self._thread = threading.Thread(target=self.run_forever, name="vigil-detector", daemon=True)
+        self._thread = threading.Thread(target=self.run_forever, name=self.name, daemon=True)
         self._thread.start()
 
     def stop(self, timeout: float = 10.0) -> None:
@@ -501,9 +531,8 @@ class Detector:
         if row is None:
             return None
         version, sha256 = row
-        cached = self._models.get(series.id)
-        if cached is not None and cached[0] == version:
-            self._models.move_to_end(series.id)
+        cached = self._models.get(series.id, version)
+        if cached is not None:
             return cached
         blob = session.scalar(
             select(ModelVersion.artifact).where(
@@ -519,9 +548,7 @@ class Detector:
             return None
         if not model.net.has_decoder:  # an ES model has no anomaly scores
             return None
-        self._models[series.id] = (version, model)
-        while len(self._models) > self.settings.model_cache_size:
-            self._models.popitem(last=False)
+        self._models.put(series.id, version, model)
         return version, model
 
     def _cut(self, session: Session, series: Series, claim: Claim) -> Cut | None:
@@ -651,3 +678,35 @@ class Detector:
             "quality": quality,
             "contributions": contributions,
         }
+
+
+class DetectorPool:
+    """The detector threads of one API process (VIGIL_DETECT_THREADS), sharing a model cache.
+
+    Each thread claims its own series through the lease, so one series is never scored by two
+    at once, while a pass that waits on the database or on the model of one series no longer
+    holds up every other series: with one thread, 100 series streaming at 10 Hz lagged 6.7 s
+    (p99) although the process used a third of the two cores (benchmarks/RESULTS.md)."""
+
+    def __init__(self, settings: Settings, *, sessions: sessionmaker[Session]) -> None:
+        models = ModelCache(settings.model_cache_size)
+        base = f"{socket.gethostname()}:{os.getpid()}:detect"
+        self.detectors = [
+            Detector(settings, sessions=sessions, name=f"{base}:{i}", models=models)
+            for i in range(settings.detect_threads)
+        ]
+
+    def start(self) -> None:
+        for detector in self.detectors:
+            detector.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        for detector in self.detectors:
+            detector.stop_event.set()
+            detector.wake()
+        for detector in self.detectors:
+            detector.stop(timeout)
+
+    def wake(self) -> None:
+        for detector in self.detectors:
+            detector.wake()

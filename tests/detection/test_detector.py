@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
-import numpy as np
-from sqlalchemy import select
+from collections.abc import Callable
 
+import numpy as np
+from fastapi.testclient import TestClient
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.config import Settings
 from app.db.models import WindowScore
+from app.main import create_app
 from tests.detection.conftest import TRAINED, Setup, send, settled, stored_count, wait_for
-from tests.utils.stream import Stream
+from tests.utils.stream import Stream, make_stream
+from tests.utils.trained import trained_series
 
 T, STRIDE = 16, 8
 
@@ -188,3 +195,37 @@ def test_metrics_count_windows_and_alarms_not_calls(setup: Setup) -> None:
     assert _sample("vigil_detect_flagged_windows_total", series=series) == flagged_now
     exposed = setup.client.get("/metrics").text
     assert 'vigil_open_alarms{series="pump-1"}' in exposed or "vigil_open_alarms" in exposed
+
+
+def test_detector_threads_share_many_series_without_scoring_a_window_twice(
+    settings: Settings,
+    sessions: sessionmaker[Session],
+    make_headers: Callable[..., dict[str, str]],
+) -> None:
+    """Three detector threads, four series streaming at once: every window of every series
+    is stored exactly once, on its series' grid."""
+    many = settings.model_copy(update={"detect_threads": 3})
+    series = [trained_series(sessions, many, name=f"pump-{i}", n_points=TRAINED) for i in range(4)]
+    stream = make_stream(600, seed=3)
+    headers = make_headers("ingest", "read", name="gateway")
+    with TestClient(create_app(many)) as client:
+        detectors = client.app.state.runtime.detector.detectors  # type: ignore[attr-defined]
+        assert len({d.name for d in detectors}) == 3
+        for lo in range(TRAINED, 600, 40):  # the series take turns, batch by batch
+            for series_id, _ in series:
+                send(
+                    client, headers, series_id, stream.ts[lo : lo + 40], stream.values[lo : lo + 40]
+                )
+        first = -(-(TRAINED - T + 1) // STRIDE) * STRIDE
+        expected = [i // STRIDE for i in range(first, 600 - T + 1, STRIDE)]
+        for series_id, _ in series:
+            wait_for(lambda sid=series_id: stored_count(sessions, sid) >= len(expected), 20.0)
+            settled(sessions, series_id)
+        with sessions() as session:
+            for series_id, _ in series:
+                seqs = session.scalars(
+                    select(WindowScore.seq)
+                    .where(WindowScore.series_id == series_id)
+                    .order_by(WindowScore.seq)
+                ).all()
+                assert list(seqs) == expected
