@@ -250,6 +250,12 @@ class SemiSupervisedVAE(nn.Module):
             out = T * Fn if cfg.flavour == "dense" else Fn
             self.out_mu = nn.Linear(self.decoder.out_dim, out)
             self.out_sigma = nn.Linear(self.decoder.out_dim, out)
+        if self.has_pi:
+            # (K,) the classes pi may predict (fit() sets it from the labels: see
+            # predictable_classes); the others' logits are -inf. Stored with the weights; a
+            # network stored before it existed predicts every class, as it was trained to.
+            self.class_mask: Tensor
+            self.register_buffer("class_mask", torch.ones(K, dtype=torch.bool))
         if self.has_decoder and cfg.complexity_correction:
             # (F,) median per-channel code length of the training windows (scoring.py), set by
             # fit() after training; stored with the weights.
@@ -266,7 +272,9 @@ class SemiSupervisedVAE(nn.Module):
     def encode(self, x: Tensor) -> Encoded:
         """x (B, T, F) -> the parameters of q(z|x) and the class logits."""
         h = self.encoder(x)  # (B, T, H) recurrent, (B, H) dense/conv
-        pi_logits = self.pi_head(h) if self.pi_head is not None else None
+        pi_logits = None
+        if self.pi_head is not None:
+            pi_logits = self.pi_head(h).masked_fill(~self.class_mask, float("-inf"))  # (B, [T,] K)
         if self.mu_head is None or self.logvar_head is None:
             return Encoded(None, None, pi_logits)
         return Encoded(self.mu_head(h), self.logvar_head(h), pi_logits)

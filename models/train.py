@@ -60,6 +60,7 @@ from models.data import (
     check_windows,
     elbo_eligible,
     labelled_windows,
+    predictable_classes,
 )
 from models.errors import InvalidInput, ModelError, NotEnoughData, TrainingCancelled
 from models.loss import class_weights, dataset_objective, vae_loss
@@ -211,8 +212,10 @@ def _batches(
 
 
 def transfer_weights(new: nn.Module, old: nn.Module) -> dict[str, int]:
-    """Copy old's weights into new where names match (see module docstring); returns counts."""
-    new_state, old_state = new.state_dict(), old.state_dict()
+    """Copy old's weights into new where names match (see module docstring); returns counts.
+    The class mask is not a weight: fit() sets it from the new labels."""
+    new_state = {k: v for k, v in new.state_dict().items() if k != "class_mask"}
+    old_state = old.state_dict()
     copied = grown = 0
     with torch.no_grad():
         for name, t in new_state.items():
@@ -380,6 +383,10 @@ def fit(
                 counts = transfer_weights(net, warm_start.nets[k % len(warm_start.nets)])
                 metrics["warm_start_copied"] = counts["copied"]
                 metrics["warm_start_grown"] = counts["grown"]
+            if net.has_pi:
+                net.class_mask.copy_(
+                    torch.from_numpy(predictable_classes(class_specs, label_counts))
+                )
             _train(
                 net, tc, x_train, train.labels, eligible, groups, x_val, val, val_eligible,
                 member_rng, metrics if k == 0 else {}, _member_progress(progress, k, tc.members),

@@ -27,7 +27,7 @@ def test_the_automatic_budget_has_a_floor_and_a_ceiling() -> None:
     assert auto.early_stop_floor(1500) == 600
 
 
-@pytest.mark.parametrize(("n", "batch"), [(12, 8), (40, 8), (300, 32), (600, 64), (50_000, 64)])
+@pytest.mark.parametrize(("n", "batch"), [(12, 16), (40, 16), (300, 32), (600, 64), (50_000, 64)])
 def test_the_batch_scales_with_the_data(n: int, batch: int) -> None:
     assert TrainConfig().batch_for(n) == batch
     assert TrainConfig(batch_size=16).batch_for(n) == 16
@@ -36,7 +36,7 @@ def test_the_batch_scales_with_the_data(n: int, batch: int) -> None:
 def test_a_small_data_set_trains_for_the_whole_floor_before_early_stopping(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """12 windows are 2 batches a pass. Validation never improves after the first check, yet
+    """12 windows are one batch a pass. Validation never improves after the first check, yet
     training runs until the floor: early stopping may not end it after a handful of steps."""
     losses = iter(range(1000))
     real = train_module.dataset_objective  # type: ignore[attr-defined]
@@ -56,8 +56,8 @@ def test_a_small_data_set_trains_for_the_whole_floor_before_early_stopping(
             min_steps=60, max_steps=200, eval_every=10, patience=2, calibration_samples=2
         ),
     )
-    assert model.metrics["batch_size"] == 8
-    assert model.metrics["step_budget"] == 60  # 30 passes of 2 batches, floored at 60
+    assert model.metrics["batch_size"] == 16
+    assert model.metrics["step_budget"] == 60  # 30 passes of 1 batch, floored at 60
     assert model.metrics["steps_run"] == 60
     assert model.metrics["best_step"] == 10
 

@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from models import BUILTIN_CLASSES, P_FN_MAX, TrainedModel, TrainingData, fit
+from models import BUILTIN_CLASSES, P_FN_MAX, ClassSpec, TrainedModel, TrainingData, fit
+from models.artifact import pack, unpack
+from models.data import predictable_classes
 from models.scoring import (
     adjust,
     calibrate,
@@ -182,8 +184,11 @@ def test_adjusted_score_monotone_in_feedback_probabilities() -> None:
 def test_untrained_feedback_classes_do_not_move_scores(trained_ss: TrainedModel) -> None:
     assert trained_ss.label_counts[FP] == 0 and trained_ss.label_counts[FN] == 0
     batch = trained_ss.score(sine_windows(8, seed=4))
-    assert (batch.class_probabilities[:, FP] > 0).all()  # the untrained head says something ...
-    assert (batch.p_false_positive == 0).all()  # ... but it is ignored
+    # A feedback class without labels is not in pi's softmax (models.data.predictable_classes).
+    assert (batch.class_probabilities[:, FP] == 0).all()
+    assert (batch.class_probabilities[:, FN] == 0).all()
+    assert np.allclose(batch.class_probabilities.sum(axis=1), 1.0)
+    assert (batch.p_false_positive == 0).all()
     assert (batch.p_false_negative == 0).all()
     assert np.array_equal(batch.adjusted_score, batch.score)
 
@@ -321,3 +326,26 @@ def test_the_window_code_length_is_shortest_for_simple_windows() -> None:
     expected = 0.5 * T * (np.log(2 * np.pi * 1e-4) + 1)
     assert torch.allclose(c_flat, torch.full((1, 3), expected, dtype=torch.float64))
     assert (c_flat < c_smooth).all() and (c_smooth < c_noisy).all()
+
+
+def test_pi_predicts_normal_kinds_always_and_event_classes_once_labelled() -> None:
+    counts = np.array([0, 0, 0, 0])
+    assert predictable_classes(BUILTIN_CLASSES, counts).tolist() == [True, False, False, False]
+    counts = np.array([0, 0, 5, 0])  # false_positive labelled
+    assert predictable_classes(BUILTIN_CLASSES, counts).tolist() == [True, False, True, False]
+    events = (ClassSpec("leak", "anomaly"), ClassSpec("false_positive", "normal"))
+    assert predictable_classes(events, np.array([0, 0])).tolist() == [True, True]  # none left
+
+
+def test_the_class_mask_travels_with_the_weights_and_old_artifacts_predict_every_class(
+    trained_ss: TrainedModel,
+) -> None:
+    windows = sine_windows(4, seed=5)
+    restored = TrainedModel.from_bytes(trained_ss.to_bytes())
+    assert np.array_equal(restored.predict_proba(windows), trained_ss.predict_proba(windows))
+    assert (restored.predict_proba(windows)[:, FP] == 0).all()
+    tensors, document = unpack(trained_ss.to_bytes())
+    old = {k: v for k, v in tensors.items() if not k.endswith(".class_mask")}
+    assert len(old) < len(tensors)
+    before_the_mask = TrainedModel.from_bytes(pack(old, document))
+    assert (before_the_mask.predict_proba(windows)[:, FP] > 0).all()
