@@ -162,6 +162,17 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
     """Largest request body accepted; larger ones get 413 before they are read whole."""
 
+    bulk_concurrency: int = Field(default=2, ge=1)
+    """Ingestion bodies over `VIGIL_BULK_MIN_BYTES` each API process parses and writes at
+    once; more wait their turn, so that a burst of big bodies bounds memory and CPU."""
+
+    bulk_wait_seconds: float = Field(default=30.0, gt=0)
+    """How long a big ingestion body waits for its turn before it is refused with 503 "busy,
+    retry" and Retry-After."""
+
+    bulk_min_bytes: int = Field(default=1024 * 1024, ge=0)
+    """Ingestion bodies larger than this take a turn under `VIGIL_BULK_CONCURRENCY`."""
+
     batch_max_size: int = Field(default=256, ge=1)
     """Most windows the micro-batcher puts in one model call."""
 
