@@ -5,7 +5,7 @@ a rejected batch leaves the series as it was. Bodies of 10^5 rows are parsed wit
 and numpy in a handful of vectorised passes; the slow, row-by-row walk only runs to name
 the first bad row of a batch that has already failed.
 
-Big bodies (over `BULK_SLICE_BYTES`) are parsed in slices of about that size, each turned
+Big bodies (over `BULK_SLICE_BYTES`, 256 KiB) are parsed in slices of about that size, each turned
 into its rows of one preallocated float64 matrix and dropped, and written in parts: the
 Python objects of a whole 50 MiB body (a list of lists of floats, about 100 bytes a value)
 would take ten times the body's size, and each vectorised pass over all of it would hold the
@@ -88,11 +88,11 @@ TIME_COLUMN: Final = "timestamp"
 Int64Array = np.ndarray[Any, np.dtype[np.int64]]
 Float64Array = np.ndarray[Any, np.dtype[np.float64]]
 
-BULK_SLICE_BYTES: Final = 1 << 20
+BULK_SLICE_BYTES: Final = 256 << 10
 """Bodies larger than this are parsed a slice of about this size at a time (JSON rows, CSV
-lines), and written `WRITE_PART_BYTES` of rows at a time: each step holds the GIL for some
-10 ms, so that the event loop and other requests get their turns in between."""
-WRITE_PART_BYTES: Final = 4 << 20
+lines), and written `WRITE_PART_BYTES` of rows at a time: each step holds the GIL for a few
+milliseconds, so that the event loop and other requests get their turns in between."""
+WRITE_PART_BYTES: Final = 1 << 20
 
 
 class BulkTurns:
@@ -290,13 +290,12 @@ def _json_batch_in_slices(
     position = start + 1
     while position < end:
         cut = body.find(b"]", min(position + BULK_SLICE_BYTES, end))
-        after = _JSON_SPACE.match(body, cut + 1)
-        follows = after.end() if after else cut + 1
+        follows = _after_space(body, cut + 1)
         if cut == end:
             piece, position = body[position:end], end
         elif follows == end:
             piece, position = body[position : cut + 1], end
-        elif body[follows : follows + 1] == b"," and body[follows + 1 : end].strip():
+        elif body[follows : follows + 1] == b"," and _after_space(body, follows + 1) < end:
             piece, position = body[position : cut + 1], follows + 1
         else:  # not a row's end, or a comma before the array's end
             return None
@@ -315,9 +314,14 @@ def _json_batch_in_slices(
     return PointBatch(ts=ts, values=matrix, naive_timestamps=naive)
 
 
+def _after_space(body: bytes, position: int) -> int:
+    space = _JSON_SPACE.match(body, position)
+    return space.end() if space else position
+
+
 def _end_of_number_rows(body: bytes, start: int) -> int:
     """Where the run of `_NUMBER_ROWS` characters from `start` ends, matched a slice at a time
-    (one regular expression over 50 MiB would hold the GIL for a tenth of a second)."""
+    (one regular expression over 50 MiB holds the GIL for a tenth of a second or more)."""
     position = start
     while True:
         stop = min(position + BULK_SLICE_BYTES, len(body))
