@@ -9,6 +9,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
 from app.api.deps import Ingester, Reader, RuntimeDep, SessionDep
+from app.errors import ServiceBusy
 from app.schemas.common import AUTH_RESPONSES, RETRY_AFTER_HEADER, SeriesIdPath, TimestampUs
 from app.schemas.paging import CursorQuery
 from app.schemas.points import POINTS_REQUEST_BODY, IngestResult, PointsOut
@@ -51,17 +52,28 @@ MAX_READ_POINTS = 100_000
 async def ingest_points(
     series_id: SeriesIdPath, request: Request, session: SessionDep, runtime: RuntimeDep, _: Ingester
 ) -> IngestResult:
-    body = await request.body()
-    async with runtime.bulk.turn(len(body)):
-        return await run_in_threadpool(
-            ingest,
-            session=session,
-            series_id=series_id,
-            body=body,
-            content_type=request.headers.get("content-type"),
-            max_rows=runtime.settings.max_points_rows,
-            newest=runtime.gauges.newest,
-        )
+    # NOTE: the turn is taken before the body is read when its length is declared, so that a
+    # big body waiting for its turn is not held in memory meanwhile.
+    declared = request.headers.get("content-length", "")
+    size = int(declared) if declared.isdigit() else len(await request.body())
+    try:
+        async with runtime.bulk.turn(size):
+            body = await request.body()
+            return await run_in_threadpool(
+                ingest,
+                session=session,
+                series_id=series_id,
+                body=body,
+                content_type=request.headers.get("content-type"),
+                max_rows=runtime.settings.max_points_rows,
+                newest=runtime.gauges.newest,
+            )
+    except ServiceBusy:
+        # The unread rest of a body that never got its turn is read and dropped, so that the
+        # client, still sending it, reads the 503 rather than a reset connection.
+        async for _ in request.stream():
+            pass
+        raise
 
 
 @router.get(
