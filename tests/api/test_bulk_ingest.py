@@ -145,13 +145,18 @@ def test_sliced_parse_and_parted_write_store_what_the_whole_body_path_stores(
     assert any(v is None for row in sliced_stored["values"] for v in row)
 
 
-@pytest.mark.parametrize("kind", ["json", "csv"])
+@pytest.mark.parametrize("kind", ["json", "json-values-first", "json-indented", "csv"])
 def test_the_slices_take_valid_bodies_without_falling_back(
     kind: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The sliced parsers themselves give the whole-body batch (not None: no fallback)."""
-    if kind == "json":
+    if kind.startswith("json"):
         body = _json_body(0, 50, 1.0)
+        if kind == "json-values-first":
+            payload = orjson.loads(body)
+            body = orjson.dumps({"values": payload["values"], "timestamps": payload["timestamps"]})
+        elif kind == "json-indented":
+            body = orjson.dumps(orjson.loads(body), option=orjson.OPT_INDENT_2)
         whole = points_service.parse_json_batch(body, channels=CHANNELS, max_rows=1000)
         with sizes(monkeypatch, SMALL_SLICES):
             sliced = points_service._json_batch_in_slices(body, channels=CHANNELS, max_rows=1000)
@@ -197,6 +202,8 @@ def _bad_bodies() -> list[tuple[str, bytes]]:
             ),
         ),
         ("json", _json_body(0, 30, 1.0) + b'{"values": [[1, 2, 3]]}'),
+        ("json", orjson.dumps({"values": rows, "timestamps": good["timestamps"]})),  # valid
+        ("json", orjson.dumps(good, option=orjson.OPT_INDENT_2)),  # valid
         ("json", _json_body(0, 30, 1.0).replace(b'"values"', b'"valu\\u0065s"')),  # valid
         ("json", _json_body(0, 30, 1.0)[:-1] + b',"valu\\u0065s":[]}'),  # the last one wins
         (
