@@ -180,6 +180,11 @@ class Settings(BaseSettings):
     """How long an idle micro-batcher holds a batch open for more requests. 0 batches only
     what arrives while the model is busy, so a lone request never waits."""
 
+    score_piece_steps: int = Field(default=65_536, ge=1)
+    """Window steps (windows x window size) one request puts in one model call: a bigger
+    request is scored a piece at a time, and other requests run between its pieces, so
+    that one request of 1,024 windows of 4,096 steps does not stall all others for 20 s."""
+
     model_cache_size: int = Field(default=64, ge=1)
     """Loaded models each API process keeps; older ones are dropped and reloaded on demand."""
 

@@ -278,6 +278,7 @@ class Runtime:
                 max_batch_size=settings.batch_max_size,
                 max_wait=settings.batch_max_wait_ms / 1000.0,
                 n_samples=settings.score_samples,
+                max_piece_steps=settings.score_piece_steps,
                 scorer=scorer,
                 score_log=score_log,
             ),
