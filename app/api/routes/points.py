@@ -71,7 +71,7 @@ async def ingest_points(
     except ServiceBusy:
         # The unread rest of a body that never got its turn is read and dropped, so that the
         # client, still sending it, reads the 503 rather than a reset connection.
-        async for _ in request.stream():
+        async for _chunk in request.stream():
             pass
         raise
 
