@@ -162,12 +162,28 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
     """Largest request body accepted; larger ones get 413 before they are read whole."""
 
+    bulk_concurrency: int = Field(default=2, ge=1)
+    """Ingestion bodies over `VIGIL_BULK_MIN_BYTES` each API process parses and writes at
+    once; more wait their turn, so that a burst of big bodies bounds memory and CPU."""
+
+    bulk_wait_seconds: float = Field(default=30.0, gt=0)
+    """How long a big ingestion body waits for its turn before it is refused with 503 "busy,
+    retry" and Retry-After."""
+
+    bulk_min_bytes: int = Field(default=1024 * 1024, ge=0)
+    """Ingestion bodies larger than this take a turn under `VIGIL_BULK_CONCURRENCY`."""
+
     batch_max_size: int = Field(default=256, ge=1)
     """Most windows the micro-batcher puts in one model call."""
 
     batch_max_wait_ms: float = Field(default=0.0, ge=0)
     """How long an idle micro-batcher holds a batch open for more requests. 0 batches only
     what arrives while the model is busy, so a lone request never waits."""
+
+    score_piece_steps: int = Field(default=65_536, ge=1)
+    """Window steps (windows x window size) one request puts in one model call: a bigger
+    request is scored a piece at a time, and other requests run between its pieces, so
+    that one request of 1,024 windows of 4,096 steps does not stall all others for 20 s."""
 
     model_cache_size: int = Field(default=64, ge=1)
     """Loaded models each API process keeps; older ones are dropped and reloaded on demand."""

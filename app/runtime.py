@@ -28,6 +28,7 @@ from app.scoring.log import ScoreLog
 from app.scoring.process import REPLY_TIMEOUT, ScorerProcess
 from app.scoring.registry import ModelRegistry
 from app.security import ensure_bootstrap_key, hash_key
+from app.services.points import BulkTurns
 
 log = logging.getLogger(__name__)
 
@@ -245,6 +246,8 @@ class Runtime:
     keys: KeyLookup
     gauges: DatabaseGauges
     """The database gauges of /metrics (app/metrics.py)."""
+    bulk: BulkTurns
+    """Turns for big ingestion bodies (VIGIL_BULK_CONCURRENCY)."""
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     loop: asyncio.AbstractEventLoop | None = None
     detector: DetectorPool | None = None
@@ -275,12 +278,18 @@ class Runtime:
                 max_batch_size=settings.batch_max_size,
                 max_wait=settings.batch_max_wait_ms / 1000.0,
                 n_samples=settings.score_samples,
+                max_piece_steps=settings.score_piece_steps,
                 scorer=scorer,
                 score_log=score_log,
             ),
             score_log=score_log,
             keys=KeyLookup(engine),
             gauges=DatabaseGauges(sessions),
+            bulk=BulkTurns(
+                concurrency=settings.bulk_concurrency,
+                wait_seconds=settings.bulk_wait_seconds,
+                min_bytes=settings.bulk_min_bytes,
+            ),
             detector=(
                 DetectorPool(settings, sessions=sessions) if settings.detect_enabled else None
             ),

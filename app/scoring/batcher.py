@@ -47,6 +47,10 @@ class MicroBatcher:
 
     A request with a `Record` has its windows logged where the model ran: in the scoring
     child (which keeps a score log of its own), or on the scoring thread in `score_log`.
+
+    A request of more than `max_piece_steps` window steps is scored in pieces of at most
+    that many, each queued once the one before it is scored: requests that arrive meanwhile
+    run between its pieces instead of waiting for all of it.
     """
 
     def __init__(
@@ -57,8 +61,10 @@ class MicroBatcher:
         n_samples: int,
         scorer: ScorerProcess | None = None,
         score_log: ScoreLog | None = None,
+        max_piece_steps: int | None = None,
     ) -> None:
         self.max_batch_size = max_batch_size
+        self.max_piece_steps = max_piece_steps
         self.max_wait = max_wait
         self.n_samples = n_samples
         self.scorer = scorer  # None: score on a thread of this process
@@ -79,6 +85,32 @@ class MicroBatcher:
     ) -> Scored:
         """Score `windows` of (series id, model version) `key`; log them if `record` says how
         (else the result has no ids and no alarm flags)."""
+        steps = windows.shape[1] if windows.ndim > 1 else 1
+        per_piece = len(windows)
+        if self.max_piece_steps is not None:
+            per_piece = max(1, self.max_piece_steps // max(1, steps))
+        if len(windows) <= per_piece:
+            return await self._queued(key, model, windows, record)
+        pieces = []
+        for start in range(0, len(windows), per_piece):
+            stop = start + per_piece
+            piece_record = record
+            if record is not None and record.spans is not None:
+                piece_record = Record(record.threshold, record.spans[start:stop])
+            pieces.append(await self._queued(key, model, windows[start:stop], piece_record))
+        return Scored(
+            batch=concat_batches([piece.batch for piece in pieces]),
+            ids=[i for piece in pieces for i in piece.ids],
+            flagged=[f for piece in pieces for f in piece.flagged],
+        )
+
+    async def _queued(
+        self,
+        key: tuple[int, int],
+        model: TrainedModel,
+        windows: np.ndarray,
+        record: Record | None,
+    ) -> Scored:
         loop = asyncio.get_running_loop()
         if self._consumer is None or self._consumer.done():
             self._wakeup, self._full = asyncio.Event(), asyncio.Event()
@@ -218,4 +250,27 @@ def slice_batch(batch: ScoreBatch, start: int, stop: int) -> ScoreBatch:
         step_contributions=batch.step_contributions[start:stop],
         quality=batch.quality[start:stop],
         threshold=batch.threshold,
+    )
+
+
+def concat_batches(batches: list[ScoreBatch]) -> ScoreBatch:
+    """The pieces of one request's batch, scored apart, as one batch (slice_batch's inverse)."""
+    if len(batches) == 1:
+        return batches[0]
+
+    def joined(name: str) -> np.ndarray:
+        return np.concatenate([getattr(batch, name) for batch in batches])
+
+    return ScoreBatch(
+        raw_score=joined("raw_score"),
+        score=joined("score"),
+        p_false_positive=joined("p_false_positive"),
+        p_false_negative=joined("p_false_negative"),
+        adjusted_score=joined("adjusted_score"),
+        is_anomaly=joined("is_anomaly"),
+        class_probabilities=joined("class_probabilities"),
+        channel_contributions=joined("channel_contributions"),
+        step_contributions=joined("step_contributions"),
+        quality=joined("quality"),
+        threshold=batches[0].threshold,
     )

@@ -725,3 +725,33 @@ def test_a_stuck_channel_raises_an_alarm_that_names_it(
     assert first["data_quality"] == []
     assert second["data_quality"] == [{"check": "stuck", "channel": "c1"}]
     assert second["is_anomaly"] is True
+
+
+def test_a_request_scored_in_pieces_answers_and_logs_like_one_call(
+    client: TestClient,
+    admin: Headers,
+    settings: Settings,
+    sessions: sessionmaker[Session],
+    trained: tuple[int, np.ndarray],
+) -> None:
+    """VIGIL_SCORE_PIECE_STEPS below the request's window steps: the stored range is scored a
+    piece of 2 windows at a time, and the answer and the score log are those of one call."""
+    series_id, _ = trained
+    body = {"series_id": series_id, "start": "2026-01-01T00:00:00Z", "end": "2026-01-01T00:01:19Z"}
+    whole = client.post("/v1/score", json=body, headers=admin)
+    assert whole.status_code == 200, whole.text
+    with TestClient(create_app(settings.model_copy(update={"score_piece_steps": 32}))) as pieces:
+        split = pieces.post("/v1/score", json=body, headers=admin)
+        assert pieces.app.state.runtime.batcher.model_calls == 5  # type: ignore[attr-defined]
+    assert split.status_code == 200, split.text
+    expected, results = whole.json()["results"], split.json()["results"]
+    assert len(results) == len(expected) == 9  # 80 points, windows of 16 every 8
+    for got, want in zip(results, expected, strict=True):
+        assert (got["start"], got["end"]) == (want["start"], want["end"])
+        assert got["raw_score"] == pytest.approx(want["raw_score"], rel=1e-5)
+        assert got["is_anomaly"] == want["is_anomaly"]
+    ids = [r["score_id"] for r in results]
+    assert len(set(ids)) == len(ids)
+    with sessions() as session:
+        logged = session.scalars(select(ScoreRecord.id)).all()
+    assert {str(i) for i in logged} >= set(ids)

@@ -161,3 +161,42 @@ def test_logged_requests_are_logged_apart_from_the_others(
     assert set(rows) == {*first.ids, *second.ids}
     got = [(rows[i].start_ts, rows[i].end_ts, rows[i].is_anomaly) for i in first.ids + second.ids]
     assert got == [(0, 15, first.flagged[0]), (8, 23, first.flagged[1]), (None, None, True)]
+
+
+def test_a_small_request_runs_between_the_pieces_of_a_big_one(
+    model: TrainedModel, windows: np.ndarray
+) -> None:
+    """A request over `max_piece_steps` is scored a piece at a time: a request for another
+    series that arrives while its first piece runs is answered before the big one is."""
+    steps = windows.shape[1]
+
+    async def run() -> tuple[list[str], Scored, int]:
+        batcher = MicroBatcher(
+            max_batch_size=256, max_wait=0.0, n_samples=1, max_piece_steps=2 * steps
+        )
+        finished: list[str] = []
+
+        async def big() -> Scored:
+            scored = await batcher.score((1, 1), model, windows)
+            finished.append("big")
+            return scored
+
+        async def small() -> None:
+            while batcher.model_calls < 1:  # the big request's first piece is being scored
+                await asyncio.sleep(0)
+            await batcher.score((2, 1), model, windows[:1])
+            finished.append("small")
+
+        scored, _ = await asyncio.gather(big(), small())
+        await batcher.close()
+        return finished, scored, batcher.model_calls
+
+    finished, scored, calls = asyncio.run(run())
+    assert len(windows) >= 8
+    assert finished == ["small", "big"]
+    assert calls == -(-len(windows) // 2) + 1  # the big one's pieces, and the small one
+    # The pieces, put together, are the whole request's result.
+    direct = model.score(windows)
+    assert scored.batch.raw_score.tolist() == pytest.approx(direct.raw_score.tolist(), rel=1e-5)
+    assert scored.batch.step_contributions.shape == direct.step_contributions.shape
+    assert scored.ids == [] and scored.flagged == []

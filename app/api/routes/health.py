@@ -30,7 +30,9 @@ class Readiness(BaseModel):
 
 
 @router.get("/healthz", summary="Liveness: the process is up")
-def healthz() -> Health:
+async def healthz() -> Health:
+    # NOTE: on the event loop, not a worker thread: liveness must not wait for a free thread
+    # or for the GIL hand-offs of one while big ingestion bodies are being parsed.
     return Health(status="ok")
 
 

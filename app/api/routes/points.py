@@ -9,7 +9,8 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
 from app.api.deps import Ingester, Reader, RuntimeDep, SessionDep
-from app.schemas.common import AUTH_RESPONSES, SeriesIdPath, TimestampUs
+from app.errors import ServiceBusy
+from app.schemas.common import AUTH_RESPONSES, RETRY_AFTER_HEADER, SeriesIdPath, TimestampUs
 from app.schemas.paging import CursorQuery
 from app.schemas.points import POINTS_REQUEST_BODY, IngestResult, PointsOut
 from app.services.points import ingest, read_points
@@ -30,28 +31,49 @@ MAX_READ_POINTS = 100_000
         "timestamps without a UTC offset are taken as UTC, and `warnings` says how many. "
         "The whole batch is validated before anything is written; an invalid batch writes "
         "nothing and the error names the field and row (JSON) or line (CSV). At most "
-        "`VIGIL_MAX_POINTS_ROWS` rows per request (413 beyond)."
+        "`VIGIL_MAX_POINTS_ROWS` rows per request (413 beyond). Bodies over "
+        "`VIGIL_BULK_MIN_BYTES` (1 MiB) are parsed and written at most "
+        "`VIGIL_BULK_CONCURRENCY` (2) at a time per API process; one that waits longer than "
+        '`VIGIL_BULK_WAIT_SECONDS` (30 s) for its turn gets 503 "busy, retry" with '
+        "Retry-After, and nothing is written."
     ),
     openapi_extra={"requestBody": POINTS_REQUEST_BODY},
     responses={
         404: {"description": "The series does not exist"},
         413: {"description": "The body or the number of rows is over the limit"},
         415: {"description": "The body is neither application/json nor text/csv"},
+        503: {
+            "description": "Busy: too many large bodies in progress, or the database stayed "
+            "locked; retry after Retry-After seconds",
+            "headers": RETRY_AFTER_HEADER,
+        },
     },
 )
 async def ingest_points(
     series_id: SeriesIdPath, request: Request, session: SessionDep, runtime: RuntimeDep, _: Ingester
 ) -> IngestResult:
-    body = await request.body()
-    return await run_in_threadpool(
-        ingest,
-        session=session,
-        series_id=series_id,
-        body=body,
-        content_type=request.headers.get("content-type"),
-        max_rows=runtime.settings.max_points_rows,
-        newest=runtime.gauges.newest,
-    )
+    # NOTE: the turn is taken before the body is read when its length is declared, so that a
+    # big body waiting for its turn is not held in memory meanwhile.
+    declared = request.headers.get("content-length", "")
+    size = int(declared) if declared.isdigit() else len(await request.body())
+    try:
+        async with runtime.bulk.turn(size):
+            body = await request.body()
+            return await run_in_threadpool(
+                ingest,
+                session=session,
+                series_id=series_id,
+                body=body,
+                content_type=request.headers.get("content-type"),
+                max_rows=runtime.settings.max_points_rows,
+                newest=runtime.gauges.newest,
+            )
+    except ServiceBusy:
+        # The unread rest of a body that never got its turn is read and dropped, so that the
+        # client, still sending it, reads the 503 rather than a reset connection.
+        async for _chunk in request.stream():
+            pass
+        raise
 
 
 @router.get(
