@@ -52,7 +52,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from app.config import Settings
 from app.db.base import utcnow
 from app.db.models import MODEL_ACTIVE, DetectState, ModelVersion, Point, Series, WindowScore
-from app.detection.alarms import update_alarms
+from app.detection.alarms import renumber_alarms, update_alarms
 from app.metrics import detection_metrics
 from app.scoring.registry import load_artifact, serving_samples
 from app.services.windows import prepare_for_scoring
@@ -380,6 +380,7 @@ class Detector:
                     .values(seq=seq)
                 )
             handled_to = grid[-1] if grid else None
+            moved = bool(reseq)
             if handled_to is not None:
                 stale = delete(WindowScore).where(
                     WindowScore.series_id == claim.series_id,
@@ -388,8 +389,10 @@ class Detector:
                 )
                 if not at_end:
                     stale = stale.where(WindowScore.start_ts <= handled_to)
-                session.execute(stale)
+                moved = session.execute(stale).rowcount > 0 or moved  # type: ignore[attr-defined]
             session.flush()
+            if moved:  # points written into a hole moved the later windows on the grid
+                renumber_alarms(session=session, series_id=claim.series_id, since_ts=grid[0])
             newest = session.scalar(
                 select(func.max(WindowScore.seq)).where(WindowScore.series_id == claim.series_id)
             )
