@@ -12,6 +12,29 @@ of a series has its own alarms:
   stream that stopped sending stays open;
 - a verdict ends an alarm too: flagged windows after it open a new one.
 
+Windows are scored again when their values change, and history back-filled before them is
+scored too; the alarms within reach of such windows are folded again from the stored windows
+of their cause (`update_alarms`), so that they stay what the rule above gives:
+
+- an alarm whose middle is no longer flagged, its flagged windows now more than
+  `alarm_merge_gap` apart, splits: the earlier part keeps the alarm (its id, acknowledgement
+  and state), each later part is a new alarm (alarm.opened);
+- a window now flagged that brings two alarms of one cause within reach merges them into the
+  older one (lower id), which stays open if either was and keeps the earlier
+  acknowledgement; the other is removed (alarm.closed with `removed: "merged"` and
+  `merged_into`, the id it lives on as);
+- an alarm left without flagged windows is withdrawn: removed, with alarm.closed and
+  `removed: "withdrawn"` (an alarm made and emptied by one pass is never announced), unless
+  it was acknowledged: then it stays as it was;
+- an alarm with a verdict keeps its span and is never split, merged or removed (if none of
+  its windows stays flagged, it stays as it was); windows on either side of it do not join
+  it, nor join each other across it.
+
+When points are written into a hole, the windows after it move on the grid (`seq` counts the
+points before a window) and their alarms move with them (`renumber_alarms`). A verdict or
+acknowledgement locks its alarm, as the detector locks the alarms it folds (`lock_alarms`),
+so that neither overwrites the other.
+
 Status is one of open, closed, acknowledged, dismissed (verdict false_positive) and confirmed
 (verdict: an anomaly class), in that order of precedence from last to first.
 """
