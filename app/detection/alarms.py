@@ -221,15 +221,17 @@ def update_alarms(
             )
             for stream, alarms in by_stream.items()
         }
-        windows = session.scalars(
-            select(WindowScore)
-            .where(
-                WindowScore.series_id == series.id,
-                WindowScore.seq >= min(r[0] for r in regions.values()),
-                WindowScore.seq <= max(r[1] for r in regions.values()),
-            )
-            .order_by(WindowScore.seq, WindowScore.start_ts)
-        ).all()
+        windows: Sequence[WindowScore] = ()
+        if regions:  # else no changed window is flagged, and no alarm is near them
+            windows = session.scalars(
+                select(WindowScore)
+                .where(
+                    WindowScore.series_id == series.id,
+                    WindowScore.seq >= min(r[0] for r in regions.values()),
+                    WindowScore.seq <= max(r[1] for r in regions.values()),
+                )
+                .order_by(WindowScore.seq, WindowScore.start_ts)
+            ).all()
         for stream in sorted(by_stream, key=lambda s: (s[0], s[1] or "")):
             first, last = regions[stream]
             _refold(

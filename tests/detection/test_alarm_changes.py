@@ -112,6 +112,16 @@ def set_alarm(sessions: sessionmaker[Session], alarm_id: int, **values: Any) -> 
             setattr(alarm, name, value)
 
 
+def test_windows_that_raise_nothing_change_nothing(
+    sessions: sessionmaker[Session], series_id: int
+) -> None:
+    assert score(sessions, series_id, "0000") == []
+    [alarm] = score(sessions, series_id, "..........1")
+    [same] = score(sessions, series_id, "00000")  # 6 unflagged windows away
+    assert (same.id, spans([same])) == (alarm.id, [(10, 10, 1)])
+    assert [e for e, _ in events(sessions)] == ["alarm.opened"]
+
+
 def test_an_alarm_splits_where_its_middle_is_no_longer_flagged(
     sessions: sessionmaker[Session], series_id: int
 ) -> None:
