@@ -210,11 +210,23 @@ def test_an_alarm_with_a_verdict_is_neither_merged_nor_split(
 
 
 # -- through the detector: points written into a hole ------------------------------------------
+@pytest.fixture
+def settings(settings: Settings, request: pytest.FixtureRequest) -> Settings:
+    """The suite's settings; parametrised (indirectly), the most windows a detector pass
+    scores, so that the detector takes several passes over a change."""
+    limit = getattr(request, "param", None)
+    return settings if limit is None else settings.model_copy(update={"detect_max_windows": limit})
+
+
 @pytest.mark.parametrize("hole", [16, 20], ids=["on-grid", "off-grid"])
+@pytest.mark.parametrize(
+    "settings", [None, 12], ids=["one-pass", "12-windows-a-pass"], indirect=True
+)
 def test_history_written_into_a_hole_keeps_alarms_on_their_windows(setup: Setup, hole: int) -> None:
     """Points written into a hole move every later window on the grid: the alarms after it
     move with their windows (a hole of 16 points moves them by 2 positions; one of 20
-    puts the points off the grid, so the later windows are cut and scored anew)."""
+    puts the points off the grid, so the later windows are cut and scored anew), also when
+    the detector takes several passes to get there."""
     stream = make_stream(800, faults=[(600, 624)], seed=3)
     keep = np.r_[TRAINED:520, 520 + hole : 760]
     send(setup.client, setup.headers, setup.series_id, stream.ts[keep], stream.values[keep])
