@@ -8,6 +8,7 @@ of flags is a run of windows, `1` flagged by the model, `0` not, `.` not stored.
 from __future__ import annotations
 
 import threading
+from datetime import datetime
 from typing import Any
 
 import numpy as np
@@ -22,12 +23,12 @@ from app.db.models import Alarm, Label, Series, WindowScore
 from app.detection.alarms import give_verdict, update_alarms
 from app.detection.events import EVENTS
 from app.runtime import Principal
-from tests.detection.conftest import TRAINED, Setup, send, settled
+from tests.detection.conftest import TRAINED, Setup, send, settled, wait_for
 from tests.detection.test_alarms import _model_episodes
 from tests.detection.test_webhooks import add_webhook, deliveries
 from tests.utils.stream import T0_US, create_series, make_stream
 
-STRIDE_US = 8_000_000  # the windows' stride: 8 points a second apart
+STRIDE_US = 8_000_000  # the windows' stride: 8 points, one a second
 OPERATOR = Principal(id=0, name="operator", key_hash="", scopes=("label",))
 
 
@@ -281,8 +282,6 @@ def _alarms_on_fault(setup: Setup, stream: Any) -> list[dict[str, Any]]:
 
 
 def _us(instant: str) -> int:
-    from datetime import datetime
-
     return round(datetime.fromisoformat(instant).timestamp() * 1e6)
 
 
@@ -353,7 +352,6 @@ def test_a_verdict_waits_for_the_detector_and_labels_the_span_it_left(
 
 def _wait_for_a_lock_wait(sessions: sessionmaker[Session]) -> None:
     """Until a session of this database waits for a row lock."""
-    from tests.detection.conftest import wait_for
 
     def waiting() -> bool:
         with sessions() as session:
