@@ -12,6 +12,29 @@ of a series has its own alarms:
   stream that stopped sending stays open;
 - a verdict ends an alarm too: flagged windows after it open a new one.
 
+Windows are scored again when their values change, and history back-filled before them is
+scored too; the alarms within reach of such windows are folded again from the stored windows
+of their cause (`update_alarms`), so that they stay what the rule above gives:
+
+- an alarm whose middle is no longer flagged, its flagged windows now more than
+  `alarm_merge_gap` apart, splits: the earlier part keeps the alarm (its id, acknowledgement
+  and state), each later part is a new alarm (alarm.opened);
+- a window now flagged that brings two alarms of one cause within reach merges them into the
+  older one (lower id), which stays open if either was and keeps the earlier
+  acknowledgement; the other is removed (alarm.closed with `removed: "merged"` and
+  `merged_into`, the id it lives on as);
+- an alarm left without flagged windows is withdrawn: removed, with alarm.closed and
+  `removed: "withdrawn"` (an alarm made and emptied by one pass is never announced), unless
+  it was acknowledged: then it stays as it was;
+- an alarm with a verdict keeps its span and is never split, merged or removed (if none of
+  its windows stays flagged, it stays as it was); windows on either side of it do not join
+  it, nor join each other across it.
+
+When points are written into a hole, the windows after it move on the grid (`seq` counts the
+points before a window) and their alarms move with them (`renumber_alarms`). A verdict or
+acknowledgement locks its alarm, as the detector locks the alarms it folds (`lock_alarms`),
+so that neither overwrites the other.
+
 Status is one of open, closed, acknowledged, dismissed (verdict false_positive) and confirmed
 (verdict: an anomaly class), in that order of precedence from last to first.
 """
@@ -23,7 +46,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from sqlalchemy import func, select
+from sqlalchemy import ColumnElement, func, select, update
 from sqlalchemy.orm import Session
 
 from app.config import Settings
@@ -135,6 +158,26 @@ def channel_shares(
 class AlarmChanges:
     opened: list[Alarm] = field(default_factory=list)
     closed: list[Alarm] = field(default_factory=list)
+    removed: list[tuple[Alarm, dict[str, Any]]] = field(default_factory=list)
+    """Alarms deleted, with why (`removed`: withdrawn, or merged and `merged_into`)."""
+
+
+def lock_alarms(session: Session, *where: ColumnElement[bool]) -> list[Alarm]:
+    """The alarms that match `where`, locked against a concurrent verdict or detector pass,
+    in id order (so that two lockers never wait for each other), and read afresh.
+
+    On Postgres these are row locks (FOR UPDATE). SQLite has one write lock for the whole
+    database: a no-op write to these alarms takes it, so what is read next stays true until
+    the commit (as app/training/versions.py locks a series there).
+    """
+    query = select(Alarm).where(*where).order_by(Alarm.id)
+    query = query.execution_options(populate_existing=True)
+    if session.get_bind().dialect.name == "postgresql":
+        return list(session.scalars(query.with_for_update()).all())
+    session.execute(
+        update(Alarm).where(*where).values(id=Alarm.id).execution_options(synchronize_session=False)
+    )
+    return list(session.scalars(query).all())
 
 
 def update_alarms(
@@ -146,71 +189,69 @@ def update_alarms(
     settings: Settings,
 ) -> AlarmChanges:
     """Fold (re)scored windows into the series' alarms and close the alarms that went quiet;
-    emits alarm.opened and alarm.closed in the caller's transaction."""
+    emits alarm.opened, alarm.closed (with `removed` for an alarm deleted) in the caller's
+    transaction, which must have flushed `changed`.
+
+    The alarms within reach of the changed windows are folded again from their stored
+    windows, cause by cause (`_refold`): so an alarm grows, shrinks, splits, merges with
+    another or is withdrawn as its windows' flags change."""
     changes = AlarmChanges()
     gap = series.alarm_merge_gap
     reach = gap + 1
-    touched: dict[int, tuple[Alarm, Stream]] = {}
     if changed:
         lo = min(w.seq for w in changed)
         hi = max(w.seq for w in changed)
-        nearby = session.scalars(
-            select(Alarm).where(
-                Alarm.series_id == series.id,
-                Alarm.last_seq >= lo - reach,
-                Alarm.first_seq <= hi + reach,
-            )
-        ).all()
+        nearby = lock_alarms(
+            session,
+            Alarm.series_id == series.id,
+            Alarm.last_seq >= lo - reach,
+            Alarm.first_seq <= hi + reach,
+        )
         by_stream: dict[Stream, list[Alarm]] = {}
-        for found in nearby:
+        for window in changed:
+            for stream in streams_of(window):
+                by_stream.setdefault(stream, [])
+        for found in nearby:  # in id order: the oldest first
             by_stream.setdefault((found.kind, found.check), []).append(found)
-        for window in sorted(changed, key=lambda w: w.seq):
-            flagged = streams_of(window)
-            for stream in sorted(flagged, key=lambda s: (s[0], s[1] or "")):
-                joined = _joinable(by_stream.get(stream, []), window.seq, reach)
-                if joined is None:
-                    alarm = Alarm(
-                        series_id=series.id,
-                        kind=stream[0],
-                        check=stream[1],
-                        status=ALARM_OPEN,
-                        first_seq=window.seq,
-                        last_seq=window.seq,
-                        start_ts=window.start_ts,
-                        end_ts=window.end_ts,
-                        windows=1,
-                        peak_score=window.adjusted_score,
-                        threshold=window.threshold,
-                        model_version=window.model_version,
-                        channels=[],
-                        opened_at=utcnow(),
-                    )
-                    by_stream.setdefault(stream, []).append(alarm)
-                    changes.opened.append(alarm)
-                else:
-                    alarm = joined
-                    alarm.first_seq = min(alarm.first_seq, window.seq)
-                    alarm.last_seq = max(alarm.last_seq, window.seq)
-                touched[id(alarm)] = (alarm, stream)
-            for stream, alarms in by_stream.items():
-                if stream in flagged:
-                    continue
-                for alarm in alarms:  # a window of it that is no longer flagged
-                    if alarm.first_seq <= window.seq <= alarm.last_seq:
-                        touched[id(alarm)] = (alarm, stream)
-    for alarm in changes.opened:
-        session.add(alarm)
-    session.flush()
-    for alarm, stream in touched.values():
-        if not _recompute(session=session, series=series, alarm=alarm, stream=stream):
-            if alarm in changes.opened:
-                changes.opened.remove(alarm)
-                session.delete(alarm)
-            elif alarm.verdict is None and alarm.acknowledged_at is None:
-                session.delete(alarm)
+        # Each cause's region: the changed windows, the reach around them, its alarms there.
+        regions = {
+            stream: (
+                min([lo - reach] + [a.first_seq for a in alarms]),
+                max([hi + reach] + [a.last_seq for a in alarms]),
+            )
+            for stream, alarms in by_stream.items()
+        }
+        windows: Sequence[WindowScore] = ()
+        if regions:  # else no changed window is flagged, and no alarm is near them
+            windows = session.scalars(
+                select(WindowScore)
+                .where(
+                    WindowScore.series_id == series.id,
+                    WindowScore.seq >= min(r[0] for r in regions.values()),
+                    WindowScore.seq <= max(r[1] for r in regions.values()),
+                )
+                .order_by(WindowScore.seq, WindowScore.start_ts)
+            ).all()
+        for stream in sorted(by_stream, key=lambda s: (s[0], s[1] or "")):
+            first, last = regions[stream]
+            _refold(
+                session=session,
+                series=series,
+                stream=stream,
+                alarms=by_stream[stream],
+                flagged=[w for w in windows if first <= w.seq <= last and stream in streams_of(w)],
+                reach=reach,
+                changes=changes,
+            )
+    now = utcnow()
+    for alarm, why in changes.removed:
+        if alarm.closed_at is None:
+            alarm.closed_at = now
+        alarm.status = status_of(alarm)
+        emit(session=session, event="alarm.closed", data=alarm_json(alarm) | why)
+        session.delete(alarm)
     session.flush()
     if newest_seq is not None:
-        now = utcnow()
         still_open = session.scalars(
             select(Alarm).where(Alarm.series_id == series.id, Alarm.closed_at.is_(None))
         ).all()
@@ -226,35 +267,98 @@ def update_alarms(
     return changes
 
 
-def _joinable(alarms: Sequence[Alarm], seq: int, reach: int) -> Alarm | None:
-    """The alarm a flagged window at `seq` belongs to: one that holds it, else the nearest one
-    within reach that may still grow (an alarm with a verdict is finished)."""
-    best: tuple[int, Alarm] | None = None
-    for alarm in alarms:
-        if alarm.first_seq <= seq <= alarm.last_seq:
-            return alarm
-        if alarm.verdict is not None:
+def _refold(
+    *,
+    session: Session,
+    series: Series,
+    stream: Stream,
+    alarms: Sequence[Alarm],
+    flagged: Sequence[WindowScore],
+    reach: int,
+    changes: AlarmChanges,
+) -> None:
+    """Make one cause's alarms of a region what the rule gives on its flagged windows.
+
+    `alarms` (oldest first) are all the cause's alarms in the region, `flagged` its windows
+    flagged for the cause, by seq. An alarm with a verdict keeps the flagged windows of its
+    span and nothing else; it is never split, merged or removed, and the others' windows do
+    not group across it. The other flagged windows group into episodes (`merge_flags`); each
+    episode keeps the oldest alarm within reach of it (ties: the older id wins, so the
+    earlier part of a split keeps its alarm), absorbs the other ones (removed: merged), or
+    opens a new alarm. An alarm no episode kept is withdrawn (removed), unless it was
+    acknowledged: that one is kept as it was.
+    """
+    judged = [a for a in alarms if a.verdict is not None]
+    free = [a for a in alarms if a.verdict is None]
+    episodes: list[list[WindowScore]] = []
+    for alarm in judged:
+        own = [w for w in flagged if alarm.first_seq <= w.seq <= alarm.last_seq]
+        if own:
+            _describe(alarm, own, stream, series.channels)
+    for window in flagged:
+        if any(a.first_seq <= window.seq <= a.last_seq for a in judged):
             continue
-        distance = alarm.first_seq - seq if seq < alarm.first_seq else seq - alarm.last_seq
-        if distance <= reach and (best is None or distance < best[0]):
-            best = (distance, alarm)
-    return None if best is None else best[1]
+        if episodes:
+            previous = episodes[-1][-1].seq
+            if window.seq - previous <= reach and not _judged_between(judged, previous, window.seq):
+                episodes[-1].append(window)
+                continue
+        episodes.append([window])
+    kept: set[int] = set()
+    for episode in episodes:
+        first, last = episode[0].seq, episode[-1].seq
+        near = [
+            a
+            for a in free
+            if id(a) not in kept
+            and a.first_seq - reach <= last
+            and first <= a.last_seq + reach
+            and not _judged_between(judged, min(last, a.last_seq), max(first, a.first_seq))
+        ]
+        if near:
+            alarm, absorbed = near[0], near[1:]
+            for gone in absorbed:
+                _absorb(alarm, gone)
+                changes.removed.append((gone, {"removed": "merged", "merged_into": alarm.id}))
+            kept.update(id(a) for a in near)
+        else:
+            alarm = Alarm(
+                series_id=series.id,
+                kind=stream[0],
+                check=stream[1],
+                status=ALARM_OPEN,
+                channels=[],
+                opened_at=utcnow(),
+            )
+            session.add(alarm)
+            changes.opened.append(alarm)
+        _describe(alarm, episode, stream, series.channels)
+    for alarm in free:
+        if id(alarm) not in kept and alarm.acknowledged_at is None:
+            changes.removed.append((alarm, {"removed": "withdrawn"}))
 
 
-def _recompute(*, session: Session, series: Series, alarm: Alarm, stream: Stream) -> bool:
-    """Set an alarm's span and figures from its flagged windows; False if none is left."""
-    rows = session.scalars(
-        select(WindowScore)
-        .where(
-            WindowScore.series_id == series.id,
-            WindowScore.seq >= alarm.first_seq,
-            WindowScore.seq <= alarm.last_seq,
-        )
-        .order_by(WindowScore.seq)
-    ).all()
-    flagged = [row for row in rows if stream in streams_of(row)]
-    if not flagged:
-        return False
+def _judged_between(judged: Sequence[Alarm], lo: int, hi: int) -> bool:
+    """Whether an alarm with a verdict lies between positions `lo` and `hi`."""
+    return any(lo < a.first_seq and a.last_seq < hi for a in judged)
+
+
+def _absorb(alarm: Alarm, gone: Alarm) -> None:
+    """What a merged alarm keeps of the one it absorbs: open if either was, and the earlier
+    acknowledgement (the later part's operator saw it)."""
+    if gone.closed_at is None:
+        alarm.closed_at = None
+    if gone.acknowledged_at is not None and (
+        alarm.acknowledged_at is None or gone.acknowledged_at < alarm.acknowledged_at
+    ):
+        alarm.acknowledged_at, alarm.acknowledged_by = gone.acknowledged_at, gone.acknowledged_by
+    alarm.opened_at = min(alarm.opened_at, gone.opened_at)
+
+
+def _describe(
+    alarm: Alarm, flagged: Sequence[WindowScore], stream: Stream, channels: Sequence[str]
+) -> None:
+    """Set an alarm's span and figures from its flagged windows (in order, at least one)."""
     peak = max(flagged, key=lambda row: row.adjusted_score)
     alarm.first_seq, alarm.last_seq = flagged[0].seq, flagged[-1].seq
     alarm.start_ts, alarm.end_ts = flagged[0].start_ts, flagged[-1].end_ts
@@ -262,8 +366,40 @@ def _recompute(*, session: Session, series: Series, alarm: Alarm, stream: Stream
     alarm.peak_score = peak.adjusted_score
     alarm.threshold = peak.threshold
     alarm.model_version = peak.model_version
-    alarm.channels = channel_shares(flagged, stream, series.channels)
-    return True
+    alarm.channels = channel_shares(flagged, stream, channels)
+    alarm.status = status_of(alarm)
+
+
+def renumber_alarms(*, session: Session, series_id: int, since_ts: int) -> None:
+    """Give the alarms from `since_ts` on the positions their windows have now.
+
+    Points written into a hole move every later window on the grid (a window's position
+    counts the points before it): the detector renumbers those windows, or cuts them anew
+    where the points moved off the grid, before it folds them into alarms. An alarm's span
+    in time stays: its positions become those of the windows within it (the ones that
+    overlap it, if none fits within it any more); `update_alarms` then re-folds it.
+    """
+    alarms = lock_alarms(session, Alarm.series_id == series_id, Alarm.end_ts >= since_ts)
+    of_series = WindowScore.series_id == series_id
+    span = select(func.min(WindowScore.seq), func.max(WindowScore.seq))
+    for alarm in alarms:
+        first, last = session.execute(
+            span.where(
+                of_series,
+                WindowScore.start_ts >= alarm.start_ts,
+                WindowScore.end_ts <= alarm.end_ts,
+            )
+        ).one()
+        if first is None:
+            first, last = session.execute(
+                span.where(
+                    of_series,
+                    WindowScore.end_ts >= alarm.start_ts,
+                    WindowScore.start_ts <= alarm.end_ts,
+                )
+            ).one()
+        if first is not None:
+            alarm.first_seq, alarm.last_seq = int(first), int(last)
 
 
 def alarm_windows(*, session: Session, alarm: Alarm) -> list[WindowScore]:
@@ -365,8 +501,15 @@ def list_alarms(
     return page_of(rows, limit=limit, key=lambda alarm: (alarm.id,))
 
 
-def get_alarm(*, session: Session, alarm_id: int, principal: Principal) -> Alarm:
-    alarm = session.get(Alarm, alarm_id)
+def get_alarm(
+    *, session: Session, alarm_id: int, principal: Principal, lock: bool = False
+) -> Alarm:
+    """The alarm; with `lock`, locked until the commit (`lock_alarms`), for a change that must
+    not race with the detector re-folding it."""
+    if lock:
+        alarm = next(iter(lock_alarms(session, Alarm.id == alarm_id)), None)
+    else:
+        alarm = session.get(Alarm, alarm_id)
     if alarm is None:
         raise NotFound(f"alarm {alarm_id} does not exist")
     principal.require_series(alarm.series_id)
@@ -408,7 +551,7 @@ def key_name(session: Session, principal: Principal) -> str:
 
 def acknowledge(*, session: Session, alarm_id: int, principal: Principal) -> Alarm:
     """Record who acknowledged the alarm and when; again: no change. 409 after a verdict."""
-    alarm = get_alarm(session=session, alarm_id=alarm_id, principal=principal)
+    alarm = get_alarm(session=session, alarm_id=alarm_id, principal=principal, lock=True)
     if alarm.verdict is not None:
         raise Conflict(f"alarm {alarm_id} already has the verdict {alarm.verdict!r}")
     if alarm.acknowledged_at is None:
@@ -436,8 +579,12 @@ def give_verdict(
     settings: Settings,
 ) -> Verdict:
     """Label the alarm's span with `label` (false_positive, or an anomaly class of the series),
-    end the alarm, and count the label towards the debounced retrain, in one transaction."""
-    alarm = get_alarm(session=session, alarm_id=alarm_id, principal=principal)
+    end the alarm, and count the label towards the debounced retrain, in one transaction.
+
+    The alarm stays locked from here to the commit, so a detector pass that re-folds it
+    either went first (the label covers the span it left) or waits and sees the verdict.
+    """
+    alarm = get_alarm(session=session, alarm_id=alarm_id, principal=principal, lock=True)
     if alarm.verdict is not None:
         raise Conflict(
             f"alarm {alarm_id} already has the verdict {alarm.verdict!r}; delete its label "

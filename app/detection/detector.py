@@ -18,6 +18,13 @@ the active model at that time. Once the cut is past the changed range and meets 
 window at the same place with the same digest, the rest is unchanged and the pass stops.
 Windows on the old grid that an inserted point moved are deleted.
 
+Points written into a hole move every later window: each is renumbered in place (the points
+moved it by whole strides) or cut anew (they moved it off the grid), and the alarms move with
+their windows (app/detection/alarms.py `renumber_alarms`). A pass that stops before the end
+then renumbers the windows it did not reach as far as it can (`_renumber_rest`) and leaves
+them to the next passes, up to the last stored window: they are not in step with the grid,
+even when they look it, until a pass has been over them.
+
 The stored scores, the alarms they change and the end of the lease are one transaction, so
 the lease is checked again there: a detector that lost its series writes nothing. The lease
 row is updated last in that transaction, since ingestion marks the same row (marks.py).
@@ -52,7 +59,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from app.config import Settings
 from app.db.base import utcnow
 from app.db.models import MODEL_ACTIVE, DetectState, ModelVersion, Point, Series, WindowScore
-from app.detection.alarms import update_alarms
+from app.detection.alarms import renumber_alarms, update_alarms
 from app.metrics import detection_metrics
 from app.scoring.registry import load_artifact, serving_samples
 from app.services.windows import prepare_for_scoring
@@ -142,6 +149,45 @@ class ModelCache:
             self._models.move_to_end(series_id)
             while len(self._models) > self.size:
                 self._models.popitem(last=False)
+
+
+def _renumber_rest(session: Session, series: Series, *, cut: Cut, after: int) -> None:
+    """Move the stored windows that start after `after` (the last window of a pass that
+    stopped before the end) by as many positions as the points written before them moved
+    them. The next pass starts after `after` and stops where a stored window is in step:
+    left as they were, the windows past it looked in step and were never renumbered.
+
+    Windows the points moved off the grid are cut anew by the next passes; until then their
+    positions come after the new grid's (rounded up), in order, so no alarm folds across.
+    """
+    first = session.execute(
+        select(WindowScore.start_ts, WindowScore.seq)
+        .where(WindowScore.series_id == series.id, WindowScore.start_ts > after)
+        .order_by(WindowScore.start_ts)
+        .limit(1)
+    ).one_or_none()
+    if first is None:
+        return
+    points_before = (
+        session.scalar(
+            select(func.count())
+            .select_from(Point)
+            .where(
+                Point.series_id == series.id,
+                Point.ts >= int(cut.ts[0]),
+                Point.ts < int(first.start_ts),
+            )
+        )
+        or 0
+    )
+    shift = cut.seq0 + -(-points_before // series.stride) - int(first.seq)
+    if shift:
+        session.execute(
+            update(WindowScore)
+            .where(WindowScore.series_id == series.id, WindowScore.start_ts > after)
+            .values(seq=WindowScore.seq + shift)
+            .execution_options(synchronize_session=False)
+        )
 
 
 class Detector:
@@ -341,6 +387,11 @@ class Detector:
         synced = stop < len(starts)
         done = synced or not capped
         at_end = done and not synced  # the cut reached the newest points
+        # Points written into a hole move every later window on the grid: renumbered, or
+        # off the grid (stale, cut anew). A pass that stops before the end leaves the rest
+        # of the windows to the next passes, up to the last one (`_end_lease`).
+        on_grid = set(grid)
+        moved = bool(reseq) or any(ts <= grid[-1] and ts not in on_grid for ts in stored if grid)
         try:
             scored = (
                 self._score(
@@ -410,6 +461,7 @@ class Detector:
                     .values(seq=seq)
                 )
             handled_to = grid[-1] if grid else None
+            removed = 0
             if handled_to is not None:
                 stale = delete(WindowScore).where(
                     WindowScore.series_id == claim.series_id,
@@ -418,8 +470,12 @@ class Detector:
                 )
                 if not at_end:
                     stale = stale.where(WindowScore.start_ts <= handled_to)
-                session.execute(stale)
+                removed = session.execute(stale).rowcount  # type: ignore[attr-defined]
             session.flush()
+            if moved or removed:
+                if not done and handled_to is not None:
+                    _renumber_rest(session, owned, cut=cut, after=handled_to)
+                renumber_alarms(session=session, series_id=claim.series_id, since_ts=grid[0])
             newest = session.scalar(
                 select(func.max(WindowScore.seq)).where(WindowScore.series_id == claim.series_id)
             )
@@ -437,7 +493,9 @@ class Detector:
         if not done:
             last_k = len(starts) - 1
             resume_from = int(ts_windows[last_k, -1]) + 1
-        self._commit(claim, result, write, done=done, resume_from=resume_from)
+        self._commit(
+            claim, result, write, done=done, resume_from=resume_from, rest_moved=moved and not done
+        )
         return result
 
     def _commit(
@@ -448,6 +506,7 @@ class Detector:
         *,
         done: bool,
         resume_from: int | None,
+        rest_moved: bool = False,
     ) -> None:
         """Write the pass and end the lease in one transaction (nothing if the lease is lost).
 
@@ -469,15 +528,18 @@ class Detector:
                 if owner != self.name:  # a plain read: no need to write what would be dropped
                     raise LeaseLost
                 write(session)
-                self._end_lease(session, claim, resume_from)
+                self._end_lease(session, claim, resume_from, rest_moved=rest_moved)
             else:
-                self._end_lease(session, claim, resume_from)
+                self._end_lease(session, claim, resume_from, rest_moved=rest_moved)
                 write(session)
         self._observe(claim, result)
 
-    def _end_lease(self, session: Session, claim: Claim, resume_from: int | None) -> None:
-        """Give the series back, with the rest of a large change marked again; LeaseLost if
-        another detector holds it now."""
+    def _end_lease(
+        self, session: Session, claim: Claim, resume_from: int | None, *, rest_moved: bool = False
+    ) -> None:
+        """Give the series back, with the rest of a large change marked again (with
+        `rest_moved`, up to the series' last stored window, as all of them moved); LeaseLost
+        if another detector holds it now."""
         least, greatest = _least_greatest(session)
         state = DetectState
         values: dict[str, Any] = {
@@ -489,9 +551,15 @@ class Detector:
         }
         if resume_from is not None:  # the rest of a large change, in the next pass
             values["dirty_from"] = least(func.coalesce(state.dirty_from, resume_from), resume_from)
-            values["dirty_until"] = greatest(
-                func.coalesce(state.dirty_until, claim.until), claim.until
-            )
+            until: Any = claim.until
+            if rest_moved:
+                last_end = (
+                    select(func.max(WindowScore.end_ts))
+                    .where(WindowScore.series_id == claim.series_id)
+                    .scalar_subquery()
+                )
+                until = greatest(func.coalesce(last_end, claim.until), claim.until)
+            values["dirty_until"] = greatest(func.coalesce(state.dirty_until, until), until)
             values["dirty_at"] = least(func.coalesce(state.dirty_at, claim.since), claim.since)
         held = session.execute(
             update(state)

@@ -20,6 +20,9 @@ from app.db.models import DELIVERY_PENDING, Webhook, WebhookDelivery
 
 ALARM_OPENED: Final = "alarm.opened"
 ALARM_CLOSED: Final = "alarm.closed"
+"""An alarm closed, or was removed because later scores changed it (app/detection/alarms.py):
+then its data has `removed`, `withdrawn` (no flagged window left) or `merged` (with
+`merged_into`, the id of the alarm that now holds its windows), even if it had closed."""
 ALARM_VERDICT: Final = "alarm.verdict"
 MODEL_ACTIVATED: Final = "model.activated"
 JOB_FAILED: Final = "job.failed"

@@ -34,7 +34,12 @@ class WebhookCreate(BaseModel):
     events: list[str] = Field(
         min_length=1,
         max_length=len(EVENTS),
-        description=f"The events to deliver, any of {EVENT_LIST}.",
+        description=(
+            f"The events to deliver, any of {EVENT_LIST}. The alarm events carry the alarm as "
+            "GET /v1/alarms shows it; an alarm removed because later scores changed it gets "
+            "a last `alarm.closed` with `removed`: `withdrawn` (no flagged window left) or "
+            "`merged` (and `merged_into`, the id of the alarm that now holds its windows)."
+        ),
         examples=[["alarm.opened", "alarm.closed", "job.failed"]],
     )
     enabled: bool = Field(default=True, description="false queues nothing for this webhook.")

@@ -50,6 +50,11 @@ InstantQuery = Annotated[
     Query(max_length=64, description="ISO-8601 date-time with offset, or epoch seconds."),
 ]
 
+ALARM_GONE = (
+    "The alarm does not exist: never, or no longer (an alarm merged into another, or withdrawn "
+    "when its windows were scored again, is removed; its last alarm.closed event says which)"
+)
+
 
 def _instant(value: str | None, field: str) -> int | None:
     if value is None:
@@ -116,7 +121,7 @@ def list_all(
     "/alarms/{alarm_id}",
     summary="Read an alarm with the scores of its windows",
     response_model=AlarmDetail,
-    responses={404: {"description": "The alarm does not exist"}},
+    responses={404: {"description": ALARM_GONE}},
 )
 def read(alarm_id: AlarmIdPath, session: SessionDep, key: Reader) -> Any:
     alarm = get_alarm(session=session, alarm_id=alarm_id, principal=key)
@@ -138,7 +143,7 @@ def read(alarm_id: AlarmIdPath, session: SessionDep, key: Reader) -> Any:
     ),
     response_model=VerdictOut,
     responses={
-        404: {"description": "The alarm does not exist"},
+        404: {"description": ALARM_GONE},
         409: {"description": "The alarm already has a verdict"},
         422: {"description": "The label is neither false_positive nor an anomaly class"},
     },
@@ -167,7 +172,7 @@ def verdict(
     description="Acknowledging again changes nothing. 409 once the alarm has a verdict.",
     response_model=AlarmOut,
     responses={
-        404: {"description": "The alarm does not exist"},
+        404: {"description": ALARM_GONE},
         409: {"description": "The alarm already has a verdict"},
     },
 )
