@@ -148,7 +148,16 @@ def test_a_series_with_a_gap_and_missing_values_trains_scores_and_pages(
     threads: int,
     seed: int,
 ) -> None:
-    settings = settings.model_copy(update={"train_threads": threads, "max_score_windows": 7})
+    # 120 steps: the suite's 16-40 step budget is too short for batches of 16 windows to
+    # learn this stream (seed 1 flagged half its windows); the property needs a fitted model.
+    settings = settings.model_copy(
+        update={
+            "train_threads": threads,
+            "max_score_windows": 7,
+            "train_min_steps": 120,
+            "train_max_steps": 120,
+        }
+    )
     series_id = seed_series(sessions, window_size=16, stride=8)
     stream = gappy_stream(seed)
     insert_points(sessions, series_id, stream)
