@@ -383,23 +383,13 @@ def renumber_alarms(*, session: Session, series_id: int, since_ts: int) -> None:
     of_series = WindowScore.series_id == series_id
     span = select(func.min(WindowScore.seq), func.max(WindowScore.seq))
     for alarm in alarms:
-        first, last = session.execute(
-            span.where(
-                of_series,
-                WindowScore.start_ts >= alarm.start_ts,
-                WindowScore.end_ts <= alarm.end_ts,
-            )
-        ).one()
-        if first is None:
-            first, last = session.execute(
-                span.where(
-                    of_series,
-                    WindowScore.end_ts >= alarm.start_ts,
-                    WindowScore.start_ts <= alarm.end_ts,
-                )
-            ).one()
-        if first is not None:
-            alarm.first_seq, alarm.last_seq = int(first), int(last)
+        within = (WindowScore.start_ts >= alarm.start_ts, WindowScore.end_ts <= alarm.end_ts)
+        overlapping = (WindowScore.end_ts >= alarm.start_ts, WindowScore.start_ts <= alarm.end_ts)
+        for bounds in (within, overlapping):
+            first, last = session.execute(span.where(of_series, *bounds)).one()
+            if first is not None:
+                alarm.first_seq, alarm.last_seq = int(first), int(last)
+                break
 
 
 def alarm_windows(*, session: Session, alarm: Alarm) -> list[WindowScore]:
