@@ -186,7 +186,7 @@ def dataset_objective(
             nll_w = torch.zeros(xb.shape[0], dtype=torch.float64)  # (B,)
             for _ in range(n_samples):
                 z = net.reparameterize(mu, logvar, generator)
-                x_mu, x_sigma = net.decode(z, pi)
+                x_mu, x_sigma = net.decode(z, pi, xb)
                 nll_w += gaussian_nll(xb, x_mu, x_sigma).sum(dim=(1, 2)).double()
             nll_sum += float((nll_w / n_samples)[mb].sum())
             kl_sum += float(kl_standard_normal(mu, logvar).double()[mb].sum())

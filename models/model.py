@@ -219,6 +219,9 @@ class SemiSupervisedVAE(nn.Module):
         self.cfg = cfg
         self.has_pi = cfg.variant != "eu"
         self.has_decoder = cfg.variant != "es"
+        # the decoder also reads x_{t-1} (recurrent only: the other flavours decode the whole
+        # window at once)
+        self.autoregressive = cfg.autoregressive and cfg.flavour == "recurrent"
 
         self.encoder: RecurrentEncoder | DenseEncoder | ConvEncoder
         if cfg.flavour == "recurrent":
@@ -239,7 +242,7 @@ class SemiSupervisedVAE(nn.Module):
         self.out_mu: nn.Linear | None = None
         self.out_sigma: nn.Linear | None = None
         if self.has_decoder:
-            dec_in = D + (K if self.has_pi else 0)
+            dec_in = D + (K if self.has_pi else 0) + (Fn if self.autoregressive else 0)
             if cfg.flavour == "recurrent":
                 self.decoder = RecurrentDecoder(dec_in, cfg)
             elif cfg.flavour == "dense":
@@ -287,11 +290,16 @@ class SemiSupervisedVAE(nn.Module):
         eps = torch.randn(mu.shape, generator=generator, dtype=mu.dtype, device=mu.device)
         return mu + torch.exp(0.5 * logvar) * eps
 
-    def decode(self, z: Tensor, pi: Tensor | None) -> tuple[Tensor, Tensor]:
-        """z (B, [T,] D) and class probabilities pi (B, [T,] K) -> mu_x, sigma_x (B, T, F)."""
+    def decode(self, z: Tensor, pi: Tensor | None, x: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """z (B, [T,] D) and class probabilities pi (B, [T,] K) -> mu_x, sigma_x (B, T, F).
+        An autoregressive decoder also reads x (B, T, F), each step the one before it."""
         assert self.decoder is not None and self.out_mu is not None and self.out_sigma is not None
         T, Fn, _ = _data_shape(self.cfg)
         zp = torch.cat([z, pi], dim=-1) if pi is not None else z  # (B, [T,] D+K)
+        if self.autoregressive:
+            assert x is not None, "an autoregressive decoder reads the window it reconstructs"
+            prev = torch.cat([torch.zeros_like(x[:, :1]), x[:, :-1]], dim=1)  # (B, T, F)
+            zp = torch.cat([zp, prev], dim=-1)
         h = self.decoder(zp)  # (B, T, H) recurrent/conv, (B, H) dense
         x_mu = self.out_mu(h).reshape(-1, T, Fn)  # (B, T, F), linear
         x_sigma = F.softplus(self.out_sigma(h)).reshape(-1, T, Fn) + self.cfg.min_sigma
@@ -310,5 +318,5 @@ class SemiSupervisedVAE(nn.Module):
         # ROC-AUC 0.60 vs 0.86 (ItalyPowerDemand, class held out); pi learns from the
         # cross-entropy alone, while the encoder it shares with z still learns from both.
         pi = torch.softmax(pi_logits, dim=-1).detach() if pi_logits is not None else None
-        x_mu, x_sigma = self.decode(z, pi)
+        x_mu, x_sigma = self.decode(z, pi, x)
         return VAEOutput(mu, logvar, z, step_logits, x_mu, x_sigma)

@@ -206,8 +206,8 @@ class InferenceStep(nn.Module):
         pi_l = None
         if pi_logits is not None:
             pi_l = torch.softmax(pi_logits, dim=-1).repeat(L, *([1] * (pi_logits.dim() - 1)))
-        x_mu, x_sigma = net.decode(z, pi_l)  # (L*B, T, F)
         xr = xb.repeat(L, 1, 1)  # (L*B, T, F)
+        x_mu, x_sigma = net.decode(z, pi_l, xr)  # (L*B, T, F)
         log_p = -gaussian_nll(xr, x_mu, x_sigma).double().view(L, B, T, -1)  # (L, B, T, F)
         log_l = math.log(L)
         raw = -(torch.logsumexp(log_p.sum(dim=(2, 3)), dim=0) - log_l)  # (B,)

@@ -356,7 +356,9 @@ class TrainedModel:
     @classmethod
     def _from_parts(cls, tensors: dict[str, torch.Tensor], doc: dict[str, Any]) -> TrainedModel:
         # Artifacts from before the complexity correction were calibrated without it.
-        config = ModelConfig.from_dict({"complexity_correction": False, **doc["config"]})
+        config = ModelConfig.from_dict(
+            {"complexity_correction": False, "autoregressive": False, **doc["config"]}
+        )
         train_config = TrainConfig(**doc["train_config"])
         classes = tuple(ClassSpec(str(c["name"]), c["kind"]) for c in doc["classes"])
         channels = tuple(str(c) for c in doc["channels"])

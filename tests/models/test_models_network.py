@@ -65,8 +65,9 @@ def test_decoder_reads_concat_z_pi_but_eu_reads_z_only(flavour: str) -> None:
     ss, eu = build(flavour, "ss"), build(flavour, "eu")
     assert ss.decoder is not None and eu.decoder is not None
     D = ss.cfg.latent_dim
-    assert ss.decoder.inp.in_features == D + K
-    assert eu.decoder.inp.in_features == D
+    previous = F if flavour == "recurrent" else 0  # the autoregressive decoder reads x_{t-1}
+    assert ss.decoder.inp.in_features == D + K + previous
+    assert eu.decoder.inp.in_features == D + previous
     assert build(flavour, "es").decoder is None
 
 
@@ -92,7 +93,21 @@ def test_decoder_input_depends_on_pi() -> None:
     pi_a[..., 0] = 1.0
     pi_b = torch.zeros(1, T, K)
     pi_b[..., 1] = 1.0
-    assert not torch.allclose(net.decode(z, pi_a)[0], net.decode(z, pi_b)[0])
+    x = torch.randn(1, T, F)
+    assert not torch.allclose(net.decode(z, pi_a, x)[0], net.decode(z, pi_b, x)[0])
+
+
+def test_the_autoregressive_decoder_reads_only_earlier_steps() -> None:
+    """x_mu at step t depends on x up to t-1 (and on z, pi), never on x_t or later: a
+    reconstruction that could read x_t would copy it, and every window would look normal."""
+    net = build("recurrent", "ss").eval()
+    z, pi = torch.zeros(1, T, net.cfg.latent_dim), torch.full((1, T, K), 1.0 / K)
+    x = torch.randn(1, T, F)
+    later = x.clone()
+    later[:, 5:] += 3.0  # change step 5 onwards
+    a, b = net.decode(z, pi, x)[0], net.decode(z, pi, later)[0]
+    assert torch.equal(a[:, :6], b[:, :6])  # steps 0..5 read x_0..x_4 only
+    assert not torch.allclose(a[:, 6:], b[:, 6:])
 
 
 def test_reparameterize_uses_the_given_generator() -> None:

@@ -55,7 +55,8 @@ def test_contributions_with_many_samples_are_per_element(trained_ss: TrainedMode
         eps = torch.randn((L, 1, *mu.shape[1:]), generator=make_generator(5), dtype=mu.dtype)
         noise = eps.expand(L, 4, *mu.shape[1:]).reshape(L * 4, *mu.shape[1:])
         z = mu.repeat(L, 1, 1) + torch.exp(0.5 * logvar.repeat(L, 1, 1)) * noise
-        x_mu, x_sigma = net.decode(z, torch.softmax(pi_logits, -1).repeat(L, 1, 1))
+        pi = torch.softmax(pi_logits, -1).repeat(L, 1, 1)
+        x_mu, x_sigma = net.decode(z, pi, xs.repeat(L, 1, 1))
         log_p = -gaussian_nll(xs.repeat(L, 1, 1), x_mu, x_sigma).double().view(L, 4, T, 3)
     code = window_complexity(xs, net.cfg.complexity_floor)  # (4, F)
     simpler = (net.complexity_reference - code).clamp_min(0.0).numpy()
