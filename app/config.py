@@ -93,7 +93,7 @@ class Settings(BaseSettings):
     """Ceiling of the automatic step budget (bounds a job's time on large series)."""
 
     train_batch_size: int | None = Field(default=None, ge=4)
-    """Windows per training batch. Unset: scaled to the data (8 to 64)."""
+    """Windows per training batch. Unset: scaled to the data (16 to 64)."""
 
     train_members: int = Field(default=3, ge=1, le=16)
     """Networks per model version, trained from different seeds, their scores averaged: a

@@ -8,11 +8,17 @@ that puts the same heads on every body.
       heads on h              -> mu, logvar of q(z|x) (B, [T,] D) and pi logits (B, [T,] K)
       reparameterize          -> z        (B, [T,] D)
       decoder on concat(z, pi)-> mu_x, sigma_x  (B, T, F), a Gaussian per step and channel
+                                (recurrent: also x_{t-1}, ModelConfig.autoregressive)
 
 Variants are switches of this one model, not copies (preprint Fig. 1, Table 2):
   ss  the semi-supervised VAE: encoder, heads mu/logvar/pi, decoder on concat(z, pi)
   eu  equivalent unsupervised: no pi head, the decoder reads z alone
   es  equivalent supervised: encoder + pi head only (no latent, no decoder)
+
+Deviation from Table 15: the recurrent decoder also reads the previous step of the window
+(autoregressive, ModelConfig.autoregressive, on by default). With z and pi alone a 2-d latent
+per step never modelled the synthetic plant's vibration channels, and a frequency change scored
+below normal windows (docs/METHOD.md).
 
 Deviation from Table 13: the dense flavour ends in a Gaussian (linear mu_x, softplus sigma_x) like
 Table 15, not a sigmoid, because standardised sensor values are not in [0, 1].

@@ -70,7 +70,7 @@ class TrainingOptions(BaseModel):
         default=None, ge=1, le=100_000, description="Optimiser steps (default: automatic)."
     )
     batch_size: int | None = Field(
-        default=None, ge=4, le=1024, description="Windows per batch (default: 8 to 64)."
+        default=None, ge=4, le=1024, description="Windows per batch (default: 16 to 64)."
     )
     lr: float | None = Field(default=None, gt=0.0, le=1.0, description="RMSprop learning rate.")
     patience: int | None = Field(
@@ -86,6 +86,12 @@ class TrainingOptions(BaseModel):
     )
     latent_dim: int | None = Field(
         default=None, ge=1, le=64, description="Size of the Gaussian latent z (default 2)."
+    )
+    autoregressive: bool | None = Field(
+        default=None,
+        description="Recurrent flavour: the decoder also reads each window's previous step "
+        "(default true). A model trained before this option existed keeps the preprint's "
+        "decoder through warm-started retrains until this is set.",
     )
     members: int | None = Field(
         default=None,

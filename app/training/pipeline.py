@@ -59,6 +59,8 @@ log = logging.getLogger(__name__)
 UNLABELLED = -1
 VAL_FRACTION = 0.2
 SAMPLING_INTERVAL_KEY = "sampling_interval_us"
+# training options that change the network's shape: a change of any of them trains from scratch
+ARCHITECTURE = ("flavour", "variant", "latent_dim", "autoregressive")
 """Model metadata: the median sampling interval of the training points, µs (gap_limit_us)."""
 
 T = TypeVar("T")
@@ -508,7 +510,7 @@ def configs(
         members=options.get("members", settings.train_members),
         seed=seed,
     )
-    architecture = {k: options[k] for k in ("flavour", "variant", "latent_dim") if k in options}
+    architecture = {k: options[k] for k in ARCHITECTURE if k in options}
     if not architecture:
         return train_config, None
     base = active.config if active is not None else ModelConfig()
@@ -519,8 +521,7 @@ def _same_architecture(active: TrainedModel | None, config: ModelConfig | None) 
     """Warm start only a network of the same shape (the series may have changed its options)."""
     if active is None or config is None:
         return active is not None
-    keys = ("flavour", "variant", "latent_dim")
-    return all(getattr(active.config, k) == getattr(config, k) for k in keys)
+    return all(getattr(active.config, k) == getattr(config, k) for k in ARCHITECTURE)
 
 
 def job_metrics(

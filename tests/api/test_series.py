@@ -211,7 +211,13 @@ def test_training_options_are_stored_and_used_by_the_next_job(
         "channels": ["force", "temp"],
         "window_size": 16,
         "stride": 8,
-        "training": {"steps": 30, "batch_size": 16, "latent_dim": 3, "score_samples": 4},
+        "training": {
+            "steps": 30,
+            "batch_size": 16,
+            "latent_dim": 3,
+            "autoregressive": False,
+            "score_samples": 4,
+        },
     }
     created = client.post("/v1/series", json=body, headers=admin)
     assert created.status_code == 201, created.text
@@ -235,7 +241,21 @@ def test_training_options_are_stored_and_used_by_the_next_job(
         blob = session.scalar(select(ModelVersion.artifact))
     model = TrainedModel.from_bytes(blob)
     assert model.config.latent_dim == 3 and model.train_config.score_samples == 4
+    assert not model.config.autoregressive
     assert 4 in model.calibrations  # served at L = 4, calibrated at L = 4
     # Back to the defaults.
     reset = client.patch(f"/v1/series/{series['id']}", json={"training": {}}, headers=admin)
     assert reset.status_code == 200 and reset.json()["training"]["steps"] is None
+    # Switching the decoder changes the network's shape: the next model trains from scratch.
+    switched = client.patch(
+        f"/v1/series/{series['id']}",
+        json={"training": {"steps": 30, "batch_size": 16, "latent_dim": 3, "autoregressive": True}},
+        headers=admin,
+    )
+    assert switched.status_code == 200, switched.text
+    job = read_job(sessions, train_now(sessions, settings, series["id"]))
+    assert job.status == "succeeded", job.error
+    with sessions() as session:
+        blob = session.scalar(select(ModelVersion.artifact).order_by(ModelVersion.version.desc()))
+    model = TrainedModel.from_bytes(blob)
+    assert model.config.autoregressive and model.config.latent_dim == 3
