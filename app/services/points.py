@@ -12,7 +12,9 @@ would take ten times the body's size, and each vectorised pass over all of it wo
 GIL for a second, stalling every other request of the process. Slicing never changes what a
 body means: a body that a slice cannot take (its shape is unusual, or something in it is
 invalid) is parsed whole again by the same code as a small body, which names the error.
-Big bodies also take turns (`BulkTurns`, VIGIL_BULK_CONCURRENCY).
+Big bodies are not held whole in memory either: they are spooled to a temporary file as they
+arrive (`received_body`) and each slice is read from there. They also take turns
+(`BulkTurns`, VIGIL_BULK_CONCURRENCY).
 
 Upserts are keyed on (series, timestamp). Within one batch the last row of a repeated
 timestamp wins, so `inserted + updated + unchanged` counts distinct timestamps while
@@ -32,15 +34,17 @@ import gc
 import io
 import itertools
 import logging
+import os
 import re
 import sqlite3
 import struct
+import tempfile
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Final
+from typing import IO, Any, Final
 
 import numpy as np
 import orjson
@@ -93,6 +97,122 @@ BULK_SLICE_BYTES: Final = 256 << 10
 lines), and written `WRITE_PART_BYTES` of rows at a time: each step holds the GIL for a few
 milliseconds, so that the event loop and other requests get their turns in between."""
 WRITE_PART_BYTES: Final = 1 << 20
+SCAN_BYTES: Final = 1 << 20
+"""The most of a spooled body read at once to search it."""
+
+
+class SpooledBody:
+    """A request body in a temporary file, with the part of `bytes`' interface that the slice
+    parsers use (len, slicing, find, rfind, count): each call reads only the ranges it needs.
+
+    NOTE: a big body held whole in memory costs its size once more on top of its float64
+    matrix (twice the size of its text); in a file it costs page cache, which the kernel can
+    reclaim. Reads go through `os.pread`, not a memory map, whose pages would count in the
+    process's memory once touched.
+    """
+
+    def __init__(self, file: IO[bytes]) -> None:
+        self._fd = file.fileno()
+        self._size = os.fstat(self._fd).st_size
+
+    def __len__(self) -> int:
+        return self._size
+
+    def __getitem__(self, key: slice) -> bytes:
+        start, stop, step = key.indices(self._size)
+        if step != 1:
+            raise ValueError("a spooled body is read in contiguous ranges only")
+        parts = []
+        while start < stop:
+            part = os.pread(self._fd, stop - start, start)
+            if not part:
+                break
+            parts.append(part)
+            start += len(part)
+        return b"".join(parts)
+
+    def find(self, sub: bytes, start: int = 0, end: int | None = None) -> int:
+        start, end, _ = slice(start, end).indices(self._size)
+        window = 4096  # the next `]` or line break is usually near: read little at first
+        while start + len(sub) <= end:
+            stop = min(start + window, end)
+            found = self[start:stop].find(sub)
+            if found >= 0:
+                return start + found
+            if stop == end:
+                break
+            start = stop - len(sub) + 1  # a match across the cut is in the next window
+            window = min(2 * window, SCAN_BYTES)
+        return -1
+
+    def rfind(self, sub: bytes, start: int = 0, end: int | None = None) -> int:
+        start, end, _ = slice(start, end).indices(self._size)
+        window = 4096
+        while start + len(sub) <= end:
+            begin = max(end - window, start)
+            found = self[begin:end].rfind(sub)
+            if found >= 0:
+                return begin + found
+            if begin == start:
+                break
+            end = begin + len(sub) - 1
+            window = min(2 * window, SCAN_BYTES)
+        return -1
+
+    def count(self, sub: bytes, start: int = 0, end: int | None = None) -> int:
+        """Occurrences of one byte (all that the parsers count)."""
+        if len(sub) != 1:
+            raise ValueError("a spooled body counts single bytes only")
+        start, end, _ = slice(start, end).indices(self._size)
+        return sum(
+            self[at : min(at + SCAN_BYTES, end)].count(sub) for at in range(start, end, SCAN_BYTES)
+        )
+
+
+RawBody = bytes | SpooledBody
+"""An ingestion body as received: in memory, or spooled to a file when big."""
+
+
+@asynccontextmanager
+async def received_body(chunks: AsyncIterable[bytes]) -> AsyncIterator[RawBody]:
+    """The body that `chunks` make up, read to its end: in memory up to `BULK_SLICE_BYTES`,
+    beyond that spooled to an unnamed temporary file as it arrives (deleted on leaving), so
+    that a big body is never held whole. The file is written `WRITE_PART_BYTES` at a time on
+    a worker thread: a write that waits for the disk must not stall the event loop.
+    """
+    held: list[bytes] = []
+    held_bytes = 0
+    file: IO[bytes] | None = None
+    try:
+        async for chunk in chunks:
+            held.append(chunk)
+            held_bytes += len(chunk)
+            if file is None and held_bytes > BULK_SLICE_BYTES:
+                file = await _spooled(tempfile.TemporaryFile)
+            if file is not None and held_bytes >= WRITE_PART_BYTES:
+                await _spooled(file.writelines, held)
+                held, held_bytes = [], 0
+        if file is None:
+            yield b"".join(held)
+            return
+        await _spooled(file.writelines, held)
+        await _spooled(file.flush)
+        held.clear()
+        yield SpooledBody(file)
+    finally:
+        if file is not None:
+            await asyncio.to_thread(file.close)  # frees the file's blocks: may take a while
+
+
+async def _spooled(write: Callable[..., Any], *args: Any) -> Any:
+    """`write(*args)` on a worker thread; a full or failing disk is a 503, not a 500."""
+    try:
+        return await asyncio.to_thread(write, *args)
+    except OSError as exc:
+        log.warning("could not spool an ingestion body: %s", exc)
+        raise ServiceUnavailable(
+            "no room to receive this body on the server; nothing was written, retry shortly"
+        ) from exc
 
 
 class BulkTurns:
@@ -167,12 +287,12 @@ def ingest(
     *,
     session: Session,
     series_id: int,
-    body: bytes,
+    body: RawBody,
     content_type: str | None,
     max_rows: int,
     newest: NewestPoints | None = None,
 ) -> IngestResult:
-    """Parse a JSON or CSV body for series `series_id` and upsert it."""
+    """Parse a JSON or CSV body (in memory or spooled) for series `series_id` and upsert it."""
     series = get_series(session=session, series_id=series_id)
     batch = parse_batch(
         body=body, content_type=content_type, channels=series.channels, max_rows=max_rows
@@ -186,8 +306,9 @@ def media_type(content_type: str | None) -> str:
 
 
 def parse_batch(
-    *, body: bytes, content_type: str | None, channels: Sequence[str], max_rows: int
+    *, body: RawBody, content_type: str | None, channels: Sequence[str], max_rows: int
 ) -> PointBatch:
+    """The body's batch; a spooled body is read whole only if the slices cannot take it."""
     kind = media_type(content_type)
     if kind == JSON_MEDIA_TYPE:
         with gc_paused():
@@ -195,14 +316,14 @@ def parse_batch(
                 sliced = _json_batch_in_slices(body, channels=channels, max_rows=max_rows)
                 if sliced is not None:
                     return sliced
-            return parse_json_batch(body, channels=channels, max_rows=max_rows)
+            return parse_json_batch(body[:], channels=channels, max_rows=max_rows)
     if kind == CSV_MEDIA_TYPE:
         with gc_paused():
             if len(body) > BULK_SLICE_BYTES:
                 sliced = _csv_batch_in_slices(body, channels=channels, max_rows=max_rows)
                 if sliced is not None:
                     return sliced
-            return parse_csv_batch(body, channels=channels, max_rows=max_rows)
+            return parse_csv_batch(body[:], channels=channels, max_rows=max_rows)
     shown = f"content type {kind!r}" if kind else "a body without a content type"
     raise UnsupportedMediaType(
         f"{shown} is not supported: send {JSON_MEDIA_TYPE} "
@@ -244,13 +365,13 @@ def parse_json_batch(body: bytes, *, channels: Sequence[str], max_rows: int) -> 
 # A big JSON body's `values` array: its key, and the characters an array of rows of numbers
 # and nulls is made of. NOTE: with no backslash outside that array, no key is escaped, so
 # `"values":` matches every spelling of the key, and only a key (a string cannot hold `"`).
-_VALUES_KEY = re.compile(rb'"values"[ \t\r\n]*:[ \t\r\n]*\[')
+_VALUES_KEY: Final = b'"values"'
 _NUMBER_ROWS = re.compile(rb"[\[\]0-9.eE+\-,nul \t\r\n]*")
 _JSON_SPACE = re.compile(rb"[ \t\r\n]*")
 
 
 def _json_batch_in_slices(
-    body: bytes, *, channels: Sequence[str], max_rows: int
+    body: RawBody, *, channels: Sequence[str], max_rows: int
 ) -> PointBatch | None:
     """parse_json_batch()'s batch for a valid body, built a slice of `values` rows at a time;
     None (parse it whole) for a body of another shape or with anything invalid in it.
@@ -260,12 +381,13 @@ def _json_batch_in_slices(
     every `BULK_SLICE_BYTES`; each slice, in brackets, must be valid JSON, so the slices'
     rows are exactly the array's rows.
     """
-    if body.count(b'"values"') != 1:
+    key = body.find(_VALUES_KEY)
+    if key < 0 or body.find(_VALUES_KEY, key + 1) >= 0:  # none, or more than one
         return None
-    key = _VALUES_KEY.match(body, body.find(b'"values"'))
-    if key is None:
+    colon = _after_space(body, key + len(_VALUES_KEY))
+    start = _after_space(body, colon + 1)  # the array's `[`
+    if body[colon : colon + 1] != b":" or body[start : start + 1] != b"[":
         return None
-    start = key.end() - 1  # the array's `[`
     end = body.rfind(b"]", start + 1, _end_of_number_rows(body, start))  # the array's `]`
     if end < 0:
         return None
@@ -314,25 +436,32 @@ def _json_batch_in_slices(
     return PointBatch(ts=ts, values=matrix, naive_timestamps=naive)
 
 
-def _after_space(body: bytes, position: int) -> int:
-    space = _JSON_SPACE.match(body, position)
-    return space.end() if space else position
+def _after_space(body: RawBody, position: int) -> int:
+    return _end_of_run(_JSON_SPACE, body, position, first=64)
 
 
-def _end_of_number_rows(body: bytes, start: int) -> int:
+def _end_of_number_rows(body: RawBody, start: int) -> int:
     """Where the run of `_NUMBER_ROWS` characters from `start` ends, matched a slice at a time
     (one regular expression over 50 MiB holds the GIL for a tenth of a second or more)."""
-    position = start
+    return _end_of_run(_NUMBER_ROWS, body, start, first=BULK_SLICE_BYTES)
+
+
+def _end_of_run(characters: re.Pattern[bytes], body: RawBody, position: int, *, first: int) -> int:
+    """Where the run of `characters` (a pattern of one character class, repeated) from
+    `position` ends, read `first` bytes, then up to `BULK_SLICE_BYTES`, at a time."""
+    window = first
     while True:
-        stop = min(position + BULK_SLICE_BYTES, len(body))
-        run = _NUMBER_ROWS.match(body, position, stop)
-        position = run.end() if run else position
-        if position < stop or stop == len(body):
+        piece = body[position : position + window]
+        run = characters.match(piece)
+        length = run.end() if run else 0
+        position += length
+        if length < len(piece) or not piece:
             return position
+        window = min(2 * window, BULK_SLICE_BYTES)
 
 
 def _csv_batch_in_slices(
-    body: bytes, *, channels: Sequence[str], max_rows: int
+    body: RawBody, *, channels: Sequence[str], max_rows: int
 ) -> PointBatch | None:
     """parse_csv_batch()'s batch for a valid body, built from slices of whole lines, each
     parsed with the header by parse_csv_batch(); None (parse it whole) for a body with
@@ -341,7 +470,7 @@ def _csv_batch_in_slices(
     NOTE: without quotes a line break always ends a record, and every check of a row is of
     that row alone, so the slices' rows and timestamps are exactly the body's.
     """
-    if b'"' in body:
+    if body.find(b'"') >= 0:
         return None
     header_end = body.find(b"\n") + 1
     if header_end <= 0 or not body[:header_end].strip():

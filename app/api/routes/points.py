@@ -13,7 +13,7 @@ from app.errors import ServiceBusy
 from app.schemas.common import AUTH_RESPONSES, RETRY_AFTER_HEADER, SeriesIdPath, TimestampUs
 from app.schemas.paging import CursorQuery
 from app.schemas.points import POINTS_REQUEST_BODY, IngestResult, PointsOut
-from app.services.points import ingest, read_points
+from app.services.points import RawBody, ingest, read_points, received_body
 
 router = APIRouter(prefix="/v1", tags=["points"], responses=AUTH_RESPONSES)
 
@@ -35,7 +35,8 @@ MAX_READ_POINTS = 100_000
         "`VIGIL_BULK_MIN_BYTES` (1 MiB) are parsed and written at most "
         "`VIGIL_BULK_CONCURRENCY` (2) at a time per API process; one that waits longer than "
         '`VIGIL_BULK_WAIT_SECONDS` (30 s) for its turn gets 503 "busy, retry" with '
-        "Retry-After, and nothing is written."
+        "Retry-After, and nothing is written. A body over 256 KiB is received into a "
+        "temporary file rather than memory, and parsed from there a slice at a time."
     ),
     openapi_extra={"requestBody": POINTS_REQUEST_BODY},
     responses={
@@ -52,27 +53,35 @@ MAX_READ_POINTS = 100_000
 async def ingest_points(
     series_id: SeriesIdPath, request: Request, session: SessionDep, runtime: RuntimeDep, _: Ingester
 ) -> IngestResult:
-    # NOTE: the turn is taken before the body is read when its length is declared, so that a
-    # big body waiting for its turn is not held in memory meanwhile.
+    async def parse_and_write(body: RawBody) -> IngestResult:
+        return await run_in_threadpool(
+            ingest,
+            session=session,
+            series_id=series_id,
+            body=body,
+            content_type=request.headers.get("content-type"),
+            max_rows=runtime.settings.max_points_rows,
+            newest=runtime.gauges.newest,
+        )
+
     declared = request.headers.get("content-length", "")
-    size = int(declared) if declared.isdigit() else len(await request.body())
+    if not declared.isdigit():  # its size is known once received (a big one in a file)
+        async with received_body(request.stream()) as body, runtime.bulk.turn(len(body)):
+            return await parse_and_write(body)
+    # NOTE: the turn is taken before the body is read when its length is declared, so that a
+    # big body waiting for its turn is not received (not even spooled) meanwhile.
+    reading = False
     try:
-        async with runtime.bulk.turn(size):
-            body = await request.body()
-            return await run_in_threadpool(
-                ingest,
-                session=session,
-                series_id=series_id,
-                body=body,
-                content_type=request.headers.get("content-type"),
-                max_rows=runtime.settings.max_points_rows,
-                newest=runtime.gauges.newest,
-            )
+        async with runtime.bulk.turn(int(declared)):
+            reading = True
+            async with received_body(request.stream()) as body:
+                return await parse_and_write(body)
     except ServiceBusy:
-        # The unread rest of a body that never got its turn is read and dropped, so that the
-        # client, still sending it, reads the 503 rather than a reset connection.
-        async for _chunk in request.stream():
-            pass
+        # The unread body of a request that never got its turn is read and dropped, so that
+        # the client, still sending it, reads the 503 rather than a reset connection.
+        if not reading:
+            async for _chunk in request.stream():
+                pass
         raise
 
 
