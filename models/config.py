@@ -57,7 +57,7 @@ class ModelConfig:
     flavour: Flavour = "recurrent"  # Table 15 is the preprint's model for sensor windows
     variant: Variant = "ss"  # ss: semi-supervised VAE; eu: no pi; es: encoder + pi, CE only
     latent_dim: int = 2  # Tables 13 and 15: a 2-d Gaussian latent (per time step if recurrent)
-    autoregressive: bool = True  # recurrent: the decoder also reads the previous step's x (model.py)
+    autoregressive: bool = True  # recurrent: the decoder also reads the previous step (model.py)
     min_sigma: float = 1e-3  # added to softplus(sigma_x): keeps the Gaussian NLL finite
     complexity_correction: bool = True  # score = NLL - the window's own code length (scoring.py)
     complexity_floor: float = 1e-2  # smallest per-window spread (standardised) the code may use

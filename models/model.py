@@ -296,7 +296,9 @@ class SemiSupervisedVAE(nn.Module):
         eps = torch.randn(mu.shape, generator=generator, dtype=mu.dtype, device=mu.device)
         return mu + torch.exp(0.5 * logvar) * eps
 
-    def decode(self, z: Tensor, pi: Tensor | None, x: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def decode(
+        self, z: Tensor, pi: Tensor | None, x: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
         """z (B, [T,] D) and class probabilities pi (B, [T,] K) -> mu_x, sigma_x (B, T, F).
         An autoregressive decoder also reads x (B, T, F), each step the one before it."""
         assert self.decoder is not None and self.out_mu is not None and self.out_sigma is not None

@@ -59,9 +59,10 @@ log = logging.getLogger(__name__)
 UNLABELLED = -1
 VAL_FRACTION = 0.2
 SAMPLING_INTERVAL_KEY = "sampling_interval_us"
-# training options that change the network's shape: a change of any of them trains from scratch
-ARCHITECTURE = ("flavour", "variant", "latent_dim", "autoregressive")
 """Model metadata: the median sampling interval of the training points, µs (gap_limit_us)."""
+ARCHITECTURE = ("flavour", "variant", "latent_dim", "autoregressive")
+"""Training options that change the network's shape: a change of any of them trains from
+scratch instead of warm-starting from the active model."""
 
 T = TypeVar("T")
 
