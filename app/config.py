@@ -89,6 +89,10 @@ class Settings(BaseSettings):
     train_min_steps: int = Field(default=600, ge=1)
     """Floor of the automatic step budget; early stopping never ends a job sooner."""
 
+    train_class_min_steps: int = Field(default=1500, ge=1)
+    """The floor instead of `train_min_steps` when labels teach the class head classes of kind
+    `normal` (regimes, activities): it learns more slowly than the reconstruction."""
+
     train_max_steps: int = Field(default=3000, ge=1)
     """Ceiling of the automatic step budget (bounds a job's time on large series)."""
 

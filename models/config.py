@@ -148,11 +148,20 @@ class TrainConfig:
     weight of the feedback classes' negatives (gamma, loss.py): at 10, a confirmed fault's
     class pulled the encoder its way and the dismissed benign episode came back with 0.92 of
     its peak score instead of under 0.5 (tests/detection/test_end_to_end.py, seed 11).
+
+    class_min_steps: the class head learns more slowly than the reconstruction, against which
+    it competes for the shared encoder, so when labels of normal-kind classes exist (regimes or
+    activities to tell apart, not feedback or anomaly kinds) the floor is class_min_steps
+    (still at most max_steps). GunPoint with every training sample labelled, 3 seeds
+    in-process with the service's defaults: accuracy 0.79 ± 0.11 at 600 steps, 0.95 ± 0.03 at
+    1,500. A data set whose validation loss stops improving early still keeps the weights of
+    its best check, so the longer floor costs time there, not quality.
     """
 
     steps: int | None = None  # optimiser steps; None: automatic (see budget())
     epochs: int | None = None  # exact passes instead of steps (tests, reproductions); no floor
     min_steps: int = 600  # floor of the automatic budget, and of early stopping
+    class_min_steps: int = 1500  # the floor instead when labels teach pi classes; see below
     max_steps: int = 3000  # ceiling of the automatic budget
     batch_size: int | None = None  # windows per batch; None: scaled to the data (batch_for())
     lr: float = 1e-3  # appendix A.3: 0.001 for the recurrent model
@@ -188,20 +197,27 @@ class TrainConfig:
         target = max(n_windows, 1) / 8.0
         return int(min(64, max(16, 2 ** round(math.log2(max(target, 1.0))))))
 
-    def budget(self, batches_per_epoch: int) -> int:
+    def floor(self, *, classifying: bool = False) -> int:
+        """The automatic budget's floor: min_steps, or class_min_steps when labels teach the
+        class head normal-kind classes; never above max_steps."""
+        floor = max(self.min_steps, self.class_min_steps) if classifying else self.min_steps
+        return min(floor, self.max_steps)
+
+    def budget(self, batches_per_epoch: int, *, classifying: bool = False) -> int:
         """Optimiser steps to run: `steps`, or `epochs` passes, or AUTO_EPOCHS passes clamped
-        to [min_steps, max_steps]."""
+        to [floor(), max_steps]."""
         if self.steps is not None:
             return self.steps
         if self.epochs is not None:
             return self.epochs * batches_per_epoch
-        return int(min(self.max_steps, max(self.min_steps, AUTO_EPOCHS * batches_per_epoch)))
+        floor = self.floor(classifying=classifying)
+        return int(min(self.max_steps, max(floor, AUTO_EPOCHS * batches_per_epoch)))
 
-    def early_stop_floor(self, budget: int) -> int:
+    def early_stop_floor(self, budget: int, *, classifying: bool = False) -> int:
         """Early stopping may end training only after this many steps."""
         if self.epochs is not None and self.steps is None:
             return 0  # an explicit epoch budget keeps the classic per-epoch early stopping
-        return min(self.min_steps, budget)
+        return min(self.floor(classifying=classifying), budget)
 
     def validate(self) -> None:
         """Raise InvalidInput naming the first setting that cannot drive a training run."""
@@ -209,6 +225,7 @@ class TrainConfig:
             if getattr(self, name) is not None:
                 _positive_int(name, getattr(self, name))
         _positive_int("min_steps", self.min_steps)
+        _positive_int("class_min_steps", self.class_min_steps)
         _positive_int("members", self.members)
         _positive_int("max_steps", self.max_steps)
         if self.max_steps < self.min_steps:

@@ -7,8 +7,9 @@
   Without one of the two groups, batches come from the other alone. ES trains on labelled
   windows only; EU on the windows allowed into the ELBO only.
 - The budget is counted in optimiser steps (TrainConfig.budget): an automatic budget of about
-  30 passes, never fewer than min_steps, so that a small data set (one step per epoch) still
-  trains for real; the batch scales with the data (TrainConfig.batch_for).
+  30 passes, never fewer than min_steps (class_min_steps when labels teach the class head
+  normal-kind classes), so that a small data set (one step per epoch) still trains for real;
+  the batch scales with the data (TrainConfig.batch_for).
 - Denoising (our decision; Im et al., "Denoising criterion for variational auto-encoding
   framework", AAAI 2017): the encoder reads each training window with Gaussian noise of
   TrainConfig.input_noise standard deviations added (the data are standardised per channel),
@@ -63,7 +64,7 @@ from models.data import (
     predictable_classes,
 )
 from models.errors import InvalidInput, ModelError, NotEnoughData, TrainingCancelled
-from models.loss import class_weights, dataset_objective, vae_loss
+from models.loss import FEEDBACK_CLASSES, class_weights, dataset_objective, vae_loss
 from models.model import SemiSupervisedVAE
 from models.quality import DataProfile
 from models.scoring import (
@@ -372,6 +373,12 @@ def fit(
         for i, spec in enumerate(class_specs)
         if spec.name in (FALSE_POSITIVE, FALSE_NEGATIVE) and label_counts[i] > 0
     ]
+    # labels that teach pi classes to tell apart (not only feedback or anomaly kinds) earn the
+    # class head its longer floor (TrainConfig.class_min_steps)
+    classifying = cfg.variant != "eu" and any(
+        label_counts[i] > 0 and spec.kind == "normal" and spec.name not in FEEDBACK_CLASSES
+        for i, spec in enumerate(class_specs)
+    )
     nets: list[SemiSupervisedVAE] = []
     with _threads(tc.threads), torch.random.fork_rng(devices=[]):
         for k in range(tc.members):
@@ -390,7 +397,7 @@ def fit(
             _train(
                 net, tc, x_train, train.labels, eligible, groups, x_val, val, val_eligible,
                 member_rng, metrics if k == 0 else {}, _member_progress(progress, k, tc.members),
-                should_stop, feedback, alpha,
+                should_stop, feedback, alpha, classifying,
             )  # fmt: skip
             if should_stop is not None and should_stop():
                 raise TrainingCancelled(
@@ -491,6 +498,7 @@ def _train(
     should_stop: Callable[[], bool] | None,
     feedback: list[int],
     alpha: torch.Tensor,
+    classifying: bool,
 ) -> None:
     """The training loop: RMSprop for a budget of optimiser steps, a validation check after
     every round (an epoch, or `eval_every` steps), early stopping once the floor is passed,
@@ -502,14 +510,14 @@ def _train(
 
     batch_size = tc.batch_for(x_train.shape[0])
     per_epoch = len(_batches(groups, batch_size, np.random.default_rng(0)))
-    budget = tc.budget(per_epoch)
-    floor = tc.early_stop_floor(budget)
+    budget = tc.budget(per_epoch, classifying=classifying)
+    floor = tc.early_stop_floor(budget, classifying=classifying)
     if tc.epochs is not None and tc.steps is None:
         round_steps = per_epoch
     else:
         round_steps = tc.eval_every or max(10, budget // 30)
     rounds = math.ceil(budget / round_steps)
-    metrics.update({"batch_size": batch_size, "step_budget": budget})
+    metrics.update({"batch_size": batch_size, "step_budget": budget, "step_floor": floor})
     batches = _batch_stream(groups, batch_size, rng)
     noise = make_generator(tc.seed + 2)
 

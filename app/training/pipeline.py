@@ -501,6 +501,7 @@ def configs(
     train_config = TrainConfig(
         steps=options.get("steps", settings.train_steps),
         min_steps=settings.train_min_steps,
+        class_min_steps=settings.train_class_min_steps,
         max_steps=max(settings.train_max_steps, settings.train_min_steps),
         batch_size=options.get("batch_size", settings.train_batch_size),
         lr=options.get("lr", TrainConfig.lr),
@@ -537,6 +538,7 @@ def job_metrics(
             "elbo_windows": int(trained["n_elbo_windows"]),
             "steps": int(trained["steps_run"]),
             "step_budget": int(trained["step_budget"]),
+            "step_floor": int(trained["step_floor"]),
             "batch_size": int(trained["batch_size"]),
             "best_step": int(trained["best_step"]),
             "stopped": trained["stopped"],

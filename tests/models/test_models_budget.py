@@ -10,7 +10,15 @@ import numpy as np
 import pytest
 
 import models.train as train_module
-from models import BUILTIN_CLASSES, SemiSupervisedVAE, TrainConfig, TrainingData, fit
+from models import (
+    BUILTIN_CLASSES,
+    FALSE_POSITIVE,
+    ClassSpec,
+    SemiSupervisedVAE,
+    TrainConfig,
+    TrainingData,
+    fit,
+)
 from models.scoring import calibrate, fit_calibration, threshold_at
 from models.train import split_indices, window_class
 from tests.models.models_testkit import CHANNELS, T, sine_windows, tiny_config
@@ -25,6 +33,54 @@ def test_the_automatic_budget_has_a_floor_and_a_ceiling() -> None:
     assert TrainConfig(epochs=3).budget(batches_per_epoch=5) == 15
     assert TrainConfig(epochs=3).early_stop_floor(15) == 0
     assert auto.early_stop_floor(1500) == 600
+
+
+def test_labels_that_teach_the_class_head_raise_the_floor_up_to_the_ceiling() -> None:
+    auto = TrainConfig(min_steps=600, class_min_steps=1500, max_steps=3000)
+    assert auto.budget(batches_per_epoch=1, classifying=True) == 1500
+    assert auto.early_stop_floor(1500, classifying=True) == 1500
+    assert auto.budget(batches_per_epoch=80, classifying=True) == 2400  # 30 passes
+    low_ceiling = TrainConfig(min_steps=16, class_min_steps=1500, max_steps=40)
+    assert low_ceiling.budget(batches_per_epoch=1, classifying=True) == 40
+    assert TrainConfig(steps=77).budget(batches_per_epoch=1, classifying=True) == 77
+
+
+@pytest.mark.parametrize(
+    ("label", "floor"), [("regime_b", 50), (FALSE_POSITIVE, 20), ("anomaly", 20), (None, 20)]
+)
+def test_only_labels_of_normal_kind_classes_earn_the_class_floor(
+    monkeypatch: pytest.MonkeyPatch, label: str | None, floor: int
+) -> None:
+    """Validation never improves after the first check, so each fit stops at its floor: the
+    class floor for a regime label, the plain one for feedback, anomaly kinds or no label."""
+    losses = iter(range(1000))
+    real = train_module.dataset_objective  # type: ignore[attr-defined]
+
+    def worsening(net: SemiSupervisedVAE, *args: Any, **kwargs: Any) -> dict[str, float]:
+        stats = real(net, *args, **kwargs)
+        stats["loss"] = float(next(losses))
+        return stats
+
+    monkeypatch.setattr(train_module, "dataset_objective", worsening)
+    classes = (*BUILTIN_CLASSES, ClassSpec("regime_b", "normal"))
+    names = [c.name for c in classes]
+    labels = None
+    if label is not None:
+        labels = np.full((24, T), -1, dtype=np.int64)
+        labels[:6] = names.index(label)
+    model = fit(
+        TrainingData(sine_windows(24, seed=1), labels),
+        classes=classes,
+        channels=CHANNELS,
+        model_config=tiny_config(),
+        train_config=TrainConfig(
+            min_steps=20, class_min_steps=50, max_steps=200, eval_every=10, patience=1,
+            calibration_samples=2, members=1,
+        ),
+    )  # fmt: skip
+    assert model.metrics["step_floor"] == floor
+    assert model.metrics["steps_run"] == floor
+    assert model.metrics["stopped"] == "early"
 
 
 @pytest.mark.parametrize(("n", "batch"), [(12, 16), (40, 16), (300, 32), (600, 64), (50_000, 64)])
