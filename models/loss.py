@@ -64,19 +64,28 @@ def kl_standard_normal(mu: Tensor, logvar: Tensor) -> Tensor:
     return -0.5 * (1.0 + logvar - mu.pow(2) - logvar.exp()).flatten(1).sum(dim=1)
 
 
+def step_cross_entropy(pi_logits: Tensor, labels: Tensor) -> Tensor:
+    """Per-step CE, 0 on unlabelled steps. pi_logits (B, T, K), labels (B, T) -> (B, T)."""
+    B, T, K = pi_logits.shape
+    ce = F.cross_entropy(
+        pi_logits.reshape(B * T, K), labels.reshape(B * T), ignore_index=-1, reduction="none"
+    )  # (B*T,), 0 where the label is -1
+    return ce.view(B, T)
+
+
+def class_weighted(step_ce: Tensor, labels: Tensor, weight: Tensor) -> Tensor:
+    """Each labelled step's CE times its class's weight (K,); unlabelled steps stay 0."""
+    return step_ce * weight.to(step_ce.dtype)[labels.clamp(min=0)]
+
+
 def masked_cross_entropy(pi_logits: Tensor, labels: Tensor, weight: Tensor | None = None) -> Tensor:
     """Per-window CE summed over labelled steps (eq. 5), each step's term times its class's
     weight when `weight` (K,) is given.
     pi_logits (B, T, K), labels (B, T) with -1 = unlabelled -> (B,)."""
-    B, T, K = pi_logits.shape
-    ce = F.cross_entropy(
-        pi_logits.reshape(B * T, K),
-        labels.reshape(B * T),
-        weight=None if weight is None else weight.to(pi_logits.dtype),
-        ignore_index=-1,
-        reduction="none",
-    )  # (B*T,), 0 where the label is -1
-    return ce.view(B, T).sum(dim=1)
+    step_ce = step_cross_entropy(pi_logits, labels)
+    if weight is not None:
+        step_ce = class_weighted(step_ce, labels, weight)
+    return step_ce.sum(dim=1)
 
 
 def class_weights(classes: Sequence[ClassSpec], *, alpha: float, event_alpha: float) -> Tensor:
@@ -134,9 +143,10 @@ def vae_loss(
         labelled = (labels >= 0).any(dim=1)  # (B,)
         n_labelled = int(labelled.sum().item())
         if n_labelled > 0:
-            ce = masked_cross_entropy(out.pi_logits, labels).sum() / n_labelled
+            step_ce = step_cross_entropy(out.pi_logits, labels)  # (B, T)
+            ce = step_ce.sum() / n_labelled
             if isinstance(alpha, Tensor):
-                weighted_ce = masked_cross_entropy(out.pi_logits, labels, alpha).sum() / n_labelled
+                weighted_ce = class_weighted(step_ce, labels, alpha).sum() / n_labelled
             else:
                 weighted_ce = alpha * ce
 
@@ -193,11 +203,10 @@ def dataset_objective(
         if pi_logits is not None and labels is not None:
             lb = torch.from_numpy(labels[start : start + chunk])  # (B, T)
             step_logits = per_step(pi_logits, xb.shape[1])  # (B, T, K)
-            ce_sum += float(masked_cross_entropy(step_logits, lb).double().sum())
+            step_ce = step_cross_entropy(step_logits, lb).double()  # (B, T)
+            ce_sum += float(step_ce.sum())
             if isinstance(alpha, Tensor):
-                weighted_ce_sum += float(
-                    masked_cross_entropy(step_logits, lb, alpha).double().sum()
-                )
+                weighted_ce_sum += float(class_weighted(step_ce, lb, alpha).sum())
             mask = lb >= 0
             correct += int((step_logits.argmax(dim=-1) == lb)[mask].sum())
             labelled_steps += int(mask.sum())
