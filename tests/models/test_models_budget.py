@@ -24,6 +24,20 @@ from models.train import split_indices, window_class
 from tests.models.models_testkit import CHANNELS, T, sine_windows, tiny_config
 
 
+@pytest.fixture
+def validation_never_improves(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The validation loss gets worse at every check, so only the floor keeps a fit going."""
+    losses = iter(range(1000))
+    real = train_module.dataset_objective  # type: ignore[attr-defined]
+
+    def worsening(net: SemiSupervisedVAE, *args: Any, **kwargs: Any) -> dict[str, float]:
+        stats = real(net, *args, **kwargs)
+        stats["loss"] = float(next(losses))
+        return stats
+
+    monkeypatch.setattr(train_module, "dataset_objective", worsening)
+
+
 def test_the_automatic_budget_has_a_floor_and_a_ceiling() -> None:
     auto = TrainConfig(min_steps=600, max_steps=3000)
     assert auto.budget(batches_per_epoch=1) == 600  # 32 windows: 30 passes would be 30 steps
@@ -48,20 +62,12 @@ def test_labels_that_teach_the_class_head_raise_the_floor_up_to_the_ceiling() ->
 @pytest.mark.parametrize(
     ("label", "floor"), [("regime_b", 50), (FALSE_POSITIVE, 20), ("anomaly", 20), (None, 20)]
 )
+@pytest.mark.usefixtures("validation_never_improves")
 def test_only_labels_of_normal_kind_classes_earn_the_class_floor(
-    monkeypatch: pytest.MonkeyPatch, label: str | None, floor: int
+    label: str | None, floor: int
 ) -> None:
     """Validation never improves after the first check, so each fit stops at its floor: the
     class floor for a regime label, the plain one for feedback, anomaly kinds or no label."""
-    losses = iter(range(1000))
-    real = train_module.dataset_objective  # type: ignore[attr-defined]
-
-    def worsening(net: SemiSupervisedVAE, *args: Any, **kwargs: Any) -> dict[str, float]:
-        stats = real(net, *args, **kwargs)
-        stats["loss"] = float(next(losses))
-        return stats
-
-    monkeypatch.setattr(train_module, "dataset_objective", worsening)
     classes = (*BUILTIN_CLASSES, ClassSpec("regime_b", "normal"))
     names = [c.name for c in classes]
     labels = None
@@ -89,20 +95,10 @@ def test_the_batch_scales_with_the_data(n: int, batch: int) -> None:
     assert TrainConfig(batch_size=16).batch_for(n) == 16
 
 
-def test_a_small_data_set_trains_for_the_whole_floor_before_early_stopping(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+@pytest.mark.usefixtures("validation_never_improves")
+def test_a_small_data_set_trains_for_the_whole_floor_before_early_stopping() -> None:
     """12 windows are one batch a pass. Validation never improves after the first check, yet
     training runs until the floor: early stopping may not end it after a handful of steps."""
-    losses = iter(range(1000))
-    real = train_module.dataset_objective  # type: ignore[attr-defined]
-
-    def worsening(net: SemiSupervisedVAE, *args: Any, **kwargs: Any) -> dict[str, float]:
-        stats = real(net, *args, **kwargs)
-        stats["loss"] = float(next(losses))
-        return stats
-
-    monkeypatch.setattr(train_module, "dataset_objective", worsening)
     model = fit(
         TrainingData(sine_windows(15, seed=0)),
         classes=BUILTIN_CLASSES,
