@@ -131,6 +131,12 @@ def elbo_eligible(labels: np.ndarray | None, classes: Sequence[ClassSpec], n: in
     return np.asarray(~anomaly[labels].any(axis=1))
 
 
+def marks_events(spec: ClassSpec) -> bool:
+    """A class that marks events (an anomaly kind, false_positive, false_negative), not a
+    regime or activity that a series' windows are sorted into."""
+    return spec.kind == "anomaly" or spec.name in (FALSE_POSITIVE, FALSE_NEGATIVE)
+
+
 def predictable_classes(classes: Sequence[ClassSpec], label_counts: np.ndarray) -> np.ndarray:
     """(K,) bool: the classes pi may predict. The normal-kind classes always (unlabelled
     windows belong there: they are the feedback classes' negatives, loss.py); a class that
@@ -139,9 +145,7 @@ def predictable_classes(classes: Sequence[ClassSpec], label_counts: np.ndarray) 
     (GunPoint's two classes beside a series' built-in anomaly and feedback classes, every
     sample labelled, 3 seeds in-process: 0.84 ± 0.04 with them left out, 0.80 ± 0.12 with
     them in). Every class if none would be left."""
-    events = np.array(
-        [c.kind == "anomaly" or c.name in (FALSE_POSITIVE, FALSE_NEGATIVE) for c in classes]
-    )
+    events = np.array([marks_events(c) for c in classes])
     mask = ~events | (np.asarray(label_counts) > 0)
     return mask if mask.any() else np.ones(len(classes), dtype=bool)
 

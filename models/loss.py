@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from models.config import FALSE_NEGATIVE, FALSE_POSITIVE, ClassSpec
+from models.data import marks_events
 from models.model import SemiSupervisedVAE, VAEOutput, per_step
 
 FEEDBACK_CLASSES = (FALSE_POSITIVE, FALSE_NEGATIVE)
@@ -92,12 +93,7 @@ def class_weights(classes: Sequence[ClassSpec], *, alpha: float, event_alpha: fl
     """The CE weight of each class (K,): alpha for the normal-kind classes a series' windows
     are sorted into, event_alpha for the classes that mark events (anomaly kinds and the
     feedback classes false_positive and false_negative)."""
-    return torch.tensor(
-        [
-            alpha if c.kind == "normal" and c.name not in FEEDBACK_CLASSES else event_alpha
-            for c in classes
-        ]
-    )
+    return torch.tensor([event_alpha if marks_events(c) else alpha for c in classes])
 
 
 def not_feedback_nll(pi_logits: Tensor, feedback: Sequence[int]) -> Tensor:

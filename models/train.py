@@ -61,10 +61,11 @@ from models.data import (
     check_windows,
     elbo_eligible,
     labelled_windows,
+    marks_events,
     predictable_classes,
 )
 from models.errors import InvalidInput, ModelError, NotEnoughData, TrainingCancelled
-from models.loss import FEEDBACK_CLASSES, class_weights, dataset_objective, vae_loss
+from models.loss import class_weights, dataset_objective, vae_loss
 from models.model import SemiSupervisedVAE
 from models.quality import DataProfile
 from models.scoring import (
@@ -376,8 +377,7 @@ def fit(
     # labels that teach pi classes to tell apart (not only feedback or anomaly kinds) earn the
     # class head its longer floor (TrainConfig.class_min_steps)
     classifying = cfg.variant != "eu" and any(
-        label_counts[i] > 0 and spec.kind == "normal" and spec.name not in FEEDBACK_CLASSES
-        for i, spec in enumerate(class_specs)
+        label_counts[i] > 0 and not marks_events(spec) for i, spec in enumerate(class_specs)
     )
     nets: list[SemiSupervisedVAE] = []
     with _threads(tc.threads), torch.random.fork_rng(devices=[]):

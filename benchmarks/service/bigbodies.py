@@ -12,7 +12,8 @@ starts `vigil serve` (default settings) on a throw-away database, creates 8 seri
 
 Reported per format: the body's size, the API's peak RSS growth over its RSS just before
 (and that growth divided by the body size: with VIGIL_BULK_CONCURRENCY=2, two bodies are in
-progress at once; a body over 256 KiB waits for its turn in a temp file, not in memory), /healthz p50/p99/max, every body's status and time. Run with
+progress at once; a body over 256 KiB waits for its turn in a temp file, not in memory),
+/healthz p50/p99/max, every body's status and time. Run with
 VIGIL_BENCH_APP_DIR pointing at another checkout's code for "before". Writes
 `benchmarks/out/service_bigbodies[_<tag>].json`.
 """
