@@ -2,6 +2,7 @@
 
     .venv/bin/python -m benchmarks.quality                       # tasks a-d, 3 seeds
     .venv/bin/python -m benchmarks.quality --quick --tasks a,c   # smoke test
+    .venv/bin/python -m benchmarks.quality --tasks d --arms fp,fn   # task (d), two arms
     .venv/bin/python -m benchmarks.quality.report /tmp/vigil-quality.json   # tables again
 
 One `vigil serve` (SQLite in a temporary folder, embedded worker, default settings) serves the
@@ -39,12 +40,23 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tasks", default="a,b,c,d", help="comma-separated subset of a,b,c,d")
     parser.add_argument("--seeds", type=int, default=3, help="repetitions (training seeds)")
     parser.add_argument("--quick", action="store_true", help="a tiny subset, ~1-2 min")
+    parser.add_argument(
+        "--arms",
+        default=None,
+        help=f"task (d)'s arms, comma-separated from {','.join(feedback.ARMS)} "
+        f"(default {','.join(feedback.DEFAULT_ARMS)})",
+    )
     parser.add_argument("--out", type=Path, default=Path("/tmp/vigil-quality.json"))
     args = parser.parse_args(argv)
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     unknown = [t for t in tasks if t not in TASKS]
     if unknown:
         parser.error(f"unknown task(s) {unknown}; choose from {sorted(TASKS)}")
+    arms = tuple(a.strip() for a in args.arms.split(",") if a.strip()) if args.arms else None
+    bad_arms = sorted(set(arms or ()) - set(feedback.ARMS))
+    if bad_arms:
+        parser.error(f"unknown arm(s) {bad_arms}; choose from {list(feedback.ARMS)}")
+    options: dict[str, dict[str, Any]] = {"d": {"arms": arms}}
     if args.quick:
         args.seeds = min(args.seeds, 1)
     seeds = list(range(args.seeds))
@@ -53,7 +65,7 @@ def main(argv: list[str] | None = None) -> None:
     command = "python -m benchmarks.quality " + " ".join(sys.argv[1:] if argv is None else argv)
     result: dict[str, Any] = {
         "provenance": provenance(command.strip()),
-        "args": {"tasks": tasks, "seeds": args.seeds, "quick": args.quick},
+        "args": {"tasks": tasks, "seeds": args.seeds, "quick": args.quick, "arms": arms},
         "tasks": {},
     }
     cpu_start = machine_cpu()
@@ -63,7 +75,7 @@ def main(argv: list[str] | None = None) -> None:
         for task in tasks:
             task_started = time.perf_counter()
             log(f"task ({task}) starts")
-            rows = TASKS[task](vigil, seeds, quick=args.quick)
+            rows = TASKS[task](vigil, seeds, quick=args.quick, **options.get(task, {}))
             seconds = time.perf_counter() - task_started
             result["tasks"][task] = {"rows": rows, "wall_seconds": round(seconds, 1)}
             log(f"task ({task}) done in {seconds:.0f} s")

@@ -10,6 +10,8 @@ Vigil, per seed and arm, on a series of its own:
    `false_positive` by score_id; in arm "fp+fn" every fault window the service did not flag
    (`is_anomaly` false) is also marked `false_negative`; arm "none" marks nothing, so that
    its retrain shows what a second round of (warm-started) training does without feedback;
+   arm "fn" (not run by default: `--arms`) marks the missed faults alone, which separates
+   what `false_negative` marks do from what the false alarms beside them do;
 4. a retrain (POST /train after the last label; a retrain the label count queued is waited
    for, see common.Vigil.train);
 5. the test slice is scored again by whatever version is active. If the retrain was kept as a
@@ -52,7 +54,9 @@ WINDOW, STRIDE = 64, 32
 TRAIN, SLICE = 4_000, 4_000
 FAULTS_PER_SLICE = 4
 K_FALSE_POSITIVES = 10
-ARMS = ("none", "fp", "fp+fn")  # "none": a retrain without feedback, the control
+ARMS = ("none", "fp", "fp+fn", "fn")  # "none": a retrain without feedback, the control
+DEFAULT_ARMS = ARMS[:3]
+QUICK_ARMS = ("fp+fn",)
 
 
 def slices(seed: int) -> dict[str, Any]:
@@ -76,8 +80,10 @@ def slices(seed: int) -> dict[str, Any]:
     return out
 
 
-def run(vigil: Vigil, seeds: list[int], *, quick: bool) -> list[dict[str, Any]]:
-    arms = ARMS[2:] if quick else ARMS
+def run(
+    vigil: Vigil, seeds: list[int], *, quick: bool, arms: tuple[str, ...] | None = None
+) -> list[dict[str, Any]]:
+    arms = arms or (QUICK_ARMS if quick else DEFAULT_ARMS)
     data = {seed: slices(seed) for seed in seeds}
     cases: list[dict[str, Any]] = []
     for seed in seeds:
@@ -120,9 +126,9 @@ def run(vigil: Vigil, seeds: list[int], *, quick: bool) -> list[dict[str, Any]]:
         normal = np.flatnonzero(~truth)
         false_alarms = normal[np.argsort(-fb.adjusted_score[normal], kind="stable")]
         marked_fp = false_alarms[:K_FALSE_POSITIVES]
-        if case["arm"] == "none":
+        if case["arm"] in ("none", "fn"):
             marked_fp = marked_fp[:0]
-        missed = np.flatnonzero(truth & ~fb.is_anomaly) if case["arm"] == "fp+fn" else []
+        missed = np.flatnonzero(truth & ~fb.is_anomaly) if "fn" in case["arm"] else []
         with timer.phase("label"):
             for i in marked_fp:
                 vigil.label_score(fb.score_id[i], "false_positive")
