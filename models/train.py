@@ -69,7 +69,6 @@ from models.loss import class_weights, dataset_objective, vae_loss
 from models.model import SemiSupervisedVAE
 from models.quality import DataProfile
 from models.scoring import (
-    P_FN_MAX,
     Calibration,
     calibrate,
     center_and_scale,
@@ -639,7 +638,7 @@ def _calibrate(
     if probs is not None and FALSE_POSITIVE in feedback_index:
         p_fp = probs[:, feedback_index[FALSE_POSITIVE]]
     if probs is not None and FALSE_NEGATIVE in feedback_index:
-        p_fn = np.minimum(probs[:, feedback_index[FALSE_NEGATIVE]], P_FN_MAX)
+        p_fn = probs[:, feedback_index[FALSE_NEGATIVE]]  # floored in fit_calibration
 
     result: dict[int, Calibration] = {}
     for L in sorted({1, tc.calibration_samples, tc.score_samples or 1}):

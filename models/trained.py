@@ -33,12 +33,12 @@ from models.loss import class_weights, dataset_objective
 from models.model import SemiSupervisedVAE
 from models.quality import DataProfile
 from models.scoring import (
-    P_FN_MAX,
     Calibration,
     InferenceStep,
     ScoreBatch,
     adjust,
     calibrate,
+    floor_false_negative,
     guard_false_positive,
     infer,
     nearest_calibration,
@@ -181,7 +181,9 @@ class TrainedModel:
         p_fp = np.zeros(N)
         if fp is not None:
             p_fp = guard_false_positive(probs[:, fp], score, calibration.fp_ceiling)
-        p_fn = np.minimum(probs[:, fn], P_FN_MAX) if fn is not None else np.zeros(N)
+        p_fn = np.zeros(N)
+        if fn is not None:
+            p_fn = floor_false_negative(probs[:, fn], calibration.fn_floor)
         adjusted = adjust(score, p_fp, p_fn)
         threshold = self.threshold(quantile, n_samples=n_samples)
         quality = (
@@ -330,6 +332,7 @@ class TrainedModel:
                     "source": c.source,
                     "fp_ceiling": c.fp_ceiling if math.isfinite(c.fp_ceiling) else None,
                     "n_outliers": c.n_outliers,
+                    "fn_floor": c.fn_floor,
                 }
                 for c in self.calibrations.values()
             ],
@@ -393,6 +396,7 @@ class TrainedModel:
                 str(entry["source"]),
                 math.inf if ceiling is None else float(ceiling),
                 int(entry.get("n_outliers", 0)),
+                float(entry.get("fn_floor", 0.0)),  # artifacts from before the floor: none
             )
         if nets[0].has_decoder and not calibrations:
             raise ArtifactError("the artifact has no calibration")

@@ -213,6 +213,61 @@ def test_trained_feedback_classes_move_scores() -> None:
     assert (batch.adjusted_score < batch.score).all()
 
 
+def test_missed_fault_feedback_counts_beyond_what_normal_windows_reach() -> None:
+    from models.scoring import floor_false_negative
+
+    p = np.array([0.0, 0.1, 0.4, 0.7, 1.0])
+    assert np.allclose(floor_false_negative(p, 0.4), [0.0, 0.0, 0.0, 0.5, P_FN_MAX])
+    assert np.allclose(floor_false_negative(p, 0.0), np.minimum(p, P_FN_MAX))  # no floor
+    assert (floor_false_negative(p, 0.999) <= P_FN_MAX).all()  # a floor near 1 stays finite
+
+
+def test_the_threshold_sees_normal_windows_without_the_missed_fault_head_s_noise() -> None:
+    """p_fn on held-out normal windows sets the floor (its FN_FLOOR_QUANTILE quantile), so
+    their served scores, and the threshold taken on them, are hardly moved by it."""
+    from models.scoring import FN_FLOOR_QUANTILE
+
+    rng = np.random.default_rng(0)
+    train_raw, normal_raw = rng.normal(100, 5, 500), rng.normal(100, 5, 400)
+    p_fn = rng.uniform(0.0, 0.6, 400)  # a head that says "missed fault" at random
+    cal = fit_calibration(
+        train_raw, normal_raw, n_samples=1, source="validation", p_false_negative=p_fn
+    )
+    plain = fit_calibration(train_raw, normal_raw, n_samples=1, source="validation")
+    assert cal.fn_floor == pytest.approx(np.quantile(p_fn, FN_FLOOR_QUANTILE))
+    assert threshold_at(cal, 0.9) == pytest.approx(threshold_at(plain, 0.9), rel=1e-9)
+    # Without the floor the same head would have lifted the threshold by a fifth or more.
+    unfloored = calibrate(normal_raw, cal.center, cal.scale) / (1 - p_fn)
+    assert np.quantile(unfloored, 0.9) > 1.2 * threshold_at(plain, 0.9)
+
+
+def test_trained_missed_fault_feedback_reports_the_p_it_applies() -> None:
+    x = sine_windows(48, seed=0)
+    x[:6] = inject_faults(x[:6], seed=2)
+    labels = np.full((48, T), -1, dtype=np.int64)
+    labels[:6] = FN
+    model = fit(
+        TrainingData(x, labels),
+        classes=BUILTIN_CLASSES,
+        channels=CHANNELS,
+        model_config=tiny_config(),
+        train_config=quick(epochs=2),
+    )
+    restored = TrainedModel.from_bytes(model.to_bytes())
+    for m in (model, restored):
+        cal = nearest_calibration(m.calibrations, 1)
+        assert 0.0 <= cal.fn_floor < 1.0
+        batch = m.score(np.concatenate([sine_windows(6, seed=8), x[:6]]))
+        raw_p = batch.class_probabilities[:, FN]
+        lifted = np.clip((raw_p - cal.fn_floor) / (1 - cal.fn_floor), 0.0, P_FN_MAX)
+        assert np.allclose(batch.p_false_negative, lifted)
+        assert (batch.p_false_negative <= raw_p + 1e-12).all()
+        assert np.allclose(batch.adjusted_score, batch.score / (1 - batch.p_false_negative))
+    assert nearest_calibration(restored.calibrations, 1).fn_floor == pytest.approx(
+        nearest_calibration(model.calibrations, 1).fn_floor
+    )
+
+
 def test_es_models_classify_but_do_not_score() -> None:
     from models import UnsupportedOperation
 
