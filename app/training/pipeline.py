@@ -26,6 +26,7 @@ import logging
 import math
 import os
 import threading
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -309,22 +310,27 @@ def _left_out(skipped_missing: int) -> str:
 def _posted_feedback(
     *, session: Session, labels: Sequence[Label], index: dict[str, int], shape: tuple[int, int]
 ) -> tuple[np.ndarray, np.ndarray]:
-    wanted = {
-        label.score_id: index[label.label]
-        for label in labels
-        if label.score_id is not None and label.start_ts is None and label.label in index
-    }
+    """The scored windows that feedback labels point at (by score_id), as training examples,
+    in the order the labels were given (a later label of the same window sets its class).
+
+    NOTE: the order must not come from the score log: its ids are random UUIDs, and windows in
+    id order made two runs of the same job (same data, labels and seed) train on differently
+    ordered examples, hence different batches and different models."""
+    wanted: dict[uuid.UUID, int] = {}
+    for label in sorted(labels, key=lambda item: (item.created_at, item.id)):
+        if label.score_id is not None and label.start_ts is None and label.label in index:
+            wanted[label.score_id] = index[label.label]
     if not wanted:
         return np.empty((0, *shape), np.float32), np.empty((0, shape[0]), np.int64)
-    rows = session.execute(
-        select(ScoreRecord.id, ScoreRecord.window).where(ScoreRecord.id.in_(list(wanted)))
-    ).all()
-    windows = [np.frombuffer(blob, dtype="<f4").reshape(shape) for _, blob in rows]
-    targets = [np.full(shape[0], wanted[score_id], dtype=np.int64) for score_id, _ in rows]
-    if len(rows) < len(wanted):
-        log.info("%d feedback windows have expired from the score log", len(wanted) - len(rows))
-    if not rows:
+    query = select(ScoreRecord.id, ScoreRecord.window).where(ScoreRecord.id.in_(list(wanted)))
+    stored = {score_id: blob for score_id, blob in session.execute(query).tuples()}
+    kept = [score_id for score_id in wanted if score_id in stored]
+    if len(kept) < len(wanted):
+        log.info("%d feedback windows have expired from the score log", len(wanted) - len(kept))
+    if not kept:
         return np.empty((0, *shape), np.float32), np.empty((0, shape[0]), np.int64)
+    windows = [np.frombuffer(stored[score_id], dtype="<f4").reshape(shape) for score_id in kept]
+    targets = [np.full(shape[0], wanted[score_id], dtype=np.int64) for score_id in kept]
     return np.stack(windows), np.stack(targets)
 
 

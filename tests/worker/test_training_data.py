@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import uuid
+
 import numpy as np
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.config import Settings
-from app.db.models import Label, Series
+from app.db.models import Label, ScoreRecord, Series
 from app.training.pipeline import build_dataset
 from tests.utils.stream import STEP_US, T0_US, create_series, insert_points, make_stream
 
@@ -73,3 +75,32 @@ def test_separate_examples_are_held_out_at_random_by_class(
         assert (~held_labels).sum() == 6  # 20 % of the 30 unlabelled windows
     first, second = (d.validation.windows for d in splits)
     assert not np.array_equal(first, second)  # at random, by the job's seed
+
+
+def test_posted_feedback_windows_train_in_the_order_they_were_labelled(
+    sessions: sessionmaker[Session], settings: Settings
+) -> None:
+    """Windows marked by score_id join training in label order, not in the score log's
+    (random UUID) id order, which made two runs of one job train differently ordered batches."""
+    series_id = create_series(sessions, window_size=16, stride=8)
+    insert_points(sessions, series_id, make_stream(400))
+    marks = range(6)
+    with sessions() as session, session.begin():
+        for k in marks:
+            score_id = uuid.UUID(int=1_000 - k)  # id order is the reverse of label order
+            window = np.full((16, 3), float(k), dtype="<f4")
+            session.add(
+                ScoreRecord(
+                    id=score_id, series_id=series_id, model_version=1, window=window.tobytes(),
+                    raw_score=1.0, adjusted_score=1.0, is_anomaly=True,
+                )
+            )  # fmt: skip
+            session.flush()
+            session.add(Label(series_id=series_id, label="false_positive", score_id=score_id))
+            session.flush()
+    dataset = _dataset(sessions, series_id, settings)
+    posted = dataset.train.windows[-len(marks) :]
+    assert [float(w[0, 0]) for w in posted] == [float(k) for k in marks]
+    assert dataset.train.labels is not None
+    fp = [c.name for c in dataset.classes].index("false_positive")
+    assert (dataset.train.labels[-len(marks) :] == fp).all()
