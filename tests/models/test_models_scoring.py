@@ -194,18 +194,23 @@ def test_untrained_feedback_classes_do_not_move_scores(trained_ss: TrainedModel)
     assert np.array_equal(batch.adjusted_score, batch.score)
 
 
-def test_trained_feedback_classes_move_scores() -> None:
-    x = sine_windows(48, seed=0)
-    labels = np.full((48, T), -1, dtype=np.int64)
-    labels[:10] = FP
-    labels[10:20] = 0
-    model = fit(
+def _fit_tiny(x: np.ndarray, labels: np.ndarray) -> TrainedModel:
+    """A tiny recurrent model, two epochs, on windows with the built-in classes."""
+    return fit(
         TrainingData(x, labels),
         classes=BUILTIN_CLASSES,
         channels=CHANNELS,
         model_config=tiny_config(),
         train_config=quick(epochs=2),
     )
+
+
+def test_trained_feedback_classes_move_scores() -> None:
+    x = sine_windows(48, seed=0)
+    labels = np.full((48, T), -1, dtype=np.int64)
+    labels[:10] = FP
+    labels[10:20] = 0
+    model = _fit_tiny(x, labels)
     batch = model.score(sine_windows(6, seed=8))
     assert np.array_equal(batch.p_false_positive, batch.class_probabilities[:, FP])
     assert (batch.p_false_positive > 0).all()
@@ -246,13 +251,7 @@ def test_trained_missed_fault_feedback_reports_the_p_it_applies() -> None:
     x[:6] = inject_faults(x[:6], seed=2)
     labels = np.full((48, T), -1, dtype=np.int64)
     labels[:6] = FN
-    model = fit(
-        TrainingData(x, labels),
-        classes=BUILTIN_CLASSES,
-        channels=CHANNELS,
-        model_config=tiny_config(),
-        train_config=quick(epochs=2),
-    )
+    model = _fit_tiny(x, labels)
     restored = TrainedModel.from_bytes(model.to_bytes())
     for m in (model, restored):
         cal = nearest_calibration(m.calibrations, 1)
