@@ -34,11 +34,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from models.config import FALSE_NEGATIVE, FALSE_POSITIVE, ClassSpec
+from models.config import ClassSpec
 from models.data import marks_events
 from models.model import SemiSupervisedVAE, VAEOutput, per_step
-
-FEEDBACK_CLASSES = (FALSE_POSITIVE, FALSE_NEGATIVE)
 
 _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
 

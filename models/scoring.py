@@ -380,14 +380,10 @@ def fit_calibration(
     center, scale = center_and_scale(train_raw)
     scores = calibrate(normal_raw, center, scale)
     p_fp = np.zeros_like(scores) if p_false_positive is None else p_false_positive
-    fn_floor = 0.0
+    p_fn, fn_floor = np.zeros_like(scores), 0.0
     if p_false_negative is not None and p_false_negative.size:
         fn_floor = float(np.quantile(p_false_negative, FN_FLOOR_QUANTILE))
-    p_fn = (
-        np.zeros_like(scores)
-        if p_false_negative is None
-        else floor_false_negative(p_false_negative, fn_floor)
-    )
+        p_fn = floor_false_negative(p_false_negative, fn_floor)
     served = adjust(scores, guard_false_positive(p_fp, scores, fp_ceiling), p_fn)
     kept = far_out_mask(served)
     scores = np.sort(served[kept])
@@ -455,8 +451,7 @@ def floor_false_negative(p_fn: np.ndarray, floor: float) -> np.ndarray:
     """p_fn as applied: the part beyond `floor` (what held-out normal windows reach), rescaled
     to [0, 1] and clamped to P_FN_MAX."""
     floor = min(max(floor, 0.0), P_FN_MAX)
-    lifted = np.clip((np.asarray(p_fn, dtype=np.float64) - floor) / (1.0 - floor), 0.0, 1.0)
-    return np.minimum(lifted, P_FN_MAX)
+    return np.clip((np.asarray(p_fn, dtype=np.float64) - floor) / (1.0 - floor), 0.0, P_FN_MAX)
 
 
 def adjust(score: np.ndarray, p_fp: np.ndarray, p_fn: np.ndarray) -> np.ndarray:
