@@ -29,6 +29,14 @@ FULL = {"basicmotions": (4, 8, 16, 0), "gunpoint": (4, 8, 16, 0)}  # 0 = every t
 QUICK = {"basicmotions": (4,)}
 
 
+def picks(data: LabelledSet, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Repetition `seed`'s labelled samples (a bool mask, stratified by class, seeded as in
+    benchmarks/models/ss_vs_es.py) and the order its training samples are ingested in."""
+    labelled = stratified_pick(data.train.y, n, np.random.default_rng(10_000 + 97 * seed + n))
+    order = np.random.default_rng([seed, n, 17]).permutation(data.train.y.size)
+    return labelled, order
+
+
 def run(vigil: Vigil, seeds: list[int], *, quick: bool) -> list[dict[str, Any]]:
     plan = QUICK if quick else FULL
     cases: list[dict[str, Any]] = []
@@ -39,10 +47,7 @@ def run(vigil: Vigil, seeds: list[int], *, quick: bool) -> list[dict[str, Any]]:
         for seed in seeds:
             for count in counts:
                 n = count or n_train
-                labelled = stratified_pick(
-                    data.train.y, n, np.random.default_rng(10_000 + 97 * seed + n)
-                )
-                order = np.random.default_rng([seed, n, 17]).permutation(n_train)
+                labelled, order = picks(data, n, seed)
                 timer = Timer()
                 with timer.phase("ingest"):
                     series_id = vigil.create_series(

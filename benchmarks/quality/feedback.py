@@ -128,7 +128,7 @@ def run(
         marked_fp = false_alarms[:K_FALSE_POSITIVES]
         if case["arm"] in ("none", "fn"):
             marked_fp = marked_fp[:0]
-        missed = np.flatnonzero(truth & ~fb.is_anomaly) if "fn" in case["arm"] else []
+        missed = np.flatnonzero(truth & ~fb.is_anomaly) if case["arm"] in ("fp+fn", "fn") else []
         with timer.phase("label"):
             for i in marked_fp:
                 vigil.label_score(fb.score_id[i], "false_positive")

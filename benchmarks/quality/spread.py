@@ -17,28 +17,18 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
-
-import numpy as np
 
 import models
-from benchmarks.models.common import class_specs, step_labels, stratified_pick
+from benchmarks.models.common import class_specs, step_labels
+from benchmarks.quality.classify import picks
 from benchmarks.quality.common import es_classifier
 from benchmarks.quality.data import LabelledSet, class_slug, load_set
 
 COUNTS = {"basicmotions": (4, 8), "gunpoint": (4, 8, 16)}
 
 
-def _picks(data: LabelledSet, n: int, split_seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """classify.py's labelled mask and ingest order for repetition `split_seed`."""
-    n_train = data.train.y.size
-    labelled = stratified_pick(data.train.y, n, np.random.default_rng(10_000 + 97 * split_seed + n))
-    order = np.random.default_rng([split_seed, n, 17]).permutation(n_train)
-    return labelled, order
-
-
 def vigil_accuracy(data: LabelledSet, n: int, split_seed: int, seed: int) -> float:
-    labelled, order = _picks(data, n, split_seed)
+    labelled, order = picks(data, n, split_seed)
     windows = data.train.windows[order]
     model = models.fit(
         models.TrainingData(
@@ -52,7 +42,7 @@ def vigil_accuracy(data: LabelledSet, n: int, split_seed: int, seed: int) -> flo
 
 
 def es_accuracy(data: LabelledSet, n: int, split_seed: int, seed: int) -> float:
-    labelled, _ = _picks(data, n, split_seed)
+    labelled, _ = picks(data, n, split_seed)
     slugs = [class_slug(c) for c in data.classes]
     probs, _ = es_classifier(
         data.train.windows, data.train.y, labelled, slugs, data.channels, data.test.windows, seed
@@ -85,7 +75,6 @@ def main(argv: list[str] | None = None) -> None:
                         f"{statistics.mean(accs):.3f} ± {statistics.stdev(accs):.3f} |",
                         flush=True,
                     )
-    sys.stdout.flush()
 
 
 if __name__ == "__main__":
